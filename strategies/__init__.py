@@ -1,0 +1,1 @@
+"""Avalanche adapters for LCMat memories (installed as ``replay_lcmat.strategies``)."""
