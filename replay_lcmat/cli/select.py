@@ -1,0 +1,143 @@
+"""``replay-lcmat select``: pretrain a selection model, select a class-balanced coreset, save it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from replay_lcmat.cli.common import add_data_arguments
+from replay_lcmat.data import load_dataset
+from replay_lcmat.selection import (
+    SELECTORS,
+    extract_outputs,
+    make_selector,
+    pretrain_selection_model,
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "select",
+        help="select a class-balanced coreset (lcmat-s, craig, uniform, ...) and save its indices",
+        description="Train a selection model on the training split for --pretrain-epochs, extract "
+        "features and logits once, select with --method, and write the indices grouped by class, "
+        "the options and the seed to --out (JSON).",
+    )
+    add_data_arguments(parser)
+    parser.add_argument("--method", required=True, choices=list(SELECTORS))
+    budget = parser.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--fraction", type=float, help="share of every class, e.g. 0.01")
+    budget.add_argument("--per-class", type=int, help="samples per class")
+    parser.add_argument(
+        "--take-all", action="store_true", help="keep a class whole when it is below the budget"
+    )
+    parser.add_argument("--pretrain-epochs", type=int, default=10, help="paper: 10")
+    parser.add_argument("--model", default="convnet", help="convnet | resnet18 | mlp")
+    parser.add_argument("--width", type=int, default=None, help="ConvNet width (default 128)")
+    parser.add_argument("--lr", type=float, default=0.1, help="pretraining SGD learning rate")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="method option, repeatable (e.g. --option eps=0.05 --option k_dims=100); "
+        "values are read as JSON, else as text",
+    )
+    parser.add_argument("--out", required=True, help="JSON file for the selection")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.set_defaults(func=run)
+
+
+def parse_options(pairs: list[str]) -> dict:
+    """``["eps=0.05", "greedy=lazy"]`` -> ``{"eps": 0.05, "greedy": "lazy"}``."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--option {pair!r} is not KEY=VALUE; write e.g. --option eps=0.05.")
+        try:
+            options[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.replace("-", "_")] = value
+    return options
+
+
+def run(args: argparse.Namespace) -> int:
+    options = parse_options(args.option)
+    if SELECTORS[args.method].takes_seed:
+        options.setdefault("seed", args.seed)
+    selector = make_selector(args.method, **options)  # fail on bad options before any training
+    progress = not args.no_progress
+    train_data, _ = load_dataset(
+        args.data, root=args.data_root, download=args.download, cache_dir=args.cache_dir
+    )
+    start = time.perf_counter()
+    model = pretrain_selection_model(
+        train_data,
+        model=args.model,
+        model_options={} if args.width is None else {"width": args.width},
+        epochs=args.pretrain_epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        device=args.device,
+        seed=args.seed,
+        progress=progress,
+    )
+    outputs = extract_outputs(model, train_data, device=args.device, progress=progress)
+    pretrain_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    result = selector.select(
+        features=outputs.features,
+        logits=outputs.logits,
+        labels=outputs.labels,
+        per_class=args.per_class,
+        fraction=args.fraction,
+        take_all=args.take_all,
+    )
+    select_seconds = time.perf_counter() - start
+    labels = outputs.labels[result.indices]
+    by_class = []
+    for label in labels.unique().tolist():
+        mask = labels == label
+        entry = {
+            "label": label,
+            "class": train_data.classes[label],
+            "indices": result.indices[mask].tolist(),
+        }
+        if result.weights is not None:
+            entry["weights"] = result.weights[mask].tolist()
+        by_class.append(entry)
+    record = {
+        "data": str(args.data),
+        "method": args.method,
+        "options": {k: v for k, v in vars(selector).items() if not k.startswith("_")},
+        "take_all": args.take_all,
+        "fraction": args.fraction,
+        "per_class": args.per_class,
+        "seed": args.seed,
+        "pretrain": {
+            "model": args.model,
+            "width": args.width,
+            "epochs": args.pretrain_epochs,
+            "lr": args.lr,
+            "batch_size": args.batch_size,
+        },
+        "indices_refer_to": "the training split as returned by replay_lcmat.data.load_dataset",
+        "num_selected": len(result.indices),
+        "by_class": by_class,
+        "seconds": {"pretrain_and_extract": pretrain_seconds, "select": select_seconds},
+    }
+    Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
+    print(
+        f"{args.method}: {len(result.indices)} of {len(train_data)} samples "
+        f"({len(by_class)} classes) written to {args.out}; pretrain+extract "
+        f"{pretrain_seconds:.1f} s, select {select_seconds:.1f} s on {args.device}"
+    )
+    return 0
