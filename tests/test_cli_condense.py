@@ -1,0 +1,68 @@
+"""``replay-lcmat condense`` on digits: output file, resume equivalence, bad options."""
+
+import pytest
+import torch
+
+from replay_lcmat.cli import main
+from replay_lcmat.condensation import load_synthetic
+
+BASE = [
+    "condense",
+    "--data",
+    "digits",
+    "--ipc",
+    "2",
+    "--width",
+    "8",
+    "--batch-real",
+    "8",
+    "--device",
+    "cpu",
+    "--no-progress",
+    "--checkpoint-every",
+    "1",
+]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("method", ["dm", "lcmat-c"])
+def test_condense_writes_a_set_and_resumes_to_the_same_result(method, tmp_path, capsys):
+    extra = ["--method", method] + (
+        ["--outer-loop", "1", "--inner-loop", "1"] if method != "dm" else []
+    )
+    full, part = tmp_path / "full.pt", tmp_path / "part.pt"
+    assert main(BASE + extra + ["--iterations", "3", "--out", str(full)]) == 0
+    assert (
+        f"20 synthetic images (1, 8, 8) (10 classes x 2) saved to {full}" in capsys.readouterr().out
+    )
+    assert main(BASE + extra + ["--iterations", "2", "--out", str(part)]) == 0
+    assert (
+        main(BASE + extra + ["--iterations", "3", "--out", str(part), "--resume", str(part)]) == 0
+    )
+    a, b = load_synthetic(full), load_synthetic(part)
+    assert a.iteration == b.iteration == 3 and a.method == method
+    assert torch.equal(a.images, b.images)
+    assert a.labels.tolist() == [c for c in range(10) for _ in range(2)]
+
+
+def test_condense_rejects_options_of_other_methods(tmp_path, capsys):
+    args = BASE + ["--method", "dsa", "--iterations", "1", "--out", str(tmp_path / "x.pt")]
+    assert main(args + ["--rho", "0.1"]) == 1
+    assert "--rho applies to lcmat-c only" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(BASE + ["--method", "nope", "--iterations", "1", "--out", str(tmp_path / "x.pt")])
+    assert (
+        main(
+            BASE
+            + ["--method", "dm", "--iterations", "1", "--ipc", "0", "--out", str(tmp_path / "x.pt")]
+        )
+        == 1
+    )
+    assert "ipc" in capsys.readouterr().err
