@@ -1,1 +1,37 @@
-"""Avalanche adapters for LCMat memories (installed as ``replay_lcmat.strategies``)."""
+"""Avalanche adapters for LCMat memories (installed as ``replay_lcmat.strategies``).
+
+    from avalanche.training.supervised import Naive
+    from replay_lcmat.strategies import LCMatReplayPlugin
+
+    strategy = Naive(model, optimizer, plugins=[LCMatReplayPlugin(mem_per_class=10, policy="lcmat-s")])
+
+- :class:`SelectorExemplarsStrategy`: an Avalanche ``ExemplarsSelectionStrategy`` ranking with
+  any registered selector; :class:`SelectionBuffer`: class-balanced, budget-aware buffer of it.
+- :class:`CondensedClassBuffer`: synthetic exemplars from any registered condenser.
+- :class:`LCMatReplayPlugin`: replay with either, picked by policy name.
+- :class:`MemoryOnlyRetrainPlugin`: the paper's protocol (fresh model trained on memory only).
+- :func:`tensor_benchmark`: class-incremental benchmark from in-memory images (no download).
+- :func:`run_continual`: one whole run, accuracy after every experience.
+"""
+
+from replay_lcmat.strategies.condensed_buffer import CondensedClassBuffer
+from replay_lcmat.strategies.datasets import dataset_tensors, tensor_benchmark, tensor_dataset
+from replay_lcmat.strategies.memory_only import MemoryOnlyRetrainPlugin
+from replay_lcmat.strategies.plugins import LCMatReplayPlugin, make_storage_policy
+from replay_lcmat.strategies.protocol import PROTOCOLS, run_continual, stream_accuracy
+from replay_lcmat.strategies.selection_policy import SelectionBuffer, SelectorExemplarsStrategy
+
+__all__ = [
+    "PROTOCOLS",
+    "CondensedClassBuffer",
+    "LCMatReplayPlugin",
+    "MemoryOnlyRetrainPlugin",
+    "SelectionBuffer",
+    "SelectorExemplarsStrategy",
+    "dataset_tensors",
+    "make_storage_policy",
+    "run_continual",
+    "stream_accuracy",
+    "tensor_benchmark",
+    "tensor_dataset",
+]

@@ -1,0 +1,130 @@
+"""Continual-learning results: per-experience accuracy rows -> mean ± std tables, CSV and plots.
+
+A row is a dict with the keys of :data:`FIELDS` (one seed, policy, memory budget and experience;
+``accuracy`` in [0, 1]). The demo, the continual benchmark and the examples all write with
+:func:`write_results`.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+FIELDS = ("seed", "policy", "per_class", "experience", "classes_seen", "memory_size", "accuracy")
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1; 0 for a single value)."""
+    if not values:
+        raise ValueError("mean_std of no values; pass at least one.")
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def summarize(rows: Sequence[dict]) -> dict[tuple[str, int], list[tuple[float, float, int]]]:
+    """``{(policy, per_class): [(mean, std, n_seeds) per experience]}`` of the accuracies.
+
+    ``std`` is the sample standard deviation over seeds (0 for one seed). Keys keep the order
+    in which policies first appear in ``rows``.
+    """
+    by_key: dict[tuple[str, int], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        by_key[r["policy"], int(r["per_class"])][int(r["experience"])].append(float(r["accuracy"]))
+    out = {}
+    for key, per_exp in by_key.items():
+        stats = []
+        for e in sorted(per_exp):
+            mean, std = mean_std(per_exp[e])
+            stats.append((mean, std, len(per_exp[e])))
+        out[key] = stats
+    return out
+
+
+def results_markdown(rows: Sequence[dict]) -> str:
+    """One markdown table per memory budget: policies x experiences, accuracy in % (mean ± std
+    over seeds), the column header giving the classes seen."""
+    seen = {int(r["experience"]): int(r["classes_seen"]) for r in rows}
+    summary = summarize(rows)
+    lines = []
+    for budget in sorted({b for _, b in summary}):
+        seeds = sorted({int(r["seed"]) for r in rows if int(r["per_class"]) == budget})
+        lines.append(
+            f"Memory {budget} per class; test accuracy (%) on all classes seen so far; "
+            f"mean ± std over {len(seeds)} seed(s) {seeds}"
+        )
+        lines.append("")
+        header = [f"exp {e} ({seen[e]} cl.)" for e in sorted(seen)]
+        lines.append("| policy | " + " | ".join(header) + " |")
+        lines.append("|---|" + "---|" * len(header))
+        for (policy, b), stats in summary.items():
+            if b != budget:
+                continue
+            cells = [
+                f"{100 * m:.2f} ± {100 * s:.2f}" if n > 1 else f"{100 * m:.2f}" for m, s, n in stats
+            ]
+            lines.append(f"| {policy} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_results(rows: Sequence[dict], path: str | os.PathLike, title: str = "") -> None:
+    """Accuracy vs. classes seen, one panel per memory budget, one line per policy."""
+    from matplotlib.figure import Figure
+
+    summary = summarize(rows)
+    seen = {int(r["experience"]): int(r["classes_seen"]) for r in rows}
+    budgets = sorted({b for _, b in summary})
+    fig = Figure(figsize=(5.5 * len(budgets), 4.2))
+    for i, budget in enumerate(budgets):
+        ax = fig.add_subplot(1, len(budgets), i + 1)
+        for (policy, b), stats in summary.items():
+            if b != budget:
+                continue
+            x = [seen[e] for e in sorted(seen)][: len(stats)]
+            mean = [100 * m for m, _, _ in stats]
+            std = [100 * s for _, s, _ in stats]
+            ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=policy)
+        ax.set_xlabel("classes seen")
+        ax.set_ylabel("test accuracy on seen classes (%)")
+        ax.set_title(f"memory {budget} per class")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def write_results(
+    rows: Sequence[dict],
+    out_dir: str | os.PathLike,
+    stem: str,
+    *,
+    title: str = "",
+    command: str | None = None,
+    notes: str = "",
+) -> dict[str, Path]:
+    """Write ``<stem>.csv`` (one row per seed, policy, budget and experience), ``<stem>.md``
+    (the tables, the exact command and notes) and ``<stem>.png`` into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {k: out / f"{stem}.{k}" for k in ("csv", "md", "png")}
+    with paths["csv"].open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    text = [f"# {title}" if title else "# Results", ""]
+    if command:
+        text += ["Command:", "", "```", command, "```", ""]
+    if notes:
+        text += [notes, ""]
+    text.append(results_markdown(rows))
+    paths["md"].write_text("\n".join(text))
+    plot_results(rows, paths["png"], title)
+    return paths

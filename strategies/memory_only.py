@@ -1,0 +1,93 @@
+"""The paper's protocol in Avalanche: after each experience, train a fresh model on memory only."""
+
+from __future__ import annotations
+
+import torch
+from avalanche.training.plugins import SupervisedPlugin
+
+from replay_lcmat.buffers import derive_seed
+from replay_lcmat.continual import PROTOCOL_RETRAIN, TrainConfig, reinitialize
+from replay_lcmat.strategies.datasets import dataset_tensors
+from replay_lcmat.strategies.plugins import MemoryStateMixin, make_storage_policy
+
+
+class MemoryOnlyRetrainPlugin(MemoryStateMixin, SupervisedPlugin):
+    """GDumb-like memory-only protocol of the LCMat continual experiment (spec section 5).
+
+    For experience ``k``:
+
+    1. ``before_training_exp`` (when ``reset_model``): the strategy's model is re-initialised
+       (seed ``derive_seed(seed, k, 1)``) and its optimizer state cleared, so the strategy then
+       trains a *selection model* on experience ``k``'s data only.
+    2. ``after_training_exp``: the storage policy adds exemplars of the new classes (selected
+       with that model, or condensed), then a freshly initialised copy of the model (seed
+       ``derive_seed(seed, k, 3, 0)``) is trained on the whole memory only with ``retrain``
+       (sorted by class, seed ``derive_seed(seed, k, 4, 0)``), and its weights are copied into
+       the strategy's model, which Avalanche's evaluation then measures.
+
+    With a policy that needs no model (uniform, condensation) train with ``train_epochs=0``.
+
+    Args:
+        mem_per_class: exemplars per class.
+        policy: memory policy name (see :func:`make_storage_policy`), ignored when
+            ``storage_policy`` is given.
+        storage_policy: a ready storage policy (any Avalanche ``ExemplarsBuffer``).
+        retrain: how the fresh model is trained on memory (default: the protocol's
+            1000 epochs, lr 0.01, step schedule, DSA).
+        reset_model: re-initialise the selection model before each experience.
+        seed: base seed of the re-initialisations, the retraining and the policy.
+        progress: progress bars.
+        **policy_options: see :func:`make_storage_policy`.
+    """
+
+    def __init__(
+        self,
+        mem_per_class: int = 10,
+        policy: str = "lcmat-s",
+        *,
+        storage_policy=None,
+        retrain: TrainConfig = PROTOCOL_RETRAIN,
+        reset_model: bool = True,
+        seed: int = 0,
+        progress: bool = False,
+        **policy_options,
+    ) -> None:
+        super().__init__()
+        if storage_policy is None:
+            storage_policy = make_storage_policy(
+                policy, mem_per_class, seed=seed, progress=progress, **policy_options
+            )
+        elif policy_options:
+            raise ValueError("policy options apply when the plugin builds the storage policy.")
+        self.storage_policy = storage_policy
+        self.policy = policy
+        self.retrain = retrain
+        self.reset_model = reset_model
+        self.seed = seed
+        self.progress = progress
+        self.retrained_experiences: list[int] = []
+
+    def before_training_exp(self, strategy, **kwargs) -> None:
+        if not self.reset_model:
+            return
+        k = strategy.experience.current_experience
+        fresh = reinitialize(strategy.model, derive_seed(self.seed, k, 1))
+        strategy.model.load_state_dict(fresh.state_dict())
+        strategy.optimizer.state.clear()  # no momentum carried over from the old weights
+
+    def after_training_exp(self, strategy, **kwargs) -> None:
+        k = strategy.experience.current_experience
+        self.storage_policy.post_adapt(strategy, strategy.experience)
+        x, y, _ = dataset_tensors(self.storage_policy.buffer)
+        order = torch.sort(y, stable=True).indices
+        model = reinitialize(strategy.model, derive_seed(self.seed, k, 3, 0))
+        self.retrain.fit(
+            model,
+            x[order],
+            y[order],
+            device=strategy.device,
+            seed=derive_seed(self.seed, k, 4, 0),
+            progress=self.progress,
+        )
+        strategy.model.load_state_dict(model.state_dict())
+        self.retrained_experiences.append(k)
