@@ -1,9 +1,10 @@
 """replay-lcmat: Loss-Curvature Matching (LCMat) for coreset selection, dataset condensation
 and replay memories in continual learning.
 
-Subpackages: ``data``, ``models``, ``curvature``, ``submodular``, ``selection``,
-``condensation``, ``training``, ``cli``; Avalanche adapters in ``replay_lcmat.strategies``
-and the paper protocols in ``replay_lcmat.benchmarks``.
+Modules: ``data``, ``models``, ``training``, ``curvature``, ``submodular``, ``selection``,
+``condensation``, ``buffers`` (replay memory), ``continual`` (the memory-only protocol),
+``reporting``, ``cli``; Avalanche adapters in ``replay_lcmat.strategies`` and the paper
+protocols in ``replay_lcmat.benchmarks``.
 """
 
 from pathlib import Path as _Path

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-CIFAR10_ARCHIVE = Path(
-    os.environ.get("REPLAY_LCMAT_CIFAR10_ARCHIVE", REPO.parent / "shared/data/cifar10-jpeg.tar.gz")
-)
+from replay_lcmat.data import shared_cifar10_archive
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -25,11 +21,10 @@ def _few_threads():
 
 @pytest.fixture(scope="session")
 def cifar10_archive() -> Path:
-    if not CIFAR10_ARCHIVE.is_file():
-        pytest.skip(
-            f"CIFAR-10 archive not found at {CIFAR10_ARCHIVE} (set REPLAY_LCMAT_CIFAR10_ARCHIVE)"
-        )
-    return CIFAR10_ARCHIVE
+    archive = shared_cifar10_archive()
+    if archive is None:
+        pytest.skip("no CIFAR-10 archive at ../shared/data (set REPLAY_LCMAT_CIFAR10_ARCHIVE)")
+    return archive
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ from replay_lcmat.data.augment import RandomCropFlip
 from replay_lcmat.data.cifar import load_cifar
 from replay_lcmat.data.classes import class_order, select_classes, task_classes
 from replay_lcmat.data.digits import load_digits
-from replay_lcmat.data.folder import default_cache_dir, load_image_folder
+from replay_lcmat.data.folder import default_cache_dir, load_image_folder, shared_cifar10_archive
 from replay_lcmat.data.image_data import ImageData, channel_stats
 
 DATASET_NAMES = ("cifar10", "cifar100", "digits")
@@ -25,6 +25,7 @@ __all__ = [
     "load_digits",
     "load_image_folder",
     "select_classes",
+    "shared_cifar10_archive",
     "task_classes",
 ]
 

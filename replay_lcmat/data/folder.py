@@ -31,6 +31,18 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "replay-lcmat"
 
 
+def shared_cifar10_archive() -> Path | None:
+    """The CIFAR-10 JPEG archive of this project's build machines, if present.
+
+    ``$REPLAY_LCMAT_CIFAR10_ARCHIVE`` when set, else ``../shared/data/cifar10-jpeg.tar.gz``
+    relative to a source checkout's root (where the demo, benchmarks and tests look for it).
+    """
+    env = os.environ.get("REPLAY_LCMAT_CIFAR10_ARCHIVE")
+    checkout = Path(__file__).resolve().parents[2]
+    path = Path(env) if env else checkout.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+    return path if path.is_file() else None
+
+
 def _iter_folder(root: Path) -> Iterator[tuple[str, bytes]]:
     for path in sorted(root.rglob("*")):
         if path.is_file():
