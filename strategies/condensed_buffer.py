@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from avalanche.benchmarks.utils import concat_datasets
 from avalanche.training.storage_policy import ExemplarsBuffer
@@ -107,16 +109,25 @@ class CondensedClassBuffer(ExemplarsBuffer):
             )
         if per_class < self.mem_per_class and len(self.memory):
             self.memory.truncate(per_class)
+        elif per_class > self.mem_per_class and len(self.memory):
+            warnings.warn(
+                f"growing a condensed memory to {per_class} images per class: the "
+                f"{len(self.memory.classes())} classes already stored keep their "
+                f"{self.mem_per_class} (they cannot be condensed again without their data); "
+                "only classes still to come get the new size.",
+                stacklevel=2,
+            )
         self.mem_per_class = per_class
         self._refresh()
 
     def _refresh(self) -> None:
         classes = self.memory.classes()
-        self.max_size = self.mem_per_class * len(classes)
         if not classes:
+            self.max_size = 0
             self.buffer = concat_datasets([])
             return
         x, y = self.memory.tensors()
+        self.max_size = len(y)  # what is stored: a grown memory's old classes stay smaller
         t = torch.tensor([self.task_labels[int(c)] for c in y], dtype=torch.int64)
         self.buffer = tensor_dataset(x, y, t)
 

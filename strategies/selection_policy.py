@@ -42,6 +42,17 @@ def _interleave_by_rank(picks: Tensor, labels: Tensor) -> Tensor:
     return picks[torch.tensor(order, dtype=torch.int64)]
 
 
+def _even_share(counts: Tensor, budget: int) -> int:
+    """The smallest per-class budget ``s`` with ``sum(min(count, s)) >= min(budget, total)``:
+    a class smaller than its share hands the rest to the others, so a budget of ``budget``
+    items is always filled while the data has that many."""
+    target = min(budget, int(counts.sum()))
+    share = math.ceil(target / len(counts))
+    while int(counts.clamp(max=share).sum()) < target:
+        share += 1
+    return share
+
+
 class SelectorExemplarsStrategy(ExemplarsSelectionStrategy):
     """Avalanche exemplar ranking by any registered selector, on the strategy's current model.
 
@@ -108,10 +119,7 @@ class SelectorExemplarsStrategy(ExemplarsSelectionStrategy):
         else:
             labels = _targets(data)
         counts = torch.unique(labels, return_counts=True)[1]
-        if budget is None:
-            per_class = int(counts.max())
-        else:
-            per_class = min(int(counts.max()), math.ceil(budget / len(counts)))
+        per_class = int(counts.max()) if budget is None else _even_share(counts, budget)
         picks = select_exemplars(
             self.selector,
             labels=labels,

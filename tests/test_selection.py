@@ -430,7 +430,7 @@ def test_unknown_method_and_options_name_the_fix():
 def test_cuda_matches_cpu():
     features, logits, labels = toy(seed=19)
     cpu = lcmat_s(features, logits, labels, 4)
-    gpu = lcmat_s(features.cuda(), logits.cuda(), labels.cuda(), 4)
+    gpu = lcmat_s(features.to("cuda"), logits.to("cuda"), labels.to("cuda"), 4)
     assert torch.equal(cpu, gpu)
 
 

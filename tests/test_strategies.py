@@ -342,6 +342,41 @@ def test_selector_strategy_inside_avalanches_own_parametric_buffer(bench):
     assert all(set(labels[i : i + 2]) == classes for i in (0, 2, 4))
 
 
+def test_budget_is_filled_when_a_class_is_smaller_than_its_share(bench):
+    benchmark, _, _ = bench
+    data = benchmark.train_stream[0].dataset
+    a, b = benchmark.train_stream[0].classes_in_this_experience
+    targets = torch.as_tensor(list(data.targets))
+    small = torch.nonzero(targets == a).flatten()[:2]
+    large = torch.nonzero(targets == b).flatten()[:10]
+    group = data.subset(torch.cat([small, large]).tolist())  # classes of 2 and 10 samples
+    strategy = _strategy(_model(), [])
+    for name in ("lcmat-s", "uniform"):
+        picks = SelectorExemplarsStrategy(name).make_sorted_indices(strategy, group, budget=10)
+        assert len(picks) == 10 and len(set(picks)) == 10
+        labels = [int(group.targets[i]) for i in picks]
+        assert labels.count(a) == 2 and labels.count(b) == 8
+
+
+def test_parametric_buffer_stays_class_balanced_across_experiences(bench):
+    # Avalanche 0.6.0's ClassBalancedBuffer is reservoir sampling and takes no selection
+    # strategy; ParametricBuffer(groupby="class") is its class-balanced selection buffer.
+    benchmark, _, _ = bench
+    selector = SelectorExemplarsStrategy("lcmat-s")
+    buffer = ParametricBuffer(20, groupby="class", selection_strategy=selector)
+    strategy = _strategy(_model(), [])
+    for k in range(2):
+        strategy.train(benchmark.train_stream[k])
+        buffer.post_adapt(strategy, benchmark.train_stream[k])
+        seen = [
+            c for e in range(k + 1) for c in benchmark.train_stream[e].classes_in_this_experience
+        ]
+        labels = [int(y) for y in buffer.buffer.targets]
+        assert len(labels) == 20
+        assert sorted(set(labels)) == sorted(seen)
+        assert all(labels.count(c) == 20 // len(seen) for c in seen)
+
+
 def test_extraction_uses_eval_transforms_and_restores_the_model_mode(bench):
     _, train_set, test_set = bench
 
@@ -430,3 +465,14 @@ def test_shrinking_the_memory_keeps_each_class_prefix(bench, policy, options):
         assert torch.equal(x2[y2 == c], x[y == c][:2])
     with pytest.raises(ValueError, match="cannot hold one"):
         plugin.storage_policy.resize(strategy, 1)
+
+
+def test_growing_a_condensed_memory_warns_and_reports_what_it_holds(bench):
+    benchmark, _, _ = bench
+    plugin = LCMatReplayPlugin(MEM, "dm", iterations=2)
+    strategy = _strategy(_model(), [plugin])
+    strategy.train(benchmark.train_stream[0])
+    with pytest.warns(UserWarning, match="keep their 3"):
+        plugin.storage_policy.resize(strategy, 10)  # 5 per class for the 2 stored classes
+    assert plugin.mem_per_class == 5
+    assert plugin.storage_policy.max_size == len(plugin.storage_policy.buffer) == 2 * MEM
