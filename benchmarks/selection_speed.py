@@ -294,13 +294,14 @@ def write_results(rows, curvature_row, args) -> None:
         + "\n\nClosed-form last-layer curvature vs. BackPACK "
         "(gradients + diagonal Hessians, the same batch):\n\n" + _table([curvature_row]) + "\n"
     )
-    (RESULTS / "selection_speed.md").write_text(text)
-    with open(RESULTS / "selection_speed.csv", "w", newline="") as f:
+    stem = "selection_speed" + (f"_threads{args.threads}" if args.threads != 1 else "")
+    (RESULTS / f"{stem}.md").write_text(text)
+    with open(RESULTS / f"{stem}.csv", "w", newline="") as f:
         keys = list(dict.fromkeys(k for r in rows for k in r))
         writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()
         writer.writerows(rows)
-    print(f"written {RESULTS / 'selection_speed.md'} and .csv")
+    print(f"written {RESULTS / stem}.md and .csv")
 
 
 if __name__ == "__main__":

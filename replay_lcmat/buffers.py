@@ -212,9 +212,10 @@ def warn_small_class(label: int, size: int, per_class: int) -> None:
     )
 
 
-def check_budget(per_class: int) -> None:
+def check_budget(per_class: int, name: str = "per_class") -> None:
+    """Raise unless ``per_class`` is an integer >= 1 (``name`` is used in the message)."""
     if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
-        raise ValueError(f"per_class must be an integer >= 1; got {per_class!r}.")
+        raise ValueError(f"{name} must be an integer >= 1; got {per_class!r}.")
 
 
 def select_exemplars(

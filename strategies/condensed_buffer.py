@@ -8,7 +8,13 @@ import torch
 from avalanche.benchmarks.utils import concat_datasets
 from avalanche.training.storage_policy import ExemplarsBuffer
 
-from replay_lcmat.buffers import ClassMemory, condense_exemplars, derive_seed, policy_kind
+from replay_lcmat.buffers import (
+    ClassMemory,
+    check_budget,
+    condense_exemplars,
+    derive_seed,
+    policy_kind,
+)
 from replay_lcmat.strategies.datasets import dataset_tensors, tensor_dataset
 
 STATE_FORMAT = "replay-lcmat/condensed-buffer"
@@ -50,12 +56,7 @@ class CondensedClassBuffer(ExemplarsBuffer):
         batch_size: int = 256,
         **condenser_options,
     ) -> None:
-        if (
-            isinstance(mem_per_class, bool)
-            or not isinstance(mem_per_class, int)
-            or mem_per_class < 1
-        ):
-            raise ValueError(f"mem_per_class must be an integer >= 1; got {mem_per_class!r}.")
+        check_budget(mem_per_class, "mem_per_class")
         if policy_kind(condenser) != "condensation":
             raise ValueError(
                 f"{condenser!r} is a selection policy; use SelectionBuffer (or "

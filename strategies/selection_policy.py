@@ -19,7 +19,7 @@ from avalanche.training.storage_policy import (
 )
 from torch import Tensor
 
-from replay_lcmat.buffers import policy_kind, select_exemplars, warn_small_class
+from replay_lcmat.buffers import check_budget, policy_kind, select_exemplars, warn_small_class
 from replay_lcmat.selection import SELECTORS, extract_outputs
 from replay_lcmat.strategies.datasets import dataset_tensors
 
@@ -199,12 +199,7 @@ class SelectionBuffer(ParametricBuffer):
     def __init__(
         self, mem_per_class: int, selection_strategy="lcmat-s", **selector_options
     ) -> None:
-        if (
-            isinstance(mem_per_class, bool)
-            or not isinstance(mem_per_class, int)
-            or mem_per_class < 1
-        ):
-            raise ValueError(f"mem_per_class must be an integer >= 1; got {mem_per_class!r}.")
+        check_budget(mem_per_class, "mem_per_class")
         if isinstance(selection_strategy, str):
             selection_strategy = SelectorExemplarsStrategy(selection_strategy, **selector_options)
         elif selector_options:
