@@ -12,6 +12,9 @@ Presets:
          seeds 0..4 (GPU; days for all nine policies).
   cpu    real CIFAR-10 from ../shared/data, 5 x 2 classes, 10 and 20 images per class, eight
          policies, 3 seeds, sizes reduced to finish in about 30 min on 2 CPU cores (see notes).
+  cpu-bn the selection-statistics comparison: like cpu, BatchNorm ConvNet, selection model
+         without augmentation, herding/craig/adacore/lcmat-s (eps grid) with outputs taken in
+         running and in class-batch statistics (about 45 min).
   digits scikit-learn digits, four selection policies, seconds: a probe of the selection model
          (use --selection-epochs to vary how well it fits each experience).
   smoke  digits, a few seconds: checks the script end to end.
@@ -37,9 +40,12 @@ from typing import Any
 
 import torch
 
+from replay_lcmat.buffers import policy_needs_model
 from replay_lcmat.continual import TrainConfig, memory_only_run, per_class_subset
 from replay_lcmat.data import load_dataset, shared_cifar10_archive
 from replay_lcmat.reporting import results_markdown, write_results
+from replay_lcmat.selection.extract import STATS
+from replay_lcmat.specs import format_policy, parse_policy
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -60,6 +66,8 @@ class Preset:
     train_per_class: int | None = None  # None: all training images
     test_per_class: int | None = None  # None: the whole test set
     evaluations: int = 1
+    selection_augment: bool = True  # crop + flip while the selection model trains
+    stats: list[str] = field(default_factory=lambda: ["running"])  # one run per mode
     notes: list[str] = field(default_factory=list)
 
 
@@ -125,6 +133,37 @@ PRESETS = {
             "a first, noisy comparison; they do not reproduce Fig. 5.",
         ],
     ),
+    "cpu-bn": Preset(
+        data="cifar10-archive",
+        policies=["uniform", "herding", "craig", "adacore"]
+        + [f"lcmat-s[eps={e}]" for e in (0.01, 0.05, 0.1, 0.5)],
+        per_class=[10, 20],
+        seeds=[0, 1, 2],
+        model_options={"width": 16, "norm": "batch"},
+        selection_epochs=10,
+        selection_lr=0.05,
+        selection_augment=False,
+        stats=["running", "class-batch"],
+        retrain=TrainConfig(
+            epochs=50, lr=0.02, batch_size=32, schedule="step", augment="crop-flip"
+        ),
+        iterations={},
+        policy_options={},
+        train_per_class=500,
+        test_per_class=300,
+        notes=[
+            "The selection-statistics comparison (issue: reference-faithful selection "
+            "statistics): ConvNet-3 of width 16 **with BatchNorm** for the selection model and "
+            "the retrained models; selection model trained 10 epochs (lr 0.05, cosine) on the "
+            "experience's data **without** augmentation, as the LCMat reference code; every "
+            "model-based policy run with outputs taken in eval mode (`stats=running`) and in "
+            "train mode over class-homogeneous batches of 128 (`stats=class-batch`).",
+            "Reduced for 2 CPU cores (1 torch thread): 500 training and 300 test images per "
+            "class (fixed random subsets); memory retrained 50 epochs (paper 1000) with lr "
+            "0.02, batch 32, x0.1 at the halfway epoch, random crop + flip instead of DSA; one "
+            "evaluation per seed (paper 3).",
+        ],
+    ),
     "digits": Preset(
         data="digits",
         policies=["uniform", "herding", "craig", "lcmat-s"],
@@ -159,6 +198,20 @@ PRESETS = {
 }
 
 
+def expand_stats(policies: list[str], modes: list[str]) -> list[str]:
+    """One spec per statistics mode for every policy that ranks with a model and does not pin
+    ``stats`` itself: ``["craig"]`` x ``[running, class-batch]`` ->
+    ``["craig[stats=running]", "craig[stats=class-batch]"]``; other policies are kept as given."""
+    out = []
+    for spec in policies:
+        name, options = parse_policy(spec)
+        if "stats" in options or not policy_needs_model(name):
+            out.append(spec)
+            continue
+        out += [format_policy(name, {**options, "stats": mode}) for mode in modes]
+    return out
+
+
 def load(preset: Preset, args: argparse.Namespace):
     if preset.data == "cifar10-archive":
         archive = shared_cifar10_archive()
@@ -186,6 +239,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--selection-epochs", type=int, default=None, help="override the preset's selection epochs"
     )
+    parser.add_argument(
+        "--stats",
+        nargs="+",
+        choices=STATS,
+        default=None,
+        help="selection statistics modes, one run of every model-based policy per mode",
+    )
     parser.add_argument("--tag", default="", help="suffix of the result files")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
@@ -193,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     preset = PRESETS[args.preset]
-    policies = args.policies or preset.policies
+    policies = expand_stats(args.policies or preset.policies, args.stats or preset.stats)
     seeds = args.seeds or preset.seeds
     selection_epochs = (
         preset.selection_epochs if args.selection_epochs is None else args.selection_epochs
@@ -226,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=seed,
             selection_epochs=selection_epochs,
             selection_lr=preset.selection_lr,
+            selection_augment=preset.selection_augment,
             retrain=preset.retrain,
             evaluations=preset.evaluations,
             iterations=preset.iterations,
@@ -238,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         notes = "\n\n".join(
             preset.notes
             + [
-                f"Selection model: {selection_epochs} epochs per experience. Wall time: {minutes:.1f} min for seeds {sorted({r['seed'] for r in rows})} "
+                f"Selection model: {selection_epochs} epochs per experience, "
+                f"{'with' if preset.selection_augment else 'without'} crop + flip. Wall time: {minutes:.1f} min for seeds {sorted({r['seed'] for r in rows})} "
                 f"on {args.device} ({args.threads} torch thread(s)), machine shared with other work."
             ]
         )

@@ -1,14 +1,20 @@
 """Coreset-selection protocol (spec section 5, Table 1): pretrain, extract once, select
 class-balanced subsets with each method, train a fresh model on each, report test accuracy.
 
-    python -m benchmarks.coreset --preset cpu                  # ~20-30 min on 2 CPU cores
+    python -m benchmarks.coreset --preset cpu-bn               # ~45 min on 2 CPU cores
     python -m benchmarks.coreset --preset paper --device cuda  # ResNet-18, CIFAR-10, 200 epochs
-    python -m benchmarks.coreset --preset paper --data cifar100 --device cuda
+    python -m benchmarks.coreset --preset paper-1pct --device cuda \
+        --data local_data/cifar10-jpeg.tar.gz   # uniform, Craig, LCMat-S at 1%: one GPU, minutes
+
+Methods are policy specs (``lcmat-s[eps=0.05]``, see replay_lcmat.specs); every method that ranks
+with the selection model runs once per ``--stats`` mode (``running``: eval mode; ``class-batch``:
+BatchNorm over batches of one class, as the LCMat reference code; see
+replay_lcmat.selection.extract_outputs).
 
 Writes ``benchmarks/results/coreset_<preset>.md`` (mean +- std over seeds, final-epoch accuracy,
-per-method selection time) and ``coreset_<preset>.csv`` (one row per run). The selection model
-is trained once (seed 0); each seed then re-draws the random selectors (uniform, kcenter) and
-trains a fresh model with that seed. Selections are nested (greedy order is the ranking, see
+per-method selection time), ``.csv`` (one row per run) and ``.png`` (accuracy vs. fraction with
+error bars, one panel per stats mode). The selection model is trained once (seed 0); each seed
+then re-draws the random selectors (uniform, kcenter) and trains a fresh model with that seed. Selections are nested (greedy order is the ranking, see
 tests/test_selection.py), so each method selects once at the largest fraction and a smaller
 fraction takes the first ``round(f * n_c)`` picks of every class, which equals selecting again.
 """
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import shlex
 import statistics
 import sys
 import time
@@ -31,16 +38,23 @@ from replay_lcmat.models import make_model
 from replay_lcmat.seeding import seeded
 from replay_lcmat.selection import (
     SELECTORS,
+    ModelOutputs,
     class_budgets,
     extract_outputs,
     make_selector,
     pretrain_selection_model,
 )
+from replay_lcmat.selection.extract import STATS, check_stats
+from replay_lcmat.specs import format_policy, parse_policy
 from replay_lcmat.training import evaluate, train
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ["uniform", "herding", "kcenter", "craig", "adacore", "lcmat-s"]
+EPS_GRID = [0.01, 0.05, 0.1, 0.5]  # the paper's grid for LCMat-S
+EVIDENCE_METHODS = ["uniform", "herding", "craig", "adacore"] + [
+    f"lcmat-s[eps={e}]" for e in EPS_GRID
+]
 
 PRESETS = {
     # The paper's settings (spec section 5): for GPU machines.
@@ -50,6 +64,8 @@ PRESETS = {
         model_options={},
         pretrain_epochs=10,
         pretrain_lr=0.1,
+        pretrain_augment=False,  # the reference code pretrains without crop/flip
+        stats=["class-batch"],  # ... and takes outputs in train mode over class batches
         fractions=[0.001, 0.005, 0.01, 0.05, 0.1, 0.2, 0.3],
         epochs={},  # every fraction: train_epochs
         train_epochs=200,
@@ -57,6 +73,26 @@ PRESETS = {
         batch_size=128,
         seeds=[0, 1, 2, 3, 4],
         test_per_class=None,  # the whole test split
+        methods=METHODS,
+    ),
+    # The paper preset cut to what one H200 does in a few minutes: uniform, Craig and LCMat-S at
+    # 1%, 3 seeds (the full data, ResNet-18, 10 pretraining epochs, 200 training epochs).
+    "paper-1pct": dict(
+        data="cifar10",
+        model="resnet18",
+        model_options={},
+        pretrain_epochs=10,
+        pretrain_lr=0.1,
+        pretrain_augment=False,
+        stats=["class-batch"],
+        fractions=[0.01],
+        epochs={},
+        train_epochs=200,
+        lr=0.1,
+        batch_size=128,
+        seeds=[0, 1, 2],
+        test_per_class=None,
+        methods=["uniform", "craig", "lcmat-s"],
     ),
     # Real CIFAR-10 on 2 CPU cores: a width-16 ConvNet-3, short schedules, 200 test images/class.
     "cpu": dict(
@@ -65,6 +101,8 @@ PRESETS = {
         model_options={"width": 16},
         pretrain_epochs=2,
         pretrain_lr=0.05,
+        pretrain_augment=True,
+        stats=["running"],
         fractions=[0.005, 0.01, 0.05],
         epochs={0.005: 40, 0.01: 30, 0.05: 8},
         train_epochs=None,
@@ -72,6 +110,46 @@ PRESETS = {
         batch_size=64,
         seeds=[0, 1, 2],
         test_per_class=200,
+        methods=METHODS,
+    ),
+    # The evidence run of the selection-statistics question on 2 CPU cores: a BatchNorm
+    # ConvNet-3 of width 16, selection model pretrained without augmentation as the reference
+    # code does, both statistics modes, the paper's eps grid.
+    "cpu-bn": dict(
+        data=str(REPO.parent / "shared/data/cifar10-jpeg.tar.gz"),
+        model="convnet",
+        model_options={"width": 16, "norm": "batch"},
+        pretrain_epochs=3,
+        pretrain_lr=0.05,
+        pretrain_augment=False,
+        stats=["running", "class-batch"],
+        fractions=[0.005, 0.01, 0.05],
+        epochs={0.005: 40, 0.01: 30, 0.05: 8},
+        train_epochs=None,
+        lr=0.05,
+        batch_size=64,
+        seeds=[0, 1, 2],
+        test_per_class=200,
+        methods=EVIDENCE_METHODS,
+    ),
+    # The same question for a model without BatchNorm (instance norm, as ConvNet-3): does the
+    # feature-level analogue, class-centred logits, help?
+    "cpu-in": dict(
+        data=str(REPO.parent / "shared/data/cifar10-jpeg.tar.gz"),
+        model="convnet",
+        model_options={"width": 16, "norm": "instance"},
+        pretrain_epochs=3,
+        pretrain_lr=0.05,
+        pretrain_augment=False,
+        stats=["running", "class-center"],
+        fractions=[0.005, 0.01, 0.05],
+        epochs={0.005: 40, 0.01: 30, 0.05: 8},
+        train_epochs=None,
+        lr=0.05,
+        batch_size=64,
+        seeds=[0, 1, 2],
+        test_per_class=200,
+        methods=["uniform", "craig", "lcmat-s[eps=0.01]", "lcmat-s[eps=0.05]"],
     ),
 }
 
@@ -90,11 +168,44 @@ def nested_subset(indices: torch.Tensor, labels: torch.Tensor, budgets: dict[int
     return torch.cat([indices[chosen == c][:m] for c, m in budgets.items()])
 
 
+def method_runs(methods: list[str], stats_modes: list[str]) -> list[tuple[str, str, dict, str]]:
+    """``(label, name, options, stats)`` for every method spec and statistics mode it depends on.
+
+    A spec's own ``stats=`` option pins it to that mode; methods that use no model run once
+    with stats ``"-"``.
+    """
+    runs = []
+    for spec in methods:
+        name, options = parse_policy(spec)
+        if name not in SELECTORS:
+            raise ValueError(f"unknown method {name!r} in {spec!r}; choose from {list(SELECTORS)}.")
+        pinned = options.pop("stats", None)
+        label = format_policy(name, options)
+        if not SELECTORS[name].needs:
+            runs.append((label, name, options, "-"))
+            continue
+        for stats in [check_stats(pinned)] if pinned else stats_modes:
+            runs.append((label, name, options, stats))
+    return runs
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=list(PRESETS), required=True)
-    parser.add_argument("--data", default=None, help="override the preset's dataset")
-    parser.add_argument("--methods", nargs="+", default=METHODS, choices=list(SELECTORS))
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="override the preset's dataset: cifar10 | cifar100 | an ImageFolder path / .tar.gz",
+    )
+    parser.add_argument("--data-root", default=None, help="torchvision root for CIFAR")
+    parser.add_argument("--download", action="store_true", help="let torchvision fetch CIFAR")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        help="method specs, e.g. uniform craig 'lcmat-s[eps=0.05]' (default: the preset's)",
+    )
+    parser.add_argument("--stats", nargs="+", choices=STATS, default=None)
     parser.add_argument("--fractions", nargs="+", type=float, default=None)
     parser.add_argument("--seeds", nargs="+", type=int, default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -103,15 +214,18 @@ def main(argv=None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     cfg = dict(PRESETS[args.preset])
-    for key in ("data", "fractions", "seeds"):
+    for key in ("data", "fractions", "seeds", "stats", "methods"):
         if getattr(args, key) is not None:
             cfg[key] = getattr(args, key)
+    runs = method_runs(cfg["methods"], cfg["stats"])  # fail on a bad spec before any training
     if args.threads:
         torch.set_num_threads(args.threads)
     progress = not args.no_progress
     started = time.perf_counter()
 
-    train_data, test_data = load_dataset(cfg["data"], progress=progress)
+    train_data, test_data = load_dataset(
+        cfg["data"], root=args.data_root, download=args.download, progress=progress
+    )
     keep = first_per_class(test_data.labels, cfg["test_per_class"])
     test_x, test_y = test_data.subset(keep).normalized(), test_data.labels[keep]
     train_x, train_y = train_data.normalized(), train_data.labels
@@ -127,37 +241,56 @@ def main(argv=None) -> int:
         epochs=cfg["pretrain_epochs"],
         lr=cfg["pretrain_lr"],
         batch_size=cfg["batch_size"],
+        augment=cfg["pretrain_augment"],
         device=args.device,
         seed=0,
         progress=progress,
     )
     pretrain_acc = evaluate(model, test_x, test_y, device=args.device)
-    outputs = extract_outputs(model, train_data, device=args.device, progress=progress)
+    outputs = {}
+    for stats in sorted({r[3] for r in runs} - {"-"}):
+        outputs[stats] = extract_outputs(
+            model, train_data, stats=stats, device=args.device, progress=progress
+        )
+    if not outputs:  # only model-free methods: labels are all they need
+        outputs["-"] = ModelOutputs(torch.empty(0), torch.empty(0), train_data.labels)
+    labels = next(iter(outputs.values())).labels
+    fit = {
+        stats: float((out.logits.argmax(1) == out.labels).float().mean())
+        for stats, out in outputs.items()
+        if stats != "-"
+    }
     pretrain_seconds = time.perf_counter() - t0
     print(
-        f"selection model: {pretrain_seconds:.0f} s, test accuracy {pretrain_acc:.4f}", flush=True
+        f"selection model: {pretrain_seconds:.0f} s, test accuracy {pretrain_acc:.4f}; training "
+        f"accuracy of its outputs per stats mode {fit}",
+        flush=True,
     )
 
     largest = max(cfg["fractions"])
-    rows, select_seconds = [], dict.fromkeys(args.methods, 0.0)
-    runs = [(m, s) for m in args.methods for s in cfg["seeds"]]
-    bar = tqdm(total=len(runs) * len(cfg["fractions"]), desc="coreset", disable=not progress)
-    selections: dict[tuple[str, int | None], torch.Tensor] = {}
-    for method, seed in runs:
-        selector = make_selector(method, **({"seed": seed} if SELECTORS[method].takes_seed else {}))
-        key = (method, seed if selector.uses_seed else None)
+    rows, select_seconds = [], {}
+    jobs = [(run, s) for run in runs for s in cfg["seeds"]]
+    bar = tqdm(total=len(jobs) * len(cfg["fractions"]), desc="coreset", disable=not progress)
+    selections: dict[tuple, torch.Tensor] = {}
+    for (label, name, options, stats), seed in jobs:
+        seeded_options = {"seed": seed} if SELECTORS[name].takes_seed else {}
+        selector = make_selector(name, **options, **seeded_options)
+        key = (label, stats, seed if selector.uses_seed else None)
         if key not in selections:
             t0 = time.perf_counter()
+            out = outputs.get(stats)
             selections[key] = selector.select(
-                features=outputs.features,
-                logits=outputs.logits,
-                labels=outputs.labels,
+                features=None if out is None else out.features,
+                logits=None if out is None else out.logits,
+                labels=labels,
                 fraction=largest,
             ).indices
-            select_seconds[method] += time.perf_counter() - t0
+            select_seconds[label, stats] = select_seconds.get((label, stats), 0.0) + (
+                time.perf_counter() - t0
+            )
         for fraction in cfg["fractions"]:
-            budgets = class_budgets(outputs.labels, fraction=fraction)
-            subset = nested_subset(selections[key], outputs.labels, budgets)
+            budgets = class_budgets(labels, fraction=fraction)
+            subset = nested_subset(selections[key], labels, budgets)
             epochs = cfg["epochs"].get(fraction, cfg["train_epochs"])
             t0 = time.perf_counter()
             with seeded(seed):
@@ -183,7 +316,8 @@ def main(argv=None) -> int:
             acc = evaluate(net, test_x, test_y, device=args.device)  # final epoch, no selection
             rows.append(
                 {
-                    "method": method,
+                    "method": label,
+                    "stats": stats,
                     "fraction": fraction,
                     "seed": seed,
                     "n_selected": len(subset),
@@ -193,7 +327,19 @@ def main(argv=None) -> int:
                 }
             )
             bar.update()
-            bar.set_postfix(method=method, fraction=fraction, acc=f"{acc:.3f}")
+            bar.set_postfix(method=label, stats=stats, fraction=fraction, acc=f"{acc:.3f}")
+        # rewritten after every run, so an interrupted benchmark keeps what it finished
+        write_results(
+            args,
+            cfg,
+            rows,
+            select_seconds,
+            pretrain_acc,
+            fit,
+            pretrain_seconds,
+            time.perf_counter() - started,
+            quiet=True,
+        )
     bar.close()
     write_results(
         args,
@@ -201,13 +347,69 @@ def main(argv=None) -> int:
         rows,
         select_seconds,
         pretrain_acc,
+        fit,
         pretrain_seconds,
         time.perf_counter() - started,
     )
     return 0
 
 
-def write_results(args, cfg, rows, select_seconds, pretrain_acc, pretrain_seconds, total) -> None:
+def summarize(rows: list[dict], fractions: list[float]) -> dict[tuple[str, str], list]:
+    """``{(method, stats): [(mean %, std %, n) per fraction]}`` in the order rows first appear."""
+    out: dict[tuple[str, str], list] = {}
+    for key in dict.fromkeys((r["method"], r["stats"]) for r in rows):
+        cells = []
+        for fraction in fractions:
+            accs = [
+                100 * r["test_accuracy"]
+                for r in rows
+                if (r["method"], r["stats"]) == key and r["fraction"] == fraction
+            ]
+            if not accs:
+                cells.append((math.nan, math.nan, 0))
+                continue
+            std = statistics.stdev(accs) if len(accs) > 1 else math.nan
+            cells.append((statistics.mean(accs), std, len(accs)))
+        out[key] = cells
+    return out
+
+
+def plot(summary: dict, fractions: list[float], path: Path, title: str) -> None:
+    """Accuracy vs. fraction with error bars, one panel per stats mode; model-free methods
+    (stats ``-``) are drawn dashed in every panel."""
+    from matplotlib.figure import Figure
+
+    modes = sorted({s for _, s in summary if s != "-"}) or ["-"]
+    fig = Figure(figsize=(6 * len(modes), 4.5))
+    for i, mode in enumerate(modes):
+        ax = fig.add_subplot(1, len(modes), i + 1)
+        for (method, stats), cells in summary.items():
+            if stats not in (mode, "-"):
+                continue
+            ax.errorbar(
+                [100 * f for f in fractions],
+                [m for m, _, _ in cells],
+                yerr=[0 if math.isnan(sd) else sd for _, sd, _ in cells],
+                marker="o",
+                capsize=3,
+                linestyle="--" if stats == "-" else "-",
+                label=method,
+            )
+        ax.set_xscale("log")
+        ax.set_xticks([100 * f for f in fractions], [f"{100 * f:g}%" for f in fractions])
+        ax.set_xlabel("fraction of the training set (class-balanced)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"selection statistics: {mode}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def write_results(
+    args, cfg, rows, select_seconds, pretrain_acc, fit, pretrain_seconds, total, quiet=False
+) -> None:
     RESULTS.mkdir(exist_ok=True)
     stem = args.name or f"coreset_{args.preset}"
     with open(RESULTS / f"{stem}.csv", "w", newline="") as f:
@@ -215,41 +417,45 @@ def write_results(args, cfg, rows, select_seconds, pretrain_acc, pretrain_second
         writer.writeheader()
         writer.writerows(rows)
     fractions = cfg["fractions"]
+    summary = summarize(rows, fractions)
+    fit_text = ", ".join(f"{k} {v:.1%}" for k, v in fit.items())
     lines = [
         f"# Coreset selection, preset `{args.preset}`",
         "",
-        "Command (repository root): `python -m benchmarks.coreset " + " ".join(sys.argv[1:]) + "`",
+        "Command (repository root): `python -m benchmarks.coreset "
+        + shlex.join(sys.argv[1:])
+        + "`",
         "",
         f"Data: {Path(str(cfg['data'])).name}; model {cfg['model']} {cfg['model_options']}; "
-        f"selection model trained {cfg['pretrain_epochs']} epochs (seed 0, test accuracy "
-        f"{pretrain_acc:.2%}, {pretrain_seconds:.0f} s incl. extraction); subsets trained "
+        f"selection model trained {cfg['pretrain_epochs']} epochs "
+        f"({'with' if cfg['pretrain_augment'] else 'without'} crop+flip, seed 0, test accuracy "
+        f"{pretrain_acc:.2%}, {pretrain_seconds:.0f} s incl. extraction; training accuracy of "
+        f"the extracted outputs: {fit_text or 'n/a'}); subsets trained "
         f"with SGD lr {cfg['lr']} cosine, momentum 0.9, wd 5e-4, batch {cfg['batch_size']}, "
-        f"{'crop+flip' if cfg.get('augment', True) else 'no augmentation'}, epochs per fraction {cfg['epochs'] or cfg['train_epochs']}; test images: "
+        f"{'crop+flip' if cfg.get('augment', True) else 'no augmentation'}, epochs per fraction "
+        f"{cfg['epochs'] or cfg['train_epochs']}; test images: "
         f"{'all' if cfg['test_per_class'] is None else str(cfg['test_per_class']) + ' per class'}"
         f"; final-epoch accuracy (%), mean ± std over seeds {cfg['seeds']}; device "
         f"{args.device}; total wall time {total / 60:.1f} min.",
         "",
-        "| method | " + " | ".join(f"{f:.1%}" for f in fractions) + " | select s |",
-        "|---|" + "---|" * (len(fractions) + 1),
+        "| method | stats | " + " | ".join(f"{f:.1%}" for f in fractions) + " | select s |",
+        "|---|---|" + "---|" * (len(fractions) + 1),
     ]
-    for method in dict.fromkeys(r["method"] for r in rows):
-        cells = []
-        for fraction in fractions:
-            accs = [
-                100 * r["test_accuracy"]
-                for r in rows
-                if r["method"] == method and r["fraction"] == fraction
-            ]
-            std = statistics.stdev(accs) if len(accs) > 1 else math.nan
-            cells.append(f"{statistics.mean(accs):.2f} ± {std:.2f}")
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {select_seconds[method]:.1f} |")
+    for (method, stats), cells in summary.items():
+        text = [f"{m:.2f} ± {sd:.2f}" if n else "" for m, sd, n in cells]
+        seconds = select_seconds.get((method, stats), 0.0)
+        lines.append(f"| {method} | {stats} | " + " | ".join(text) + f" | {seconds:.1f} |")
     lines += [
         "",
-        "`select s`: wall time of that method's selections (all classes, all seeds "
-        "for seeded methods), on the extracted features.",
+        "`stats`: how the selection model's features and logits were taken (`running`: eval "
+        "mode; `class-batch`: BatchNorm over batches of 128 samples of one class, as the LCMat "
+        "reference code; `-`: the method uses no model). `select s`: wall time of that method's "
+        "selections (all classes, all seeds for seeded methods), on the extracted features.",
     ]
     (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    plot(summary, fractions, RESULTS / f"{stem}.png", f"Coreset selection, preset {args.preset}")
+    if not quiet:
+        print("\n".join(lines))
 
 
 if __name__ == "__main__":

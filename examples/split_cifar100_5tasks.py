@@ -25,10 +25,11 @@ import sys
 
 import torch
 
-from replay_lcmat.buffers import policy_kind
+from replay_lcmat.buffers import policy_kind, policy_needs_model
 from replay_lcmat.continual import TrainConfig
 from replay_lcmat.data import load_dataset
 from replay_lcmat.reporting import results_markdown, write_results
+from replay_lcmat.selection.extract import DEFAULT_STATS, STATS
 from replay_lcmat.strategies import PROTOCOLS, run_continual, tensor_benchmark
 
 POLICIES = ("uniform", "herding", "kcenter", "craig", "adacore", "lcmat-s", "dsa", "dm", "lcmat-c")
@@ -58,6 +59,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--iterations", type=int, default=None, help="condensation iterations (paper values)"
     )
+    parser.add_argument(
+        "--stats",
+        choices=STATS,
+        default=DEFAULT_STATS,
+        help="normalisation statistics when selection policies take the model's features: "
+        "running (eval mode) | class-batch (BatchNorm over batches of one class, the LCMat "
+        "reference code; matters for --model resnet18 or a BatchNorm ConvNet) | class-center",
+    )
+    parser.add_argument(
+        "--norm",
+        default=None,
+        choices=("instance", "batch", "none"),
+        help="ConvNet normalisation (default instance, as ConvNet-3)",
+    )
     parser.add_argument("--out", default="runs/split_cifar100_5tasks")
     parser.add_argument("--progress", action="store_true")
     return parser.parse_args(argv)
@@ -71,7 +86,9 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     model_options = {"width": args.width} if args.width else {}
-    if args.model == "mlp":
+    if args.norm:
+        model_options["norm"] = args.norm
+    if args.model != "convnet":
         model_options = {}
     retrain = TrainConfig(epochs=args.retrain_epochs)
     rows = []
@@ -84,6 +101,8 @@ def main(argv=None) -> int:
                     options["iterations"] = args.iterations
                 if args.width:
                     options["network_options"] = {"width": args.width}
+            elif policy_needs_model(policy):
+                options["stats"] = args.stats
             rows += run_continual(
                 benchmark,
                 policy=policy,

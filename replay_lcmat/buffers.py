@@ -367,6 +367,8 @@ def build_memory(
     *,
     per_class: int,
     outputs=None,
+    model=None,
+    stats: str | None = None,
     seed: int = 0,
     iterations: int | None = None,
     device: torch.device | str = "cpu",
@@ -379,6 +381,9 @@ def build_memory(
         images: float normalised ``[n, C, H, W]``; labels: int64 ``[n]``.
         outputs: :class:`replay_lcmat.selection.ModelOutputs` of the selection model on
             ``images`` (needed by selection policies that use features or logits).
+        model, stats: instead of ``outputs``, the selection model; its outputs are taken by
+            :func:`replay_lcmat.selection.extract_outputs` with ``stats`` (default
+            :data:`replay_lcmat.selection.extract.DEFAULT_STATS`) on ``device``.
         seed, iterations, device, progress, options: see :func:`select_exemplars` /
             :func:`condense_exemplars`.
 
@@ -387,10 +392,22 @@ def build_memory(
     """
     memory = ClassMemory()
     if policy_kind(policy) == "selection":
+        if outputs is not None and (model is not None or stats is not None):
+            raise ValueError(
+                "pass either outputs=... or model=... (with stats=...), not both: the outputs "
+                "were already taken with some statistics."
+            )
+        if outputs is None and model is not None and policy_needs_model(policy):
+            from replay_lcmat.selection.extract import DEFAULT_STATS, extract_outputs
+
+            outputs = extract_outputs(
+                model, images, labels, stats=stats or DEFAULT_STATS, device=device
+            )
         if outputs is None and policy_needs_model(policy):
             raise ValueError(
-                f"policy {policy!r} ranks with a model: pass outputs=extract_outputs(model, "
-                "images, labels) (replay_lcmat.selection) of a model trained on these images."
+                f"policy {policy!r} ranks with a model: pass model=<a model trained on these "
+                "images> (and stats=...), or outputs=extract_outputs(model, images, labels) "
+                "(replay_lcmat.selection)."
             )
         if outputs is not None and len(outputs.labels) != len(labels):
             raise ValueError(
@@ -411,6 +428,11 @@ def build_memory(
             idx = picks[picked_labels == c]
             memory.put(c, images[idx.to(images.device)], sources=idx)
         return memory
+    if model is not None or stats is not None:
+        raise ValueError(
+            f"{policy!r} is a condensation policy: it trains its own networks, so model= and "
+            "stats= do not apply; drop them."
+        )
     syn, syn_labels = condense_exemplars(
         policy,
         images,

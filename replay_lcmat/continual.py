@@ -27,6 +27,7 @@ from replay_lcmat.buffers import (
 from replay_lcmat.data import ImageData, RandomCropFlip, class_order, select_classes, task_classes
 from replay_lcmat.models import make_model
 from replay_lcmat.seeding import seeded
+from replay_lcmat.specs import parse_policy
 from replay_lcmat.training import evaluate, train
 
 AUGMENTS = ("dsa", "crop-flip", "none")
@@ -150,6 +151,8 @@ def memory_only_run(
     shuffle_classes: bool = True,
     selection_epochs: int = 10,
     selection_lr: float = 0.1,
+    selection_augment: bool = True,
+    selection_stats: str | None = None,
     retrain: TrainConfig = PROTOCOL_RETRAIN,
     evaluations: int = 1,
     iterations: int | dict[str, int] | None = None,
@@ -163,7 +166,9 @@ def memory_only_run(
     Classes are ordered by ``class_order(C, seed)`` and split into ``n_experiences`` equal
     groups. At experience ``k``: a selection model (only when a policy needs one) is trained
     on experience ``k``'s data by :func:`replay_lcmat.selection.pretrain_selection_model`
-    (``selection_epochs``, ``selection_lr``, seed ``derive_seed(seed, k, 1)``); each policy
+    (``selection_epochs``, ``selection_lr``, ``selection_augment``, seed
+    ``derive_seed(seed, k, 1)``) and its outputs are taken once per statistics mode in use
+    (:func:`replay_lcmat.selection.extract_outputs`, ``selection_stats``); each policy
     builds ``per_class`` exemplars of every new class from that experience's data only and adds
     them to its memory; then, for each policy, a freshly initialised model (seed
     ``derive_seed(seed, k, 3, e)``) is trained on its whole memory only (``retrain``, seed
@@ -173,13 +178,21 @@ def memory_only_run(
     Args:
         train_data, test_data: the dataset (all classes); labels stay the original ones and
             the models have one output per class of the dataset.
-        policies: memory policies (see :func:`policy_kind`).
+        policies: memory policies (see :func:`policy_kind`), or policy specs with options,
+            e.g. ``"lcmat-s[eps=0.05,stats=class-batch]"`` (:func:`replay_lcmat.specs.parse_policy`);
+            a spec's ``stats`` overrides ``selection_stats`` for that policy, and the spec as
+            written is the ``policy`` of its rows.
         per_class: exemplars per class, or several budgets (each gets its own memory).
         model, model_options: network for :func:`replay_lcmat.models.make_model`
             (``"convnet"`` = ConvNet-3; e.g. ``{"width": 32}``).
         iterations: outer iterations of condensation policies, one number or
             ``{policy: iterations}`` (default: paper values).
         policy_options: ``{policy: {option: value}}`` passed to the selector / condenser.
+        selection_stats: normalisation statistics of the selection model's outputs,
+            ``"running"``, ``"class-batch"`` or ``"class-center"`` (default
+            :data:`replay_lcmat.selection.extract.DEFAULT_STATS`).
+        selection_augment: crop + flip while the selection model trains (the LCMat reference
+            code trains it without).
         log: called with one line per finished experience and policy (e.g. ``print``).
 
     Returns:
@@ -189,9 +202,19 @@ def memory_only_run(
     budgets = [per_class] if isinstance(per_class, int) else list(per_class)
     for b in budgets:
         check_budget(b)
-    for p in policies:
-        policy_kind(p)
+    from replay_lcmat.selection.extract import DEFAULT_STATS, check_stats
+
     policy_options = policy_options or {}
+    specs: dict[str, tuple[str, dict, str | None]] = {}  # spec -> (name, options, stats)
+    for p in policies:
+        name, options = parse_policy(p)
+        options = {**policy_options.get(p, policy_options.get(name, {})), **options}
+        stats = options.pop("stats", None)
+        if policy_needs_model(name):
+            stats = check_stats(stats or selection_stats or DEFAULT_STATS)
+        elif stats is not None:
+            raise ValueError(f"{p!r}: stats applies to selection policies that use a model.")
+        specs[p] = (name, options, stats)
     channels, height, _ = train_data.shape
     template = make_model(
         model,
@@ -209,8 +232,8 @@ def memory_only_run(
         seen += classes
         stage = select_classes(train_data, classes)
         x, y = stage.normalized(), stage.labels
-        outputs = None
-        if any(policy_needs_model(p) for p in policies):
+        outputs: dict[str | None, object] = {None: None}
+        if any(stats is not None for _, _, stats in specs.values()):
             from replay_lcmat.selection import extract_outputs, pretrain_selection_model
 
             selector_model = pretrain_selection_model(
@@ -219,30 +242,35 @@ def memory_only_run(
                 model_options=model_options,
                 epochs=selection_epochs,
                 lr=selection_lr,
+                augment=selection_augment,
                 device=device,
                 seed=derive_seed(seed, k, 1),
                 progress=progress,
             )
-            outputs = extract_outputs(selector_model, x, labels=y, device=device)
+            for stats in {s for _, _, s in specs.values() if s is not None}:
+                outputs[stats] = extract_outputs(
+                    selector_model, x, labels=y, stats=stats, device=device
+                )
         test = select_classes(test_data, seen)
         test_x, test_y = test.normalized(), test.labels
         for p in policies:
+            name, options, stats = specs[p]
             for b in budgets:
                 memories[p, b].update(
                     build_memory(
-                        p,
+                        name,
                         x,
                         y,
                         per_class=b,
-                        outputs=outputs,
+                        outputs=outputs[stats],
                         # selectors derive a seed per class; a condensation run, per experience
-                        seed=seed if policy_kind(p) == "selection" else derive_seed(seed, k),
-                        iterations=iterations.get(p)
+                        seed=seed if policy_kind(name) == "selection" else derive_seed(seed, k),
+                        iterations=iterations.get(p, iterations.get(name))
                         if isinstance(iterations, dict)
                         else iterations,
                         device=device,
                         progress=progress,
-                        **policy_options.get(p, {}),
+                        **options,
                     )
                 )
                 mem_x, mem_y = memories[p, b].tensors()

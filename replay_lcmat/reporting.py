@@ -73,6 +73,58 @@ def results_markdown(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+def paired_difference(
+    rows: Sequence[dict], policy: str, baseline: str
+) -> dict[int, list[tuple[float, float, int]]]:
+    """``{per_class: [(mean, std, n) per experience]}`` of ``policy``'s accuracy minus
+    ``baseline``'s, paired by seed (same seed, budget and experience); std over seeds (n - 1).
+
+    Raises:
+        ValueError: no (seed, budget, experience) has both policies.
+    """
+    acc = {
+        (r["policy"], int(r["seed"]), int(r["per_class"]), int(r["experience"])): float(
+            r["accuracy"]
+        )
+        for r in rows
+    }
+    diffs: dict[int, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for (p, seed, budget, exp), value in acc.items():
+        if p == policy and (baseline, seed, budget, exp) in acc:
+            diffs[budget][exp].append(value - acc[baseline, seed, budget, exp])
+    if not diffs:
+        raise ValueError(
+            f"no runs of both {policy!r} and {baseline!r} with the same seed, budget and "
+            "experience; run both policies."
+        )
+    return {
+        b: [(*mean_std(per_exp[e]), len(per_exp[e])) for e in sorted(per_exp)]
+        for b, per_exp in sorted(diffs.items())
+    }
+
+
+def comparison_text(rows: Sequence[dict], policy: str, baseline: str) -> str:
+    """Plain sentences: ``policy`` minus ``baseline`` after each experience (percentage points,
+    mean ± std over seeds) and at how many experiences it is ahead, for every budget."""
+    lines = []
+    for budget, stats in paired_difference(rows, policy, baseline).items():
+        cells = ", ".join(f"{100 * m:+.1f} ± {100 * s:.1f}" for m, s, _ in stats)
+        ahead = sum(m > 0 for m, _, _ in stats)
+        overall = sum(m for m, _, _ in stats) / len(stats)
+        if ahead == len(stats):
+            verdict = f"{policy} is above {baseline} after every experience"
+        elif ahead == 0:
+            verdict = f"{policy} is NOT above {baseline} after any experience"
+        else:
+            verdict = f"{policy} is above {baseline} after {ahead} of {len(stats)} experiences"
+        lines.append(
+            f"memory {budget}/class: {policy} minus {baseline}, points after each experience "
+            f"(mean ± std over {stats[0][2]} seed(s)): {cells}; average {100 * overall:+.1f}. "
+            f"{verdict}."
+        )
+    return "\n".join(lines)
+
+
 def plot_results(rows: Sequence[dict], path: str | os.PathLike, title: str = "") -> None:
     """Accuracy vs. classes seen, one panel per memory budget, one line per policy."""
     from matplotlib.figure import Figure

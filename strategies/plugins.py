@@ -19,6 +19,7 @@ def make_storage_policy(
     device: torch.device | str | None = None,
     progress: bool = False,
     batch_size: int = 256,
+    stats: str | None = None,
     **options,
 ) -> SelectionBuffer | CondensedClassBuffer:
     """The storage policy of ``policy``: a :class:`SelectionBuffer` for a selector name
@@ -28,7 +29,9 @@ def make_storage_policy(
     Args:
         seed: seed of randomised selectors / of the condensation.
         iterations, device, progress: condensation only (device: default the strategy's).
-        batch_size: samples per batch when data are read (and features extracted).
+        batch_size: samples per batch when data are read.
+        stats: selection only: the normalisation statistics of the extraction (see
+            :class:`SelectorExemplarsStrategy`).
         **options: selector or condenser options (e.g. ``eps=0.05``, ``network_options=...``).
     """
     if policy_kind(policy) == "selection":
@@ -36,8 +39,15 @@ def make_storage_policy(
             raise ValueError(
                 f"iterations applies to condensation policies, not to the selector {policy!r}."
             )
+        if stats is not None:
+            options["stats"] = stats
         strategy = SelectorExemplarsStrategy(policy, seed=seed, batch_size=batch_size, **options)
         return SelectionBuffer(mem_per_class, strategy)
+    if stats is not None:
+        raise ValueError(
+            f"stats applies to selection policies; the condenser {policy!r} trains its own "
+            "networks. Drop stats=."
+        )
     return CondensedClassBuffer(
         mem_per_class,
         policy,

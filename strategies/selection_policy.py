@@ -21,6 +21,7 @@ from torch import Tensor
 
 from replay_lcmat.buffers import check_budget, policy_kind, select_exemplars, warn_small_class
 from replay_lcmat.selection import SELECTORS, extract_outputs
+from replay_lcmat.selection.extract import DEFAULT_STATS, check_stats
 from replay_lcmat.strategies.datasets import dataset_tensors
 
 STATE_FORMAT = "replay-lcmat/selection-buffer"
@@ -57,21 +58,32 @@ class SelectorExemplarsStrategy(ExemplarsSelectionStrategy):
     """Avalanche exemplar ranking by any registered selector, on the strategy's current model.
 
     Features and logits come from the model's last linear layer
-    (:func:`replay_lcmat.selection.extract_outputs`), computed in eval mode on the data's eval
-    transform group (the model's mode is restored). Selection is class-balanced; a group with
+    (:func:`replay_lcmat.selection.extract_outputs` with ``stats``), computed on the data's eval
+    transform group; the model (mode, parameters, BatchNorm buffers) is left as it was. Selection is class-balanced; a group with
     several classes is returned interleaved by rank so that any prefix stays balanced.
 
     Args:
         name_or_selector: a selector name (``"lcmat-s"``, ``"craig"``, ``"herding"``, ...) or a
             :class:`replay_lcmat.selection.Selector`.
         seed: seed of randomised selectors (per class: ``derive_seed(seed, label)``).
-        batch_size: samples per forward pass of the extraction.
+        stats: normalisation statistics of the extraction: ``"running"`` (eval mode),
+            ``"class-batch"`` (BatchNorm over batches of one class, as the LCMat reference
+            code) or ``"class-center"``; default
+            :data:`replay_lcmat.selection.extract.DEFAULT_STATS`.
+        batch_size: samples per batch when the data are read.
         **options: selector options, e.g. ``eps=0.05`` for LCMat-S.
     """
 
     def __init__(
-        self, name_or_selector="lcmat-s", *, seed: int = 0, batch_size: int = 256, **options
+        self,
+        name_or_selector="lcmat-s",
+        *,
+        seed: int = 0,
+        stats: str = DEFAULT_STATS,
+        batch_size: int = 256,
+        **options,
     ) -> None:
+        check_stats(stats)
         if isinstance(name_or_selector, str):
             if policy_kind(name_or_selector) != "selection":
                 raise ValueError(
@@ -90,6 +102,7 @@ class SelectorExemplarsStrategy(ExemplarsSelectionStrategy):
         self.selector = name_or_selector
         self.needs = tuple(needs)
         self.seed = seed
+        self.stats = stats
         self.batch_size = batch_size
         self.options = options
 
@@ -113,7 +126,7 @@ class SelectorExemplarsStrategy(ExemplarsSelectionStrategy):
         if self.needs:
             x, labels, _ = dataset_tensors(data, batch_size=self.batch_size)
             outputs = extract_outputs(
-                strategy.model, x, labels=labels, batch_size=self.batch_size, device=strategy.device
+                strategy.model, x, labels=labels, stats=self.stats, device=strategy.device
             )
             features, logits = outputs.features, outputs.logits
         else:
@@ -136,7 +149,10 @@ class SelectorExemplarsStrategy(ExemplarsSelectionStrategy):
         return order.tolist()
 
     def __repr__(self) -> str:
-        return f"SelectorExemplarsStrategy({self.selector!r}, seed={self.seed}, {self.options})"
+        return (
+            f"SelectorExemplarsStrategy({self.selector!r}, seed={self.seed}, "
+            f"stats={self.stats!r}, {self.options})"
+        )
 
 
 class _ClassExemplars(ExemplarsBuffer):

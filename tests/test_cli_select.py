@@ -86,3 +86,20 @@ def test_select_errors_name_the_fix(tmp_path, capsys):
     )
     assert code == 1
     assert "take_all=True" in capsys.readouterr().err
+
+
+def test_select_records_stats_and_pretraining_augmentation(tmp_path):
+    record = run_select(
+        tmp_path,
+        "s.json",
+        "--method",
+        "craig",
+        "--per-class",
+        "2",
+        "--stats",
+        "class-batch",
+        "--no-pretrain-augment",
+    )
+    assert record["stats"] == "class-batch" and record["pretrain"]["augment"] is False
+    with pytest.raises(SystemExit):
+        run_select(tmp_path, "t.json", "--method", "craig", "--per-class", "2", "--stats", "eval")

@@ -8,7 +8,13 @@ import statistics
 import pytest
 
 from replay_lcmat.cli import main
-from replay_lcmat.reporting import results_markdown, summarize, write_results
+from replay_lcmat.reporting import (
+    comparison_text,
+    paired_difference,
+    results_markdown,
+    summarize,
+    write_results,
+)
 
 
 def _rows():
@@ -53,6 +59,37 @@ def test_summary_is_mean_and_sample_std_over_seeds():
     assert "exp 2 (4 cl.)" in table
 
 
+def test_paired_difference_pairs_by_seed_and_states_the_verdict():
+    rows = []
+    for seed, (a, b) in enumerate([((0.5, 0.4), (0.3, 0.6)), ((0.7, 0.2), (0.4, 0.3))]):
+        for policy, accs in (("lcmat-s", a), ("uniform", b)):
+            for e, acc in enumerate(accs, start=1):
+                rows.append(
+                    {
+                        "seed": seed,
+                        "policy": policy,
+                        "per_class": 10,
+                        "experience": e,
+                        "classes_seen": 2 * e,
+                        "memory_size": 20 * e,
+                        "accuracy": acc,
+                    }
+                )
+    diff = paired_difference(rows, "lcmat-s", "uniform")[10]
+    assert diff[0][0] == pytest.approx(((0.5 - 0.3) + (0.7 - 0.4)) / 2)
+    assert diff[0][1] == pytest.approx(statistics.stdev([0.2, 0.3]))
+    assert diff[1][0] == pytest.approx(((0.4 - 0.6) + (0.2 - 0.3)) / 2) and diff[1][2] == 2
+    text = comparison_text(rows, "lcmat-s", "uniform")
+    assert "+25.0 ± 7.1, -15.0 ± 7.1" in text and "after 1 of 2 experiences" in text
+    second = [r for r in rows if r["experience"] == 2]  # lcmat-s is behind there
+    assert "is NOT above uniform after any experience" in comparison_text(
+        second, "lcmat-s", "uniform"
+    )
+    assert "above lcmat-s after every experience" in comparison_text(second, "uniform", "lcmat-s")
+    with pytest.raises(ValueError, match="run both policies"):
+        paired_difference(rows, "lcmat-s", "herding")
+
+
 def test_write_results_files(tmp_path):
     paths = write_results(_rows(), tmp_path, "run", title="t", command="python x.py --a 1")
     with paths["csv"].open() as handle:
@@ -82,6 +119,10 @@ def test_demo_runs_offline_on_digits(tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "| lcmat-s |" in out and "| uniform |" in out and "exp 5 (10 cl.)" in out
+    assert (
+        "lcmat-s minus uniform" in out
+        and "lcmat-s minus uniform" in (tmp_path / "demo.md").read_text()
+    )
     with (tmp_path / "demo.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 10

@@ -476,3 +476,33 @@ def test_growing_a_condensed_memory_warns_and_reports_what_it_holds(bench):
         plugin.storage_policy.resize(strategy, 10)  # 5 per class for the 2 stored classes
     assert plugin.mem_per_class == 5
     assert plugin.storage_policy.max_size == len(plugin.storage_policy.buffer) == 2 * MEM
+
+
+def test_selector_strategy_takes_class_batch_statistics(bench):
+    from replay_lcmat.buffers import select_exemplars
+    from replay_lcmat.models import ConvNet
+    from replay_lcmat.selection import extract_outputs
+
+    benchmark, _, _ = bench
+    data = benchmark.train_stream[0].dataset
+    with seeded(0):
+        model = ConvNet(1, 10, image_size=8, width=4, depth=2, norm="batch")
+    strategy = _strategy(model, [])
+    x, y, _ = dataset_tensors(data)
+    orders = {}
+    for stats in ("running", "class-batch"):
+        selector = SelectorExemplarsStrategy("craig", stats=stats)
+        got = selector.make_sorted_indices(strategy, data, budget=2 * len(y.unique()))
+        out = extract_outputs(model, x, labels=y, stats=stats)
+        picks = select_exemplars(
+            "craig", labels=y, features=out.features, logits=out.logits, per_class=2
+        )
+        assert sorted(got) == sorted(picks.tolist())
+        orders[stats] = got
+    assert orders["running"] != orders["class-batch"]
+    plugin = LCMatReplayPlugin(MEM, "lcmat-s", stats="class-batch")
+    assert plugin.storage_policy.selection_strategy.stats == "class-batch"
+    with pytest.raises(ValueError, match="stats applies to selection policies"):
+        LCMatReplayPlugin(MEM, "dm", stats="class-batch")
+    with pytest.raises(ValueError, match="unknown stats"):
+        SelectorExemplarsStrategy("craig", stats="train")

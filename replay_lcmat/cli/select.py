@@ -17,6 +17,8 @@ from replay_lcmat.selection import (
     make_selector,
     pretrain_selection_model,
 )
+from replay_lcmat.selection.extract import DEFAULT_STATS, STATS
+from replay_lcmat.specs import parse_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,6 +43,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--lr", type=float, default=0.1, help="pretraining SGD learning rate")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument(
+        "--stats",
+        choices=STATS,
+        default=DEFAULT_STATS,
+        help="normalisation statistics while features and logits are taken: running (eval "
+        "mode) | class-batch (BatchNorm over batches of one class, the LCMat reference code) | "
+        f"class-center (default {DEFAULT_STATS}; see extract_outputs)",
+    )
+    parser.add_argument(
+        "--pretrain-augment",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="crop + flip while the selection model trains (the reference code: "
+        "--no-pretrain-augment)",
+    )
+    parser.add_argument(
         "--option",
         action="append",
         default=[],
@@ -53,20 +70,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(func=run)
-
-
-def parse_options(pairs: list[str]) -> dict:
-    """``["eps=0.05", "greedy=lazy"]`` -> ``{"eps": 0.05, "greedy": "lazy"}``."""
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--option {pair!r} is not KEY=VALUE; write e.g. --option eps=0.05.")
-        try:
-            options[key.replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key.replace("-", "_")] = value
-    return options
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,11 +89,14 @@ def run(args: argparse.Namespace) -> int:
         epochs=args.pretrain_epochs,
         lr=args.lr,
         batch_size=args.batch_size,
+        augment=args.pretrain_augment,
         device=args.device,
         seed=args.seed,
         progress=progress,
     )
-    outputs = extract_outputs(model, train_data, device=args.device, progress=progress)
+    outputs = extract_outputs(
+        model, train_data, stats=args.stats, device=args.device, progress=progress
+    )
     pretrain_seconds = time.perf_counter() - start
     start = time.perf_counter()
     result = selector.select(
@@ -128,7 +134,9 @@ def run(args: argparse.Namespace) -> int:
             "epochs": args.pretrain_epochs,
             "lr": args.lr,
             "batch_size": args.batch_size,
+            "augment": args.pretrain_augment,
         },
+        "stats": args.stats,
         "indices_refer_to": "the training split as returned by replay_lcmat.data.load_dataset",
         "num_selected": len(result.indices),
         "by_class": by_class,

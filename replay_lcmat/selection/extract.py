@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import copy
+import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
+
+# How a selection model's normalisation layers see the data while its outputs are taken.
+STATS = ("running", "class-batch", "class-center")
+# The default of every selection path; chosen from benchmarks/results/coreset_cpu-bn.md.
+DEFAULT_STATS = "running"
+CLASS_BATCH_SIZE = 128  # the reference code's selection loader
 
 
 @dataclass(frozen=True)
@@ -18,67 +26,165 @@ class ModelOutputs:
     labels: Tensor
 
 
+def check_stats(stats: str) -> str:
+    """Return ``stats`` if it is one of :data:`STATS`, else raise naming the choices."""
+    if stats not in STATS:
+        raise ValueError(
+            f"unknown stats {stats!r}; choose one of {', '.join(map(repr, STATS))} "
+            "(see replay_lcmat.selection.extract_outputs)."
+        )
+    return stats
+
+
+def has_batch_statistics(model: nn.Module) -> bool:
+    """True when some layer of ``model`` normalises with batch statistics in train mode
+    (BatchNorm, SyncBatchNorm, InstanceNorm with ``track_running_stats``)."""
+    return any(isinstance(m, nn.modules.batchnorm._NormBase) for m in model.modules())
+
+
+def class_batches(labels: Tensor, batch_size: int) -> list[Tensor]:
+    """Index batches that each hold one class: classes ascending, each class in index order cut
+    into runs of ``batch_size`` (the reference code's selection loader). A trailing run of a
+    single sample joins the run before it, because batch statistics of one sample are undefined.
+    """
+    batches: list[Tensor] = []
+    for c in torch.unique(labels).tolist():
+        members = torch.nonzero(labels == c).flatten()
+        runs = list(torch.split(members, batch_size))
+        if len(runs) > 1 and len(runs[-1]) == 1:
+            runs[-2:] = [torch.cat(runs[-2:])]
+        batches += runs
+    return batches
+
+
+def class_centered_logits(
+    features: Tensor, labels: Tensor, head: nn.Module, device: torch.device | str = "cpu"
+) -> Tensor:
+    """Logits ``head(h - mean_c(h) + mean(h))``: each class's mean feature moved to the mean
+    feature of all samples, the feature-level analogue of what class-batch BatchNorm does.
+
+    Args:
+        features: ``[n, d]`` float; labels: int64 ``[n]``; head: the last linear layer (on
+            ``device``). Returns float ``[n, c]`` on the CPU.
+    """
+    if len(torch.unique(labels)) < 2:
+        warnings.warn(
+            "class-center statistics need samples of several classes in one call; with one "
+            "class the logits equal the running-statistics ones.",
+            UserWarning,
+            stacklevel=3,
+        )
+    centred = features.clone()
+    overall = features.mean(0)
+    for c in torch.unique(labels).tolist():
+        rows = labels == c
+        centred[rows] += overall - features[rows].mean(0)
+    with torch.no_grad():
+        return head(centred.to(device)).float().cpu()
+
+
 def extract_outputs(
     model: nn.Module,
     data,
     labels: Tensor | None = None,
     *,
-    batch_size: int = 512,
+    stats: str = DEFAULT_STATS,
+    batch_size: int | None = None,
     device: torch.device | str = "cpu",
     progress: bool = False,
 ) -> ModelOutputs:
     """Penultimate features, logits and labels of ``data`` under ``model``, in one pass.
 
     The model is split with :func:`replay_lcmat.models.split_head` (models of this library use
-    their ``features`` / ``classifier``), run in eval mode without gradients, and its previous
-    train/eval mode is restored afterwards.
+    their ``features`` / ``classifier``) and run without gradients. The caller's model is left
+    as it was: parameters, buffers (BatchNorm running statistics) and train/eval flag (with
+    ``"running"`` and ``"class-center"`` it is moved to ``device``).
+
+    ``stats`` says which statistics normalisation layers use:
+
+    - ``"running"``: eval mode; BatchNorm uses its running statistics, so a sample's outputs do
+      not depend on the other samples of its batch. Batches of ``batch_size`` (default 512)
+      in index order.
+    - ``"class-batch"``: the LCMat reference code's behaviour. BatchNorm layers normalise with
+      the statistics of the batch, and every batch holds samples of one class only: classes
+      ascending, each in index order, in batches of ``batch_size`` (default 128; see
+      :func:`class_batches`). The class mean is removed at every BatchNorm layer, so the
+      last-layer gradients describe the variation inside the class. Runs on a copy of the
+      model with its other layers in eval mode (dropout off), so the result is deterministic.
+    - ``"class-center"``: eval mode, then each class's mean penultimate feature is moved to the
+      mean feature of all samples before the head (:func:`class_centered_logits`); an analogue of
+      class-batch statistics for models without BatchNorm. ``features`` stay as extracted.
+
+    For a model without batch-dependent normalisation (instance norm, GroupNorm, LayerNorm, no
+    norm) ``"running"`` and ``"class-batch"`` give identical outputs.
 
     Args:
-        model: the selection model (moved to ``device``).
+        model: the selection model.
         data: an :class:`replay_lcmat.data.ImageData` (normalised batch by batch) or a float
             tensor of already-normalised inputs ``[n, ...]`` together with ``labels``.
         labels: int64 ``[n]``, only when ``data`` is a tensor.
-        batch_size: samples per forward pass.
-        device: where the model runs; outputs are returned on the CPU.
+        stats: ``"running"``, ``"class-batch"`` or ``"class-center"`` (see above).
+        batch_size: samples per forward pass (default 512, or 128 for ``"class-batch"``).
+        device: where the model runs; outputs are returned on the CPU, in the order of ``data``.
         progress: show a progress bar.
     """
     from replay_lcmat.models import split_head
 
+    check_stats(stats)
     if isinstance(data, Tensor):
         if labels is None or len(labels) != len(data):
             raise ValueError(
                 "when data is a tensor, pass labels=... with one int64 label per row of data."
             )
-        n, batch_of = len(data), (lambda s: data[s].to(device).float())
+        n, batch_of = len(data), (lambda idx: data[idx.to(data.device)].to(device).float())
     elif hasattr(data, "normalized") and hasattr(data, "subset"):
         if labels is not None:
             raise ValueError("labels come from the ImageData itself; drop labels=... .")
         labels = data.labels
         n = len(data)
 
-        def batch_of(s: slice) -> Tensor:
-            return data.subset(torch.arange(s.start, s.stop)).normalized(device)
+        def batch_of(idx: Tensor) -> Tensor:
+            return data.subset(idx).normalized(device)
     else:
         raise ValueError(
             f"data must be an ImageData or a float tensor with labels=...; got {type(data).__name__}."
         )
     if n == 0:
         raise ValueError("no samples to extract: the dataset is empty.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
+    if batch_size is None:
+        batch_size = CLASS_BATCH_SIZE if stats == "class-batch" else 512
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}.")
+    labels = torch.as_tensor(labels).long().cpu()
+    if stats == "class-batch":
+        batches = class_batches(labels, batch_size)
+        net = copy.deepcopy(model).to(device).eval()
+        for module in net.modules():
+            if isinstance(module, nn.modules.batchnorm._NormBase):
+                module.train()  # batch statistics; the copy's running buffers absorb the update
+    else:
+        batches = list(torch.arange(n).split(batch_size))
+        net = model
     was_training = model.training
-    model.to(device).eval()
-    features_of, head = split_head(model)
-    feats, logits = [], []
+    if net is model:
+        model.to(device).eval()
+    features_of, head = split_head(net)
+    feats = logits = None
     try:
         with torch.no_grad():
-            for start in tqdm(range(0, n, batch_size), desc="extract", disable=not progress):
-                h = features_of(batch_of(slice(start, min(start + batch_size, n))))
-                feats.append(h.flatten(1).float().cpu())
-                logits.append(head(h.flatten(1)).float().cpu())
+            for idx in tqdm(batches, desc="extract", disable=not progress):
+                h = features_of(batch_of(idx)).flatten(1)
+                z = head(h).float().cpu()
+                h = h.float().cpu()
+                if feats is None:
+                    feats = torch.empty(n, h.shape[1])
+                    logits = torch.empty(n, z.shape[1])
+                feats[idx], logits[idx] = h, z
+            if stats == "class-center":
+                logits = class_centered_logits(feats, labels, head, device)
     finally:
         model.train(was_training)
-    return ModelOutputs(torch.cat(feats), torch.cat(logits), torch.as_tensor(labels).long().cpu())
+    return ModelOutputs(feats, logits, labels)
 
 
 def pretrain_selection_model(
