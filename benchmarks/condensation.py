@@ -268,6 +268,8 @@ def run(preset_name: str, device: str, download: bool, out_dir: Path, command: s
                         device=device,
                         seed=0,
                         checkpoint=RUNS / f"{preset_name}_{dataset}_ipc{ipc}_{slug}.pt",
+                        # scratch file of this benchmark: a rerun (other options) replaces it
+                        overwrite=True,
                         checkpoint_every=max(1, iterations // 20),
                         **preset.condense_options.get(method, {}),
                     )

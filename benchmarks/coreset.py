@@ -211,6 +211,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--name", default=None, help="results file stem (default coreset_<preset>)")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS, help="where results are written")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     cfg = dict(PRESETS[args.preset])
@@ -341,6 +342,7 @@ def main(argv=None) -> int:
             quiet=True,
         )
     bar.close()
+    write_bounds(args, cfg, outputs, selections, labels)
     write_results(
         args,
         cfg,
@@ -352,6 +354,55 @@ def main(argv=None) -> int:
         time.perf_counter() - started,
     )
     return 0
+
+
+def write_bounds(args, cfg, outputs, selections, labels, rho: float = 0.5, k_dims: int = 100):
+    """The LCMat bound terms (paper Fig. 2) of every method's subset at one fraction (1% when
+    run, else the smallest), under each statistics mode's outputs of the selection model:
+    ``<stem>_bounds_<stats>.{md,csv,png}``. Seeded methods use their first seed's subset."""
+    from replay_lcmat.diagnostics import (
+        bound_markdown,
+        compare_subsets,
+        plot_bound_terms,
+        write_bound_csv,
+    )
+
+    stem = args.name or f"coreset_{args.preset}"
+    fraction = 0.01 if 0.01 in cfg["fractions"] else min(cfg["fractions"])
+    budgets = class_budgets(labels, fraction=fraction)
+    for stats, out in outputs.items():
+        if stats == "-":
+            continue
+        subsets = {
+            label: nested_subset(idx, labels, budgets)
+            for (label, s, seed), idx in selections.items()
+            if s in (stats, "-") and seed in (None, cfg["seeds"][0])
+        }
+        rows = compare_subsets(
+            out.features, out.logits, out.labels, subsets, rho=rho, k_dims=k_dims
+        )
+        base = args.out_dir / f"{stem}_bounds_{stats}"
+        text = [
+            f"# LCMat bound terms, coreset preset `{args.preset}`, stats `{stats}`",
+            "",
+            "Command (repository root): `python -m benchmarks.coreset "
+            + shlex.join(sys.argv[1:])
+            + "`",
+            "",
+            f"Subsets at {fraction:.1%} per class (seed {cfg['seeds'][0]} for seeded methods) "
+            f"of the training set T, measured under the selection model's `{stats}` outputs, "
+            f"last layer, closed form in float64, rho {rho}, K {k_dims}; unweighted means over "
+            "S. Smaller is closer to T.",
+            "",
+            bound_markdown(rows),
+        ]
+        base.with_suffix(".md").write_text("\n".join(text) + "\n")
+        write_bound_csv(rows, base.with_suffix(".csv"))
+        plot_bound_terms(
+            rows,
+            base.with_suffix(".png"),
+            title=f"bound terms at {fraction:.1%}, stats {stats}",
+        )
 
 
 def summarize(rows: list[dict], fractions: list[float]) -> dict[tuple[str, str], list]:
@@ -410,9 +461,10 @@ def plot(summary: dict, fractions: list[float], path: Path, title: str) -> None:
 def write_results(
     args, cfg, rows, select_seconds, pretrain_acc, fit, pretrain_seconds, total, quiet=False
 ) -> None:
-    RESULTS.mkdir(exist_ok=True)
+    out_dir = args.out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
     stem = args.name or f"coreset_{args.preset}"
-    with open(RESULTS / f"{stem}.csv", "w", newline="") as f:
+    with open(out_dir / f"{stem}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
@@ -449,11 +501,13 @@ def write_results(
         "",
         "`stats`: how the selection model's features and logits were taken (`running`: eval "
         "mode; `class-batch`: BatchNorm over batches of 128 samples of one class, as the LCMat "
-        "reference code; `-`: the method uses no model). `select s`: wall time of that method's "
+        "reference code; `class-center`: eval mode, each class's mean feature moved to the mean "
+        "of all samples before the head; `-`: the method uses no model). `select s`: wall time "
+        "of that method's "
         "selections (all classes, all seeds for seeded methods), on the extracted features.",
     ]
-    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    plot(summary, fractions, RESULTS / f"{stem}.png", f"Coreset selection, preset {args.preset}")
+    (out_dir / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    plot(summary, fractions, out_dir / f"{stem}.png", f"Coreset selection, preset {args.preset}")
     if not quiet:
         print("\n".join(lines))
 

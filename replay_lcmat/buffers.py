@@ -22,6 +22,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from replay_lcmat.files import CorruptDataError, read_torch_file
+from replay_lcmat.validation import check_channels_first
+
 MEMORY_FORMAT = "replay-lcmat/class-memory"
 MEMORY_VERSION = 1
 
@@ -61,6 +64,21 @@ class ClassMemory:
             )
         if len(images) == 0:
             raise ValueError(f"no exemplars given for class {label}; store at least one.")
+        check_channels_first(images, f"images of class {label}")
+        if not torch.isfinite(images).all():
+            bad = int((~torch.isfinite(images.flatten(1))).any(1).sum())
+            raise ValueError(
+                f"images of class {label} contain NaN or inf in {bad} of {len(images)} images; "
+                "drop or regenerate them before storing (a diverged condensation produces these)."
+            )
+        stored = [c for c in self._images if c != int(label)]
+        if stored and images.shape[1:] != self._images[stored[0]].shape[1:]:
+            raise ValueError(
+                f"images of class {label} have shape {list(images.shape[1:])} per image but the "
+                f"stored classes (e.g. class {stored[0]}) have "
+                f"{list(self._images[stored[0]].shape[1:])}; all classes of a memory share one "
+                "image shape: resize or crop them to match, or use another ClassMemory."
+            )
         if sources is not None:
             sources = torch.as_tensor(sources).detach().cpu().long()
             if len(sources) != len(images):
@@ -130,8 +148,19 @@ class ClassMemory:
                 "not a replay-lcmat class memory; pass the dict of ClassMemory.state_dict() or a "
                 "file written by ClassMemory.save."
             )
-        if state["version"] != MEMORY_VERSION:
-            raise ValueError(f"class memory version {state['version']}; expected {MEMORY_VERSION}.")
+        if state.get("version") != MEMORY_VERSION:
+            raise ValueError(
+                f"class memory version {state.get('version')!r}; expected {MEMORY_VERSION}."
+            )
+        parts = [state.get(key) for key in ("classes", "images", "sources")]
+        if (
+            not all(isinstance(part, list | tuple) for part in parts)
+            or len({len(part) for part in parts}) != 1
+        ):
+            raise ValueError(
+                "corrupt replay-lcmat class memory: it needs lists 'classes', 'images' and "
+                "'sources' of equal length; write it again with ClassMemory.save."
+            )
         memory = cls()
         for c, images, sources in zip(
             state["classes"], state["images"], state["sources"], strict=True
@@ -152,7 +181,11 @@ class ClassMemory:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no memory file at {path}; write one with ClassMemory.save.")
-        return cls.from_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        state = read_torch_file(path, "class memory", "ClassMemory.save")
+        try:
+            return cls.from_state_dict(state)
+        except ValueError as err:
+            raise CorruptDataError(f"{path}: {err}") from None
 
     def __repr__(self) -> str:
         return f"ClassMemory({self.counts()})"

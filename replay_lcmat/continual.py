@@ -160,6 +160,7 @@ def memory_only_run(
     device: torch.device | str = "cpu",
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    memories_out: dict | None = None,
 ) -> list[dict]:
     """The memory-replay protocol of the LCMat paper (spec section 5), one seed.
 
@@ -194,6 +195,8 @@ def memory_only_run(
         selection_augment: crop + flip while the selection model trains (the LCMat reference
             code trains it without).
         log: called with one line per finished experience and policy (e.g. ``print``).
+        memories_out: a dict to receive the final memories, ``{(policy, per_class):
+            ClassMemory}`` (e.g. to draw them with :mod:`replay_lcmat.diagnostics`).
 
     Returns:
         One dict per (policy, per_class, experience): ``seed, policy, per_class, experience``
@@ -226,6 +229,8 @@ def memory_only_run(
     order = class_order(train_data.num_classes, seed if shuffle_classes else None)
     groups = task_classes(order, n_experiences)
     memories = {(p, b): ClassMemory() for p in policies for b in budgets}
+    if memories_out is not None:
+        memories_out.update(memories)  # the same objects: filled as the run goes
     rows: list[dict] = []
     seen: list[int] = []
     for k, classes in enumerate(groups):

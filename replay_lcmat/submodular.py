@@ -20,6 +20,50 @@ from torch import Tensor
 
 OPTIMIZERS = ("naive", "lazy", "stochastic")
 
+# Peak bytes of facility location on n points, in units of n^2 * itemsize: the similarity, the
+# [n, n] copy and difference made by the first full gains call, and the bool finiteness mask.
+# Measured: LCMat-S on one class (d=512, c=10) peaks at about 3.3 n^2 * 4 bytes in float32.
+FACILITY_PEAK_FACTOR = 3.3
+MEMINFO = "/proc/meminfo"
+
+
+class NotEnoughMemoryError(MemoryError, ValueError):
+    """A step would need more memory than is available; raised before it allocates anything."""
+
+
+def facility_location_peak_bytes(n_points: int, itemsize: int) -> int:
+    """Estimated peak bytes of building an ``[n, n]`` similarity and running greedy on it."""
+    return math.ceil(FACILITY_PEAK_FACTOR * n_points * n_points * itemsize)
+
+
+def available_memory_bytes(device: torch.device | str = "cpu") -> int | None:
+    """Bytes that can still be allocated on ``device``, or ``None`` when unknown.
+
+    CUDA: free device memory plus what PyTorch's cache holds unused. CPU: ``psutil``'s
+    available memory, else ``MemAvailable`` of ``/proc/meminfo``, else ``None``.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free + cached)
+    if device.type != "cpu":
+        return None
+    try:
+        import psutil
+    except ImportError:
+        pass
+    else:
+        return int(psutil.virtual_memory().available)
+    try:
+        with open(MEMINFO) as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # the value is in kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
 
 class SetFunction(Protocol):
     """What the greedy optimisers need from a monotone submodular function."""

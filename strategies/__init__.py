@@ -8,9 +8,11 @@
 - :class:`SelectorExemplarsStrategy`: an Avalanche ``ExemplarsSelectionStrategy`` ranking with
   any registered selector; :class:`SelectionBuffer`: class-balanced, budget-aware buffer of it.
 - :class:`CondensedClassBuffer`: synthetic exemplars from any registered condenser.
-- :class:`LCMatReplayPlugin`: replay with either, picked by policy name.
+- :class:`LCMatReplayPlugin`: replay with either, picked by policy name. With Avalanche's own
+  ``ReplayPlugin`` pass ``mem_size=buffer.max_size`` (the buffers grow per class seen).
 - :class:`MemoryOnlyRetrainPlugin`: the paper's protocol (fresh model trained on memory only).
-- :func:`tensor_benchmark`: class-incremental benchmark from in-memory images (no download).
+- :func:`tensor_benchmark`: class- (or task-) incremental benchmark from in-memory images (no
+  download).
 - :func:`run_continual`: one whole run, accuracy after every experience.
 """
 

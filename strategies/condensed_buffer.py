@@ -9,13 +9,16 @@ from avalanche.benchmarks.utils import concat_datasets
 from avalanche.training.storage_policy import ExemplarsBuffer
 
 from replay_lcmat.buffers import (
+    PAPER_ITERATIONS,
     ClassMemory,
     check_budget,
     condense_exemplars,
     derive_seed,
     policy_kind,
 )
+from replay_lcmat.condensation import make_condenser
 from replay_lcmat.strategies.datasets import dataset_tensors, tensor_dataset
+from replay_lcmat.strategies.selection_policy import ReplayCapacity
 
 STATE_FORMAT = "replay-lcmat/condensed-buffer"
 
@@ -31,7 +34,21 @@ class CondensedClassBuffer(ExemplarsBuffer):
     ``buffer`` is a tensor classification dataset whose items are ``(x, y, t)`` like the
     stream's: ``x`` the synthetic images, already normalised, detached, on the CPU, with no
     transforms; ``y`` the original class labels; ``t`` the class's task label. ``max_size`` is
-    the current capacity, ``mem_per_class`` x classes seen.
+    the current capacity, ``mem_per_class`` x classes seen (0 before the first experience; with
+    Avalanche's ``ReplayPlugin`` pass ``mem_size=buffer.max_size``, see
+    :mod:`replay_lcmat.strategies.selection_policy`). Each class label belongs to one task: a
+    label that comes back under another task label is refused (its images would be replaced).
+
+    Cost: the defaults are the papers' settings (:data:`replay_lcmat.buffers.PAPER_ITERATIONS`:
+    1000 outer iterations for LCMat-C / DC / DSA, 20000 for DM, of a ConvNet-3 of width 128),
+    run once per experience. They are meant for a GPU: on a CPU (2 cores) one LCMat-C iteration
+    takes one to several minutes even for the 2 classes of an 8x8 digits experience, i.e. a day
+    or more per experience (DM: about 0.7 s per iteration, about 4 hours). Condensing with these
+    defaults on a CPU warns once. To try a policy on a CPU, shrink it: ``"lcmat-c"`` with
+    ``iterations=10, outer_loop=1, inner_loop=1, network_options={"width": 32, "depth": 2}``
+    takes about 30 s per digits experience, ``"dm"`` with ``iterations=100,
+    network_options={"width": 32, "depth": 2}`` about 6 s. A progress bar with the time left is
+    shown by default.
 
     Args:
         mem_per_class: synthetic images per class (the condenser's ipc).
@@ -39,9 +56,10 @@ class CondensedClassBuffer(ExemplarsBuffer):
         iterations: outer iterations (default: the method's paper value).
         device: where condensation runs (default: the strategy's device).
         seed: base seed.
-        progress: show the condenser's progress bar.
+        progress: show the condenser's progress bar (iterations done, time left).
         batch_size: samples per batch when the experience's data is read.
-        **condenser_options: e.g. ``network_options={"width": 32}``, ``batch_real=64``.
+        **condenser_options: e.g. ``network_options={"width": 32}``, ``batch_real=64``. Every
+            option is checked here (the condenser is built once), not at the first experience.
     """
 
     def __init__(
@@ -52,7 +70,7 @@ class CondensedClassBuffer(ExemplarsBuffer):
         iterations: int | None = None,
         device: torch.device | str | None = None,
         seed: int = 0,
-        progress: bool = False,
+        progress: bool = True,
         batch_size: int = 256,
         **condenser_options,
     ) -> None:
@@ -62,7 +80,19 @@ class CondensedClassBuffer(ExemplarsBuffer):
                 f"{condenser!r} is a selection policy; use SelectionBuffer (or "
                 "LCMatReplayPlugin(policy=...)) for real exemplars."
             )
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}.")
+        make_condenser(  # checks every option now rather than after the first experience
+            condenser,
+            ipc=mem_per_class,
+            iterations=PAPER_ITERATIONS.get(condenser, 1000) if iterations is None else iterations,
+            device="cpu" if device is None else device,
+            seed=seed,
+            progress=progress,
+            **condenser_options,
+        )
         super().__init__(max_size=0)
+        self.max_size = ReplayCapacity(f"CondensedClassBuffer(mem_per_class={mem_per_class})")
         self.mem_per_class = mem_per_class
         self.condenser = condenser
         self.iterations = iterations
@@ -73,19 +103,43 @@ class CondensedClassBuffer(ExemplarsBuffer):
         self.condenser_options = condenser_options
         self.memory = ClassMemory()
         self.task_labels: dict[int, int] = {}
+        self._cost_warned = False
 
     def post_adapt(self, agent, exp) -> None:
         data = exp.dataset
         if len(data) == 0:
             return
         x, y, t = dataset_tensors(data, batch_size=self.batch_size)
+        for c in torch.unique(y).tolist():
+            tasks = torch.unique(t[y == c]).tolist()
+            stored = self.task_labels.get(c)
+            if len(tasks) > 1 or (stored is not None and tasks[0] != stored):
+                before = [] if stored is None else [stored]
+                raise ValueError(
+                    f"class {c} comes with task labels {sorted(set(before + tasks))}; a condensed "
+                    "memory keeps one set of images per class label, so another task's class "
+                    f"{c} would replace them. Build the benchmark with distinct class labels per "
+                    "task (e.g. class_ids_from_zero_in_each_exp=False)."
+                )
+        device = torch.device(self.device if self.device is not None else agent.device)
+        if self.iterations is None and device.type == "cpu" and not self._cost_warned:
+            self._cost_warned = True
+            warnings.warn(
+                f"condensing with {self.condenser!r}'s paper settings "
+                f"({PAPER_ITERATIONS.get(self.condenser, 1000)} iterations per experience) on the "
+                "CPU takes hours to days per experience; pass iterations= (and e.g. "
+                "network_options={'width': 32, 'depth': 2}) to try it on a CPU, or run on a GPU. "
+                "See help(CondensedClassBuffer) for the cost.",
+                UserWarning,
+                stacklevel=2,
+            )
         syn, syn_labels = condense_exemplars(
             self.condenser,
             x,
             y,
             per_class=self.mem_per_class,
             iterations=self.iterations,
-            device=self.device if self.device is not None else agent.device,
+            device=device,
             seed=derive_seed(self.seed, exp.current_experience),
             progress=self.progress,
             **self.condenser_options,
@@ -124,7 +178,9 @@ class CondensedClassBuffer(ExemplarsBuffer):
     def _refresh(self) -> None:
         classes = self.memory.classes()
         if not classes:
-            self.max_size = 0
+            self.max_size = ReplayCapacity(
+                f"CondensedClassBuffer(mem_per_class={self.mem_per_class})"
+            )
             self.buffer = concat_datasets([])
             return
         x, y = self.memory.tensors()
@@ -143,10 +199,21 @@ class CondensedClassBuffer(ExemplarsBuffer):
         }
 
     def load_state_dict(self, state: dict, stream=None) -> None:
-        """Restore :meth:`state_dict` (``stream`` is not needed: the images are stored)."""
+        """Restore :meth:`state_dict` (``stream`` is not needed: the images are stored).
+
+        Raises:
+            ValueError: not a condensed-buffer state, or it keeps another ``mem_per_class``
+                (build the buffer with the saved one, then :meth:`resize`).
+        """
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise ValueError(
                 "not a condensed-buffer state; pass the dict of CondensedClassBuffer.state_dict()."
+            )
+        if state["mem_per_class"] != self.mem_per_class:
+            raise ValueError(
+                f"the saved memory keeps {state['mem_per_class']} images per class, this buffer "
+                f"{self.mem_per_class}; restore into a buffer (or plugin) built with "
+                f"mem_per_class={state['mem_per_class']}, then resize it if you want another size."
             )
         self.memory = ClassMemory.from_state_dict(state["memory"])
         self.mem_per_class = state["mem_per_class"]

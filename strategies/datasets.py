@@ -70,17 +70,22 @@ def tensor_benchmark(
     *,
     n_experiences: int,
     seed: int | None = 0,
+    task_labels: bool = False,
     train_transform=None,
     eval_transform=None,
 ):
-    """Class-incremental Avalanche benchmark (``nc_benchmark``) over in-memory images.
+    """Class-incremental (or task-incremental) Avalanche benchmark (``nc_benchmark``) over
+    in-memory images.
 
     Images are normalised once (``ImageData.normalized``); labels keep their original values;
     the class order is :func:`replay_lcmat.data.class_order` (``np.random.permutation`` under
     ``seed``, the order of the LCMat / DM continual protocol; ``seed=None``: natural order).
-    No task labels (all experiences have task label 0).
+    No task labels (all experiences have task label 0) unless ``task_labels``.
 
     Args:
+        task_labels: task-incremental: experience ``k`` has task label ``k`` (class labels stay
+            the original ones, distinct across tasks), for multi-head models such as
+            Avalanche's ``MTSimpleMLP``.
         train_transform, eval_transform: optional per-item tensor transforms.
 
     Returns:
@@ -97,7 +102,7 @@ def tensor_benchmark(
         train_set,
         test_set,
         n_experiences=n_experiences,
-        task_labels=False,
+        task_labels=task_labels,
         fixed_class_order=class_order(train.num_classes, seed),
         train_transform=train_transform,
         eval_transform=eval_transform,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from avalanche.models import MultiTaskModule
 from avalanche.training.plugins import SupervisedPlugin
 
 from replay_lcmat.buffers import derive_seed
@@ -27,6 +28,10 @@ class MemoryOnlyRetrainPlugin(MemoryStateMixin, SupervisedPlugin):
 
     With a policy that needs no model (uniform, condensation) train with ``train_epochs=0``.
 
+    Single-head models only: the retraining (:class:`replay_lcmat.continual.TrainConfig`) calls
+    ``model(x)``, so a multi-task model (Avalanche ``MultiTaskModule``) is refused when training
+    starts; use :class:`LCMatReplayPlugin` for those.
+
     Args:
         mem_per_class: exemplars per class.
         policy: memory policy name (see :func:`make_storage_policy`), ignored when
@@ -36,7 +41,8 @@ class MemoryOnlyRetrainPlugin(MemoryStateMixin, SupervisedPlugin):
             1000 epochs, lr 0.01, step schedule, DSA).
         reset_model: re-initialise the selection model before each experience.
         seed: base seed of the re-initialisations, the retraining and the policy.
-        progress: progress bars.
+        progress: progress bars of the condensation and the retraining (``None``: the
+            condensation's only).
         **policy_options: see :func:`make_storage_policy`.
     """
 
@@ -49,10 +55,14 @@ class MemoryOnlyRetrainPlugin(MemoryStateMixin, SupervisedPlugin):
         retrain: TrainConfig = PROTOCOL_RETRAIN,
         reset_model: bool = True,
         seed: int = 0,
-        progress: bool = False,
+        progress: bool | None = None,
         **policy_options,
     ) -> None:
         super().__init__()
+        if not isinstance(retrain, TrainConfig):
+            raise ValueError(
+                f"retrain must be a replay_lcmat.continual.TrainConfig; got {type(retrain).__name__}."
+            )
         if storage_policy is None:
             storage_policy = make_storage_policy(
                 policy, mem_per_class, seed=seed, progress=progress, **policy_options
@@ -64,8 +74,17 @@ class MemoryOnlyRetrainPlugin(MemoryStateMixin, SupervisedPlugin):
         self.retrain = retrain
         self.reset_model = reset_model
         self.seed = seed
-        self.progress = progress
+        self.progress = bool(progress)
         self.retrained_experiences: list[int] = []
+
+    def before_training(self, strategy, **kwargs) -> None:
+        if isinstance(strategy.model, MultiTaskModule):
+            raise ValueError(
+                f"MemoryOnlyRetrainPlugin retrains {type(strategy.model).__name__} on the memory "
+                "with model(x), but it is a multi-task model (forward(x, task_labels)). Use "
+                "LCMatReplayPlugin, which replays the memory through Avalanche's own loop with "
+                "the task labels, or a single-head model."
+            )
 
     def before_training_exp(self, strategy, **kwargs) -> None:
         if not self.reset_model:

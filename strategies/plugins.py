@@ -17,18 +17,21 @@ def make_storage_policy(
     seed: int = 0,
     iterations: int | None = None,
     device: torch.device | str | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
     batch_size: int = 256,
     stats: str | None = None,
     **options,
 ) -> SelectionBuffer | CondensedClassBuffer:
     """The storage policy of ``policy``: a :class:`SelectionBuffer` for a selector name
     (``"lcmat-s"``, ``"uniform"``, ...), a :class:`CondensedClassBuffer` for a condenser name
-    (``"lcmat-c"``, ``"dm"``, ...).
+    (``"lcmat-c"``, ``"dm"``, ...). Every option is checked here.
 
     Args:
         seed: seed of randomised selectors / of the condensation.
-        iterations, device, progress: condensation only (device: default the strategy's).
+        iterations, device: condensation only (device: default the strategy's). The default
+            iterations are the papers' (GPU-scale; see :class:`CondensedClassBuffer` for the
+            cost and CPU-sized settings).
+        progress: condensation only: a progress bar with an ETA (``None``: shown).
         batch_size: samples per batch when data are read.
         stats: selection only: the normalisation statistics of the extraction (see
             :class:`SelectorExemplarsStrategy`).
@@ -38,6 +41,11 @@ def make_storage_policy(
         if iterations is not None:
             raise ValueError(
                 f"iterations applies to condensation policies, not to the selector {policy!r}."
+            )
+        if device is not None:
+            raise ValueError(
+                f"device applies to condensation policies; the selector {policy!r} runs the "
+                "strategy's model on the strategy's device. Drop device=."
             )
         if stats is not None:
             options["stats"] = stats
@@ -54,7 +62,7 @@ def make_storage_policy(
         iterations=iterations,
         device=device,
         seed=seed,
-        progress=progress,
+        progress=True if progress is None else progress,
         batch_size=batch_size,
         **options,
     )
@@ -72,7 +80,12 @@ class MemoryStateMixin:
         return {"policy": self.policy, "storage": self.storage_policy.state_dict()}
 
     def load_state_dict(self, state: dict, stream=None) -> None:
-        """Restore :meth:`state_dict`; selection memories need ``stream`` (the train stream)."""
+        """Restore :meth:`state_dict`; selection memories need ``stream`` (the train stream the
+        memory was built from). The plugin must have the saved policy and ``mem_per_class``;
+        a memory that does not match ``stream`` is refused (see
+        :meth:`SelectionBuffer.load_state_dict`)."""
+        if not isinstance(state, dict) or "storage" not in state:
+            raise ValueError("not a plugin memory state; pass the dict of plugin.state_dict().")
         if state.get("policy") != self.policy:
             raise ValueError(
                 f"the saved memory was built by policy {state.get('policy')!r}, this plugin uses "
@@ -88,7 +101,26 @@ class LCMatReplayPlugin(MemoryStateMixin, ReplayPlugin):
     current data plus a mini-batch of memory (Avalanche's ``ReplayDataLoader``); after the
     experience the storage policy adds ``mem_per_class`` exemplars of each new class. The memory
     is ``plugin.storage_policy.buffer``; ``mem_size`` follows its capacity
-    (``mem_per_class`` x classes seen).
+    (``mem_per_class`` x classes seen). Every option is checked here, before any training.
+
+    Works with any Avalanche classifier (``SimpleMLP``, ``SimpleCNN``, torchvision models,
+    ``IncrementalClassifier`` heads) and with multi-task models (``MTSimpleMLP``,
+    ``MultiHeadClassifier``): the memory carries each exemplar's task label, and a selection
+    policy ranks each sample through its task's head.
+
+    The storage policies also work with Avalanche's own ``ReplayPlugin``:
+    ``ReplayPlugin(mem_size=buffer.max_size, storage_policy=buffer)`` with
+    ``buffer = SelectionBuffer(mem_per_class, "lcmat-s")`` (its capacity grows per class, so it
+    has no fixed total to give as ``mem_size``); this plugin does that for you.
+
+    Cost: selection policies take one forward pass over each experience (seconds on a CPU).
+    Condensation policies run the condenser's paper settings by default (LCMat-C: 1000
+    iterations of a ConvNet-3 per experience; GPU-scale: on a CPU one to several minutes per
+    iteration even on 8x8 digits, a day or more per experience, and a warning says so). To try
+    them on a CPU pass smaller settings, e.g. ``LCMatReplayPlugin(10, "lcmat-c", iterations=10,
+    outer_loop=1, inner_loop=1, network_options={"width": 32, "depth": 2})`` (about 30 s per
+    digits experience); see :class:`CondensedClassBuffer`. A progress bar with the time left is
+    shown while condensing.
 
     Args:
         mem_per_class: exemplars per class.
@@ -109,9 +141,14 @@ class LCMatReplayPlugin(MemoryStateMixin, ReplayPlugin):
         seed: int = 0,
         iterations: int | None = None,
         device: torch.device | str | None = None,
-        progress: bool = False,
+        progress: bool | None = None,
         **policy_options,
     ) -> None:
+        for name, value in (("batch_size", batch_size), ("batch_size_mem", batch_size_mem)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ValueError(f"{name} must be None or an integer >= 1; got {value!r}.")
         storage = make_storage_policy(
             policy,
             mem_per_class,

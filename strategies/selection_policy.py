@@ -4,27 +4,102 @@
 Avalanche's own ``ParametricBuffer``. :class:`SelectionBuffer` is a ``ParametricBuffer`` that keeps
 ``mem_per_class`` exemplars of every class seen so far and tells the strategy the budget, so a
 greedy selector picks only ``k`` samples and a group that already fits is never re-ranked.
+
+With Avalanche's own ``ReplayPlugin`` (which checks ``storage_policy.max_size == mem_size`` when
+it is built): a :class:`SelectionBuffer` has no fixed total (it grows by ``mem_per_class`` per
+class seen, ``max_size`` is 0 before the first experience), so pass ``mem_size=buffer.max_size``::
+
+    buffer = SelectionBuffer(10, "lcmat-s")
+    ReplayPlugin(mem_size=buffer.max_size, storage_policy=buffer)
+
+``ReplayPlugin(mem_size=100, storage_policy=SelectionBuffer(10))`` raises a ValueError saying so
+(:class:`LCMatReplayPlugin` does the above for you). For Avalanche's semantics (a fixed total
+split equally over the classes seen) use Avalanche's ``ParametricBuffer`` with
+:class:`SelectorExemplarsStrategy`::
+
+    buffer = ParametricBuffer(100, groupby="class", selection_strategy=SelectorExemplarsStrategy())
+    ReplayPlugin(mem_size=100, storage_policy=buffer)
+
+(Avalanche never tells the strategy the budget, so a greedy selector then ranks whole groups.)
+
+Multi-task models (Avalanche's ``MultiTaskModule``: ``MTSimpleMLP``, ``MultiHeadClassifier``)
+are run with each sample's task label, through the head of that task.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
+import warnings
 
 import torch
 from avalanche.benchmarks.utils import AvalancheDataset, concat_datasets
+from avalanche.models import MultiTaskModule
 from avalanche.training.storage_policy import (
     ExemplarsBuffer,
     ExemplarsSelectionStrategy,
     ParametricBuffer,
 )
-from torch import Tensor
+from torch import Tensor, nn
 
 from replay_lcmat.buffers import check_budget, policy_kind, select_exemplars, warn_small_class
-from replay_lcmat.selection import SELECTORS, extract_outputs
+from replay_lcmat.selection import SELECTORS, extract_outputs, make_selector
 from replay_lcmat.selection.extract import DEFAULT_STATS, check_stats
 from replay_lcmat.strategies.datasets import dataset_tensors
 
 STATE_FORMAT = "replay-lcmat/selection-buffer"
+# Version 2 adds the exemplars' labels, a fingerprint of their images and the stream name.
+STATE_VERSION = 2
+# Logit given to the classes another task's head does not have, when the samples of one group
+# come from heads of different widths: probability 0, like Avalanche's masking (-1000).
+PAD_LOGIT = -1000.0
+
+
+class TaskModel(nn.Module):
+    """``model(x, task_label)`` of a multi-task model as a one-argument model: the head of one
+    task (for :func:`replay_lcmat.selection.extract_outputs`). The model's train/eval flag is
+    mirrored, not changed."""
+
+    def __init__(self, model: nn.Module, task_label: int) -> None:
+        super().__init__()
+        self.model = model
+        self.task_label = int(task_label)
+        self.training = model.training
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x, self.task_label)
+
+
+class ReplayCapacity(int):
+    """``max_size`` of a per-class buffer before its first experience: 0, but comparing it with
+    another number raises a ValueError that explains how to combine the buffer with Avalanche's
+    ``ReplayPlugin`` (whose constructor asserts ``storage_policy.max_size == mem_size``; without
+    this it fails with a bare AssertionError)."""
+
+    def __new__(cls, hint: str = "") -> ReplayCapacity:
+        capacity = super().__new__(cls, 0)
+        capacity.hint = hint
+        return capacity
+
+    def __getnewargs__(self) -> tuple[str]:
+        return (self.hint,)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, int) and not isinstance(other, bool) and int(other) != 0:
+            raise ValueError(
+                f"{self.hint} grows with the classes seen, so it has no fixed total to compare "
+                f"with {int(other)} (e.g. ReplayPlugin(mem_size={int(other)})). Pass "
+                "mem_size=buffer.max_size (ReplayPlugin only checks it), or use "
+                "LCMatReplayPlugin(mem_per_class=...); for a fixed total split over the classes "
+                "use Avalanche's ParametricBuffer(max_size, groupby='class', "
+                "selection_strategy=SelectorExemplarsStrategy(...))."
+            )
+        return int(self) == other
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    __hash__ = int.__hash__
 
 
 def _targets(data: AvalancheDataset) -> Tensor:
@@ -59,8 +134,14 @@ class SelectorExemplarsStrategy(ExemplarsSelectionStrategy):
 
     Features and logits come from the model's last linear layer
     (:func:`replay_lcmat.selection.extract_outputs` with ``stats``), computed on the data's eval
-    transform group; the model (mode, parameters, BatchNorm buffers) is left as it was. Selection is class-balanced; a group with
-    several classes is returned interleaved by rank so that any prefix stays balanced.
+    transform group; the model (mode, parameters, BatchNorm buffers) is left as it was. The
+    split of the model is verified on the data (Avalanche's ``SimpleMLP``, torchvision models,
+    ``IncrementalClassifier`` masking included; see :func:`replay_lcmat.models.split_head`). A
+    multi-task model (Avalanche ``MultiTaskModule``) is run with each sample's task label, i.e.
+    through that task's head. Selection is class-balanced; a group with several classes is
+    returned interleaved by rank so that any prefix stays balanced.
+
+    Options are checked here (the selector is built once), not at the first experience.
 
     Args:
         name_or_selector: a selector name (``"lcmat-s"``, ``"craig"``, ``"herding"``, ...) or a
@@ -84,12 +165,18 @@ class SelectorExemplarsStrategy(ExemplarsSelectionStrategy):
         **options,
     ) -> None:
         check_stats(stats)
+        for name, value in (("seed", seed), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise ValueError(f"{name} must be an integer; got {value!r}.")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
         if isinstance(name_or_selector, str):
             if policy_kind(name_or_selector) != "selection":
                 raise ValueError(
                     f"{name_or_selector!r} is a condensation policy; use CondensedClassBuffer "
                     "(or LCMatReplayPlugin(policy=...)) for synthetic exemplars."
                 )
+            make_selector(name_or_selector, **options)  # unknown or bad options fail here
             needs = SELECTORS[name_or_selector].needs
         elif callable(getattr(name_or_selector, "select", None)):
             if options:
@@ -124,11 +211,8 @@ class SelectorExemplarsStrategy(ExemplarsSelectionStrategy):
             raise ValueError(f"budget must be >= 1 or None; got {budget}.")
         features = logits = None
         if self.needs:
-            x, labels, _ = dataset_tensors(data, batch_size=self.batch_size)
-            outputs = extract_outputs(
-                strategy.model, x, labels=labels, stats=self.stats, device=strategy.device
-            )
-            features, logits = outputs.features, outputs.logits
+            x, labels, tasks = dataset_tensors(data, batch_size=self.batch_size)
+            features, logits = self._outputs(strategy, x, labels, tasks)
         else:
             labels = _targets(data)
         counts = torch.unique(labels, return_counts=True)[1]
@@ -147,6 +231,32 @@ class SelectorExemplarsStrategy(ExemplarsSelectionStrategy):
         if budget is not None:
             order = order[:budget]
         return order.tolist()
+
+    def _outputs(self, strategy, x: Tensor, labels: Tensor, tasks: Tensor) -> tuple[Tensor, Tensor]:
+        """Features and logits of the strategy's model; a multi-task model per task label, with
+        logits of narrower heads padded with :data:`PAD_LOGIT`."""
+        model = strategy.model
+        if not isinstance(model, MultiTaskModule):
+            out = extract_outputs(model, x, labels=labels, stats=self.stats, device=strategy.device)
+            return out.features, out.logits
+        parts = []
+        for task in torch.unique(tasks).tolist():
+            rows = torch.nonzero(tasks == task).flatten()
+            out = extract_outputs(
+                TaskModel(model, task),
+                x[rows],
+                labels=labels[rows],
+                stats=self.stats,
+                device=strategy.device,
+            )
+            parts.append((rows, out))
+        width = max(out.logits.shape[1] for _, out in parts)
+        features = torch.empty(len(x), parts[0][1].features.shape[1])
+        logits = torch.full((len(x), width), PAD_LOGIT)
+        for rows, out in parts:
+            features[rows] = out.features
+            logits[rows, : out.logits.shape[1]] = out.logits
+        return features, logits
 
     def __repr__(self) -> str:
         return (
@@ -203,13 +313,26 @@ class SelectionBuffer(ParametricBuffer):
     (Avalanche's own splits a fixed total over the groups). After each experience the new
     samples of each class are merged with its exemplars and the best ``mem_per_class`` kept;
     the selection strategy is told that budget. A class with fewer samples is stored whole
-    with a warning. ``max_size`` is the current capacity, ``mem_per_class`` x classes seen.
+    with a warning. ``max_size`` is the current capacity, ``mem_per_class`` x classes seen
+    (0 before the first experience).
+
+    Groups are class labels, as in Avalanche's ``ParametricBuffer(groupby="class")``: in a
+    benchmark whose tasks reuse class labels, a label's exemplars are chosen among the samples of
+    all its tasks together, each ranked through its own task's head.
+
+    With Avalanche's ``ReplayPlugin``: ``ReplayPlugin(mem_size=buffer.max_size,
+    storage_policy=buffer)`` (see the module docstring); :class:`LCMatReplayPlugin` does it.
+
+    Save and restore with :meth:`state_dict` / :meth:`load_state_dict`; the state holds indices
+    into the stream, with the labels and a fingerprint of the images, so a restore with another
+    stream is refused.
 
     Args:
         mem_per_class: exemplars per class.
         selection_strategy: a selector name, a :class:`SelectorExemplarsStrategy`, or any
             Avalanche ``ExemplarsSelectionStrategy``.
-        **selector_options: options of the selector when a name is given (e.g. ``seed=1``).
+        **selector_options: options of the selector when a name is given (e.g. ``seed=1``);
+            checked here.
     """
 
     def __init__(
@@ -222,6 +345,8 @@ class SelectionBuffer(ParametricBuffer):
             raise ValueError("selector options apply to a selector name only.")
         super().__init__(max_size=0, groupby="class", selection_strategy=selection_strategy)
         self.mem_per_class = mem_per_class
+        self.max_size = ReplayCapacity(f"SelectionBuffer(mem_per_class={mem_per_class})")
+        self.stream_name: str | None = None
 
     def get_group_lengths(self, num_groups: int) -> list[int]:
         return [self.mem_per_class] * num_groups
@@ -230,6 +355,7 @@ class SelectionBuffer(ParametricBuffer):
         data = exp.dataset
         if len(data) == 0:
             return
+        self._note_stream(exp)
         targets = _targets(data)
         for label in torch.unique(targets).tolist():
             idx = torch.nonzero(targets == label).flatten()
@@ -241,6 +367,19 @@ class SelectionBuffer(ParametricBuffer):
             group.add(agent, data.subset(idx), sources)
             self.seen_groups.add(label)
         self.max_size = self.mem_per_class * len(self.buffer_groups)
+
+    def _note_stream(self, exp) -> None:
+        name = getattr(getattr(exp, "origin_stream", None), "name", None)
+        if self.stream_name is None:
+            self.stream_name = name
+        elif name is not None and name != self.stream_name:
+            warnings.warn(
+                f"this memory holds exemplars of the {self.stream_name!r} stream and now of the "
+                f"{name!r} stream; their sources (experience id, index) mix two streams, so its "
+                "state_dict() cannot be restored from one stream.",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def resize(self, strategy, new_size: int) -> None:
         """Avalanche semantics: ``new_size`` is the total, split equally over the seen classes."""
@@ -261,19 +400,36 @@ class SelectionBuffer(ParametricBuffer):
         return {c: g.sources.clone() for c, g in self.buffer_groups.items()}
 
     def state_dict(self) -> dict:
-        """The memory as plain tensors: per class, the sources of its exemplars in rank order."""
+        """The memory as plain tensors (loadable with ``torch.load(weights_only=True)``): per
+        class, the sources of its exemplars in rank order, their labels and a fingerprint of
+        their images (:func:`image_fingerprint`), and the name of the stream they come from."""
         classes = list(self.buffer_groups)
+        groups = [self.buffer_groups[c] for c in classes]
         return {
             "format": STATE_FORMAT,
+            "version": STATE_VERSION,
             "mem_per_class": self.mem_per_class,
+            "stream": self.stream_name,
             "classes": classes,
-            "sources": [self.buffer_groups[c].sources.clone() for c in classes],
-            "ranked": [self.buffer_groups[c].ranked for c in classes],
+            "sources": [g.sources.clone() for g in groups],
+            "ranked": [g.ranked for g in groups],
+            "labels": [_targets(g.buffer) for g in groups],
+            "fingerprints": [image_fingerprint(g.buffer) for g in groups],
         }
 
     def load_state_dict(self, state: dict, stream) -> None:
-        """Restore the memory of :meth:`state_dict` from the experiences of ``stream`` (the
-        benchmark's train stream the exemplars were taken from)."""
+        """Restore the memory of :meth:`state_dict` from the experiences of ``stream``: the
+        stream the exemplars were taken from (the benchmark's ``train_stream``, same class order
+        and number of experiences; ``test_stream`` or another split is refused).
+
+        Every exemplar is checked: its experience and index exist in ``stream``, its label is
+        the saved one and its image has the saved fingerprint; the buffer is left unchanged when
+        a check fails.
+
+        Raises:
+            ValueError: not a selection-buffer state; no stream; another ``mem_per_class``
+                (build the buffer with the saved one, then :meth:`resize`); another stream.
+        """
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise ValueError(
                 "not a selection-buffer state; pass the dict of SelectionBuffer.state_dict()."
@@ -283,32 +439,128 @@ class SelectionBuffer(ParametricBuffer):
                 "a selection memory stores indices into the stream: pass stream=<the benchmark's "
                 "train_stream> to restore it."
             )
-        self.buffer_groups = {}
-        self.mem_per_class = state["mem_per_class"]
-        for label, sources, ranked in zip(
-            state["classes"], state["sources"], state["ranked"], strict=True
-        ):
-            group = _ClassExemplars(label, self.mem_per_class, self.selection_strategy)
-            group.buffer, group.sources = _gather(stream, sources), sources.clone()
+        saved_per_class = state["mem_per_class"]
+        if saved_per_class != self.mem_per_class:
+            raise ValueError(
+                f"the saved memory keeps {saved_per_class} exemplars per class, this buffer "
+                f"{self.mem_per_class}; restore into a buffer (or plugin) built with "
+                f"mem_per_class={saved_per_class}, then resize it if you want another size."
+            )
+        saved_name, name = state.get("stream"), getattr(stream, "name", None)
+        # a state without a stream name (older version) only refuses the test stream
+        other = name != saved_name if saved_name is not None else name == "test"
+        if name is not None and other:
+            raise ValueError(
+                f"the memory was built from the {saved_name or 'train'!r} stream, this is the "
+                f"{name!r} stream; restore with the stream the exemplars were taken from "
+                "(benchmark.train_stream for a memory built while training)."
+            )
+        labels = state.get("labels") or [None] * len(state["classes"])
+        prints = state.get("fingerprints") or [None] * len(state["classes"])
+        if "fingerprints" not in state:
+            warnings.warn(
+                "this selection memory was saved without image fingerprints (an older version); "
+                "only its labels can be checked against the stream.",
+                UserWarning,
+                stacklevel=2,
+            )
+        rows = zip(state["classes"], state["sources"], state["ranked"], labels, prints, strict=True)
+        experiences = _experiences(stream, state["sources"])
+        groups = {}
+        for label, sources, ranked, saved_labels, saved_print in rows:
+            group = _ClassExemplars(label, saved_per_class, self.selection_strategy)
+            group.buffer, group.sources = _gather(experiences, sources, name), sources.clone()
+            _check_group(label, group, saved_labels, saved_print)
             group.ranked = ranked
-            self.buffer_groups[label] = group
-        self.seen_groups = set(self.buffer_groups)
-        self.max_size = self.mem_per_class * len(self.buffer_groups)
+            groups[label] = group
+        self.buffer_groups = groups
+        self.seen_groups = set(groups)
+        self.stream_name = saved_name if saved_name is not None else name
+        self.max_size = self.mem_per_class * len(groups)
 
 
-def _gather(stream, sources: Tensor) -> AvalancheDataset:
+def image_fingerprint(data: AvalancheDataset) -> Tensor | None:
+    """float64 ``[k, 2]``: per sample, the sum and the sum of squares of its image as read in the
+    eval transform group; ``None`` when the images are not tensors. Cheap, and tells which
+    sample differs."""
+    if len(data) == 0:
+        return torch.zeros(0, 2, dtype=torch.float64)
+    try:
+        x, _, _ = dataset_tensors(data)
+    except ValueError:
+        return None
+    flat = x.flatten(1).double()
+    return torch.stack([flat.sum(1), flat.square().sum(1)], dim=1)
+
+
+def _experiences(stream, sources: list[Tensor]) -> dict[int, AvalancheDataset]:
+    """``{experience id: dataset}`` of the experiences the sources refer to (any stream,
+    including generator streams without ``len``)."""
+    needed = {int(e) for s in sources for e in s[:, 0].tolist()}
+    found: dict[int, AvalancheDataset] = {}
+    if needed:
+        for exp in stream:
+            e = int(exp.current_experience)
+            if e in needed:
+                found[e] = exp.dataset
+                if len(found) == len(needed):
+                    break
+    missing = sorted(needed - set(found))
+    if missing:
+        raise ValueError(
+            f"the memory refers to experience(s) {missing}, which the "
+            f"{getattr(stream, 'name', 'given')!r} stream does not hold; restore with the train "
+            "stream of the same benchmark (same class order and number of experiences)."
+        )
+    return found
+
+
+def _gather(experiences: dict[int, AvalancheDataset], sources: Tensor, name) -> AvalancheDataset:
     """The samples at ``sources`` [k, 2] (experience id, index), in that order."""
     if len(sources) == 0:
         return concat_datasets([])
-    experiences = torch.unique(sources[:, 0]).tolist()
-    datasets, offsets, total = [], {}, 0
-    for e in experiences:
-        if e >= len(stream) or stream[e].current_experience != e:
+    used = torch.unique(sources[:, 0]).tolist()
+    offsets, total = {}, 0
+    for e in used:
+        size = len(experiences[e])
+        bad = sources[(sources[:, 0] == e) & (sources[:, 1] >= size), 1]
+        if len(bad):
             raise ValueError(
-                f"the memory refers to experience {e}, which this stream does not hold; restore "
-                "with the train stream of the same benchmark (same class order)."
+                f"the memory refers to sample {int(bad[0])} of experience {e}, which has only "
+                f"{size} samples in the {name!r} stream; restore with the stream the memory was "
+                "built from (the train stream, same class order and number of experiences)."
             )
-        datasets.append(stream[e].dataset)
-        offsets[e], total = total, total + len(stream[e].dataset)
+        offsets[e], total = total, total + size
     index = torch.tensor([offsets[int(e)] + int(i) for e, i in sources.tolist()])
-    return concat_datasets(datasets).subset(index)
+    return concat_datasets([experiences[e] for e in used]).subset(index)
+
+
+def _check_group(label: int, group: _ClassExemplars, saved_labels, saved_print) -> None:
+    """Raise unless the restored exemplars of class ``label`` have the saved labels and images."""
+    got = _targets(group.buffer)
+    expected = torch.full_like(got, label) if saved_labels is None else saved_labels
+    wrong = torch.nonzero(got != expected).flatten()
+    if len(wrong):
+        j = int(wrong[0])
+        e, i = group.sources[j].tolist()
+        raise ValueError(
+            f"the stream does not match the memory: class {label}'s exemplar at experience {e}, "
+            f"sample {i} is a sample of class {int(got[j])} in this stream ({len(wrong)} of "
+            f"{len(got)} exemplars differ). The memory was built from another stream (other class "
+            "order, number of experiences or split); restore with that stream."
+        )
+    if saved_print is None:
+        return
+    now = image_fingerprint(group.buffer)
+    if now is None:
+        return
+    close = torch.isclose(now, saved_print, rtol=1e-5, atol=1e-6).all(1)
+    if not close.all():
+        j = int(torch.nonzero(~close).flatten()[0])
+        e, i = group.sources[j].tolist()
+        raise ValueError(
+            f"the stream does not match the memory: class {label}'s exemplar at experience {e}, "
+            f"sample {i} has another image than when the memory was saved ({int((~close).sum())} "
+            f"of {len(close)} differ): other data, another split or other eval transforms. "
+            "Restore with the stream the memory was built from."
+        )

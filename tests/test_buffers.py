@@ -117,7 +117,9 @@ def test_build_memory_for_selection_and_condensation(digits, outputs):
     for c in range(10):
         assert torch.equal(memory.images(c), x[memory.sources(c)])
         assert (y[memory.sources(c)] == c).all()
-    with pytest.raises(ValueError, match="ranks with a model: pass model=.*or outputs=extract_outputs"):
+    with pytest.raises(
+        ValueError, match="ranks with a model: pass model=.*or outputs=extract_outputs"
+    ):
         build_memory("craig", x, y, per_class=3)
     syn = build_memory("dm", x, y, per_class=2, seed=1, **TINY_DM)
     again = build_memory("dm", x, y, per_class=2, seed=1, **TINY_DM)

@@ -137,6 +137,7 @@ def test_demo_runs_offline_on_digits(tmp_path, capsys):
     # 10 digits per class, trained from scratch: well above the 10% chance level
     assert all(float(r["accuracy"]) > 0.5 for r in rows)
     assert (tmp_path / "demo.png").is_file() and (tmp_path / "demo.md").is_file()
+    assert (tmp_path / "demo_memory.png").stat().st_size > 1000
 
 
 def test_demo_names_a_missing_data_path(tmp_path, capsys):

@@ -266,3 +266,14 @@ def test_benchmarks_expand_every_model_based_method_per_stats_mode():
         "herding[stats=class-batch]",
         "craig[stats=running]",
     ]
+
+
+def test_class_batch_single_sample_class_falls_back_to_running_statistics():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 3))
+    x = torch.randn(7, 4)
+    y = torch.tensor([0, 0, 0, 1, 2, 2, 2])  # class 1 has one sample
+    batch = extract_outputs(model, x, y, stats="class-batch")
+    running = extract_outputs(model, x, y, stats="running")
+    torch.testing.assert_close(batch.logits[3], running.logits[3])
+    assert (batch.logits[y != 1] - running.logits[y != 1]).abs().max() > 1e-3

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 # Modules of replay_lcmat.cli, one per subcommand, in the order --help lists them.
-SUBCOMMANDS = ("demo", "select", "condense", "data")
+SUBCOMMANDS = ("demo", "select", "condense", "data", "inspect")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,8 +7,8 @@ import time
 
 import torch
 
-from replay_lcmat.cli.common import add_data_arguments
-from replay_lcmat.condensation import available_condensers, make_condenser
+from replay_lcmat.cli.common import add_data_arguments, check_output_path
+from replay_lcmat.condensation import available_condensers, load_synthetic, make_condenser
 from replay_lcmat.data import load_dataset
 
 
@@ -17,7 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "condense",
         help="condense a dataset into ipc synthetic images per class (lcmat-c, dc, dsa, dm)",
         description="Learn a synthetic set and save it (images, labels, options, seed) to --out, "
-        "with checkpoints during the run; continue an interrupted run with --resume.",
+        "with checkpoints during the run; continue an interrupted run with --resume. Options, "
+        "--out and --resume are checked before the data is loaded; an existing --out that holds "
+        "another run is kept unless --overwrite.",
     )
     add_data_arguments(parser)
     parser.add_argument("--method", required=True, choices=available_condensers())
@@ -27,11 +29,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", required=True, help="file for the synthetic set / checkpoints")
     parser.add_argument("--resume", default=None, help="checkpoint of the same run to continue")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out even if it holds another run (default: refuse)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--checkpoint-every", type=int, default=10, help="iterations")
     parser.add_argument(
         "--classes", type=int, nargs="+", default=None, help="labels to condense (default: all)"
+    )
+    parser.add_argument(
+        "--allow-small-classes",
+        action="store_true",
+        help="condense a class with fewer images than --ipc (noise init) instead of refusing",
     )
     method = parser.add_argument_group("method options (default: the method's published value)")
     method.add_argument("--rho", type=float, default=None, help="lcmat-c curvature weight")
@@ -68,9 +80,10 @@ def _method_options(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    train, _ = load_dataset(
-        args.data, root=args.data_root, download=args.download, cache_dir=args.cache_dir
-    )
+    # every check that needs no data comes first: options, --resume, --out
+    check_output_path(args.out)
+    if args.resume is not None:
+        load_synthetic(args.resume)  # a missing or corrupt file fails now, not after loading
     condenser = make_condenser(
         args.method,
         ipc=args.ipc,
@@ -80,10 +93,16 @@ def run(args: argparse.Namespace) -> int:
         network=args.network,
         network_options={} if args.width is None else {"width": args.width},
         classes=args.classes,
+        allow_small_classes=args.allow_small_classes,
         checkpoint=args.out,
+        overwrite=args.overwrite,
         checkpoint_every=args.checkpoint_every,
         progress=not args.no_progress,
         **_method_options(args),
+    )
+    condenser.check_checkpoint(args.resume)  # refuse to overwrite another run (options only)
+    train, _ = load_dataset(
+        args.data, root=args.data_root, download=args.download, cache_dir=args.cache_dir
     )
     start = time.perf_counter()
     images, labels = condenser.condense(train.normalized(), train.labels, resume=args.resume)

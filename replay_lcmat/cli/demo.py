@@ -20,6 +20,7 @@ import torch
 
 from replay_lcmat.continual import TrainConfig, memory_only_run, per_class_subset
 from replay_lcmat.data import shared_cifar10_archive
+from replay_lcmat.diagnostics import MemorySet, plot_memory_grid
 from replay_lcmat.reporting import comparison_text, results_markdown, write_results
 from replay_lcmat.selection.extract import DEFAULT_STATS, STATS
 
@@ -110,7 +111,9 @@ def run(args: argparse.Namespace) -> int:
         f"selection statistics {args.stats}, seeds {args.seeds}"
     )
     rows = []
+    memories: dict = {}
     for seed in args.seeds:
+        memories.clear()
         rows += memory_only_run(
             train,
             test,
@@ -130,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             progress=args.progress,
             log=print,
+            memories_out=memories,
         )
     print()
     print(results_markdown(rows))
@@ -150,8 +154,23 @@ def run(args: argparse.Namespace) -> int:
         command=command,
         notes=verdict,
     )
+    grid = Path(args.out) / "demo_memory.png"
+    plot_memory_grid(
+        [
+            MemorySet.from_class_memory(
+                memories[p, args.mem_per_class],
+                name=p,
+                mean=train.mean,
+                std=train.std,
+                classes=train.classes,
+            )
+            for p in args.policies
+        ],
+        grid,
+        title=f"memory after 5 experiences (seed {args.seeds[-1]}), one row per class",
+    )
     print(
-        f"wrote {paths['md']}, {paths['csv']} and {paths['png']} "
+        f"wrote {paths['md']}, {paths['csv']}, {paths['png']} and {grid} "
         f"({time.perf_counter() - start:.0f} s)"
     )
     return 0

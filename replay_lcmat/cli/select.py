@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from replay_lcmat.cli.common import add_data_arguments
+from replay_lcmat.cli.common import add_data_arguments, check_budget_arguments, check_output_path
 from replay_lcmat.data import load_dataset
 from replay_lcmat.selection import (
     SELECTORS,
@@ -73,6 +73,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_path(args.out)  # before any work: no pretraining for a path we cannot write
+    check_budget_arguments(args.per_class, args.fraction)
     options = parse_options(args.option)
     if SELECTORS[args.method].takes_seed:
         options.setdefault("seed", args.seed)

@@ -4,11 +4,13 @@ checkpoints, resume and NaN handling. Methods only implement :meth:`Condenser._s
 from __future__ import annotations
 
 import math
-import numbers
 import os
+import re
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,16 +18,30 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from replay_lcmat.condensation.dsa import DSA
-from replay_lcmat.condensation.storage import SyntheticSet, load_synthetic
-from replay_lcmat.models import make_model, split_head
+from replay_lcmat.condensation.storage import (
+    SyntheticSet,
+    data_fingerprint,
+    fingerprint_differences,
+    load_synthetic,
+)
+from replay_lcmat.models import MODEL_NAMES, make_model, split_head
 from replay_lcmat.seeding import seeded
+from replay_lcmat.validation import (
+    check_choice,
+    check_flag,
+    check_number,
+    check_seed,
+    option_error,
+)
 
 NetworkFactory = Callable[..., nn.Module]
 """Called as ``factory(in_channels=C, num_classes=k, image_size=H)``; returns a model whose last
 module is an ``nn.Linear`` head (see :func:`replay_lcmat.models.split_head`)."""
 
-# options that may differ between a run and its resumption
-_RESUMABLE_DIFFERENCES = {"iterations", "device", "checkpoint", "checkpoint_every", "network"}
+# options that do not change the result: they may differ between a run and its rerun
+_RERUN_DIFFERENCES = {"device", "checkpoint", "checkpoint_every", "allow_small_classes"}
+# ... and between a run and its resumption, which may also run longer
+_RESUMABLE_DIFFERENCES = _RERUN_DIFFERENCES | {"iterations"}
 
 
 @dataclass
@@ -34,6 +50,8 @@ class Task:
 
     Class ``j`` of the synthetic set is original label ``classes[j]``; the matching networks see
     labels ``0..k-1``. ``by_class[j]`` indexes ``images`` (which may stay on the CPU).
+    ``fingerprint`` is :func:`data_fingerprint` of the images and labels (saved, checked on
+    resume).
     """
 
     images: Tensor
@@ -42,6 +60,7 @@ class Task:
     generator: torch.Generator
     device: torch.device
     network: NetworkFactory
+    fingerprint: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -76,8 +95,12 @@ class Task:
 class Condenser(ABC):
     """Learns ``ipc`` synthetic images per class; configure here, then call :meth:`condense`.
 
+    Every option is checked here (type, finiteness, range), before any work.
+
     Args:
-        ipc: synthetic images per class (>= 1).
+        ipc: synthetic images per class (>= 1). A class with fewer real images than ``ipc`` is
+            an error (as a selection budget larger than a class is), unless
+            ``allow_small_classes``.
         iterations: outer iterations (a fresh network each); 0 returns the initialisation.
         device: where networks and synthetic images live.
         seed: the only source of randomness (init, batches, networks, augmentation).
@@ -90,8 +113,13 @@ class Condenser(ABC):
             i.e. ConvNet-3) or a factory ``f(in_channels=, num_classes=, image_size=)``.
         network_options: keyword options of a named model (e.g. ``{"width": 64}``).
         classes: labels to condense (default: those present); each must have samples.
-        checkpoint: file to save the set (with resume state) every ``checkpoint_every``
-            iterations and at the end.
+        allow_small_classes: learn ``ipc`` images even for a class with fewer real images
+            (noise init only: ``init="real"`` always needs ``ipc`` distinct real images).
+        checkpoint: file to save the set (with resume state and a fingerprint of the data)
+            every ``checkpoint_every`` iterations and at the end. If the file exists and holds
+            another run (other method, seed, options, network or data), :meth:`condense`
+            refuses to overwrite it before any work, unless ``overwrite`` or it resumes from it.
+        overwrite: replace an existing ``checkpoint`` file even if it holds another run.
         callback: ``callback(iteration, loss)`` after every iteration (1-based).
         progress: show a tqdm bar with the matching loss.
     """
@@ -112,45 +140,71 @@ class Condenser(ABC):
         network: str | NetworkFactory = "convnet",
         network_options: dict[str, Any] | None = None,
         classes: Sequence[int] | None = None,
+        allow_small_classes: bool = False,
         checkpoint: str | os.PathLike | None = None,
+        overwrite: bool = False,
         checkpoint_every: int = 10,
         callback: Callable[[int, float], None] | None = None,
         progress: bool = True,
     ) -> None:
-        if isinstance(ipc, bool) or not isinstance(ipc, numbers.Integral) or ipc < 1:
-            raise ValueError(f"ipc (images per class) must be an integer >= 1, got {ipc!r}.")
-        if (
-            isinstance(iterations, bool)
-            or not isinstance(iterations, numbers.Integral)
-            or iterations < 0
-        ):
-            raise ValueError(f"iterations must be an integer >= 0, got {iterations!r}.")
-        if init not in ("noise", "real"):
-            raise ValueError(f"init must be 'noise' or 'real', got {init!r}.")
-        for name, value in (("lr_img", lr_img), ("batch_real", batch_real)):
-            if value <= 0:
-                raise ValueError(f"{name} must be positive, got {value!r}.")
-        if checkpoint_every < 1:
-            raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}.")
+        if not isinstance(method, str) or not method:
+            raise option_error("condenser", "method", "a non-empty name", method)
+        owner = method
+        self.ipc = check_number(owner, "ipc", ipc, integer=True, minimum=1)
+        self.iterations = check_number(owner, "iterations", iterations, integer=True, minimum=0)
+        self.seed = check_seed(owner, seed)
+        self.init = check_choice(owner, "init", init, ("noise", "real"))
+        self.lr_img = check_number(owner, "lr_img", lr_img, exclusive_minimum=0)
+        self.momentum_img = check_number(
+            owner, "momentum_img", momentum_img, minimum=0, exclusive_maximum=1
+        )
+        self.batch_real = check_number(owner, "batch_real", batch_real, integer=True, minimum=1)
+        self.checkpoint_every = check_number(
+            owner, "checkpoint_every", checkpoint_every, integer=True, minimum=1
+        )
+        self.allow_small_classes = check_flag(owner, "allow_small_classes", allow_small_classes)
+        self.overwrite = check_flag(owner, "overwrite", overwrite)
+        self.progress = check_flag(owner, "progress", progress)
+        if callback is not None and not callable(callback):
+            raise option_error(owner, "callback", "callable(iteration, loss) or None", callback)
+        if checkpoint is not None and not isinstance(checkpoint, str | os.PathLike):
+            raise option_error(owner, "checkpoint", "a file path or None", checkpoint)
+        if network_options is not None and not isinstance(network_options, dict):
+            raise option_error(owner, "network_options", "a dict or None", network_options)
+        if classes is not None:
+            if isinstance(classes, str | Tensor) or not isinstance(classes, Sequence):
+                raise option_error(owner, "classes", "a list of int labels or None", classes)
+            classes = [
+                check_number(owner, f"classes[{i}]", c, integer=True) for i, c in enumerate(classes)
+            ]
+            if not classes or len(set(classes)) != len(classes):
+                raise ValueError(
+                    f"{owner} option classes must be distinct labels, at least one; got "
+                    f"{classes}. Leave it out to condense every class present."
+                )
         if not (isinstance(network, str) or callable(network)):
-            raise TypeError(
-                "network must be a model name for replay_lcmat.models.make_model or a factory "
-                f"f(in_channels=, num_classes=, image_size=); got {network!r}."
+            raise option_error(
+                owner,
+                "network",
+                "a model name for replay_lcmat.models.make_model or a factory "
+                "f(in_channels=, num_classes=, image_size=)",
+                network,
             )
-        self.ipc, self.iterations = int(ipc), int(iterations)
-        self.seed, self.method = seed, method
+        if isinstance(network, str) and network not in MODEL_NAMES:
+            raise ValueError(
+                f"unknown network {network!r}; choose one of {', '.join(MODEL_NAMES)} or pass a "
+                "factory f(in_channels=, num_classes=, image_size=)."
+            )
+        self.method = method
         self.device = torch.device(device)
-        self.init, self.lr_img, self.momentum_img = init, lr_img, momentum_img
-        self.batch_real = batch_real
         self.augment = DSA() if augment is True else (augment or None)
         if self.augment is not None and not isinstance(self.augment, DSA):
-            raise TypeError(f"augment must be True, False or a DSA instance, got {augment!r}.")
+            raise option_error(owner, "augment", "True, False or a DSA instance", augment)
         if network_options and not isinstance(network, str):
             raise ValueError("network_options apply to a model name; put them in your factory.")
         self.network, self.network_options = network, dict(network_options or {})
-        self.classes = None if classes is None else [int(c) for c in classes]
-        self.checkpoint, self.checkpoint_every = checkpoint, checkpoint_every
-        self.callback, self.progress = callback, progress
+        self.classes = classes
+        self.checkpoint, self.callback = checkpoint, callback
         self.losses_: list[float] = []
 
     # ----------------------------------------------------------------- subclass interface
@@ -185,9 +239,10 @@ class Condenser(ABC):
             "momentum_img": self.momentum_img,
             "batch_real": self.batch_real,
             "augment": None if self.augment is None else repr(self.augment),
-            "network": self.network if isinstance(self.network, str) else repr(self.network),
+            "network": _describe_network(self.network),
             "network_options": self.network_options,
             "classes": self.classes,
+            "allow_small_classes": self.allow_small_classes,
             "checkpoint": None if self.checkpoint is None else str(self.checkpoint),
             "checkpoint_every": self.checkpoint_every,
         }
@@ -206,8 +261,9 @@ class Condenser(ABC):
             images: float ``[n, C, H, W]``, already normalised (any device).
             labels: int64 ``[n]``.
             resume: a checkpoint (path or :class:`SyntheticSet`) of a run of this condenser
-                with the same seed and options; continues from its iteration and gives the
-                same result as an uninterrupted run.
+                with the same seed, options and network, on the same data (checked against
+                its fingerprint); continues from its iteration and gives the same result as an
+                uninterrupted run.
 
         Returns:
             ``(syn_images [k*ipc, C, H, W] on the device, syn_labels [k*ipc])``, sorted by
@@ -217,6 +273,7 @@ class Condenser(ABC):
         """
         _check_inputs(images, labels)
         task = self._make_task(images, labels)
+        self.check_checkpoint(resume, fingerprint=task.fingerprint)
         syn = self._initialise(task).requires_grad_(True)
         optimizer = torch.optim.SGD([syn], lr=self.lr_img, momentum=self.momentum_img)
         start, self.losses_ = 0, []
@@ -284,16 +341,25 @@ class Condenser(ABC):
                     f"class {c} has no samples (present: {present}); pass images of every class "
                     "to condense or leave it out of classes=."
                 )
-            need = max(self._min_real_per_class(), self.ipc if self.init == "real" else 1)
+            need = self._min_real_per_class()
             if len(idx) < need:
-                why = (
-                    f"init='real' needs ipc={self.ipc} distinct real images"
-                    if self.init == "real" and self.ipc >= need
-                    else f"{self.method} needs at least {need} real images per class"
-                )
                 raise ValueError(
-                    f"class {c} has {len(idx)} samples but {why}; lower ipc, use init='noise', "
-                    "or provide more images of that class."
+                    f"class {c} has {len(idx)} samples but {self.method} needs at least {need} "
+                    "real images per class (an unbiased variance of its real gradients); pass "
+                    "rho=0 or provide more images of that class."
+                )
+            if len(idx) < self.ipc and self.init == "real":
+                raise ValueError(
+                    f"class {c} has {len(idx)} samples but init='real' needs ipc={self.ipc} "
+                    f"distinct real images; lower ipc to at most {len(idx)}, use init='noise' "
+                    "with allow_small_classes=True, or provide more images of that class."
+                )
+            if len(idx) < self.ipc and not self.allow_small_classes:
+                raise ValueError(
+                    f"class {c} has {len(idx)} samples, fewer than ipc={self.ipc}: the synthetic "
+                    "set would hold more images of it than the data does. Lower ipc to at most "
+                    f"{len(idx)}, or pass allow_small_classes=True (CLI: --allow-small-classes) "
+                    f"to learn {self.ipc} images from {len(idx)} anyway."
                 )
             by_class.append(idx)
         return Task(
@@ -303,6 +369,7 @@ class Condenser(ABC):
             generator=torch.Generator().manual_seed(self.seed),
             device=self.device,
             network=self._network_factory(),
+            fingerprint=data_fingerprint(images, labels),
         )
 
     def _initialise(self, task: Task) -> Tensor:
@@ -328,7 +395,86 @@ class Condenser(ABC):
                 "optimizer": optimizer.state_dict(),
                 "losses": list(self.losses_),
             },
+            fingerprint=task.fingerprint,
         )
+
+    def check_checkpoint(
+        self,
+        resume: str | os.PathLike | SyntheticSet | None = None,
+        *,
+        fingerprint: dict[str, Any] | None = None,
+    ) -> None:
+        """Refuse, before any work, to overwrite a ``checkpoint`` file that holds another run.
+
+        :meth:`condense` calls it with the data's fingerprint; call it earlier (without one,
+        options only) to fail before loading the data. Passes when there is no checkpoint, no
+        file yet, ``overwrite=True``, ``resume`` is that same file, or the file holds an
+        identical run (same method, seed, options, network and, when both are known, data),
+        which the rerun reproduces.
+
+        Raises:
+            ValueError: the path is a directory, or the file holds another run or is not a
+                synthetic set; the message says what differs and how to keep or replace it.
+        """
+        if self.checkpoint is None:
+            return
+        path = Path(self.checkpoint)
+        if path.is_dir():
+            raise ValueError(
+                f"checkpoint {path} is a directory; pass a file path, e.g. {path / 'syn.pt'}."
+            )
+        if self.overwrite or not path.exists():
+            return
+        if isinstance(resume, str | os.PathLike) and _same_file(resume, path):
+            return  # continuing the run in place; _restore checks it is the same run
+        keep = (
+            f"To keep it, choose another checkpoint file (CLI: --out) or continue it with "
+            f"resume={str(path)!r} (CLI: --resume); to replace it, pass overwrite=True (CLI: "
+            "--overwrite)."
+        )
+        try:
+            saved = load_synthetic(path)
+        except ValueError as err:
+            raise ValueError(
+                f"checkpoint {path} already exists and is not a synthetic set of replay-lcmat "
+                f"({err}) To keep it, choose another checkpoint file (CLI: --out); to replace "
+                "it, pass overwrite=True (CLI: --overwrite)."
+            ) from None
+        found = self._differences(saved, _RERUN_DIFFERENCES)
+        if fingerprint is not None and saved.fingerprint:
+            found += fingerprint_differences(saved.fingerprint, fingerprint)
+        if found:
+            raise ValueError(
+                f"checkpoint {path} already holds another run ({saved.method!r}, seed "
+                f"{saved.seed}, at iteration {saved.iteration}) that this one would overwrite; "
+                f"it differs in {'; '.join(found)}. {keep}"
+            )
+        if fingerprint is not None and not saved.fingerprint:
+            warnings.warn(
+                f"checkpoint {path} predates the data fingerprint, so whether it was made on "
+                "the same data cannot be checked; it holds a run with the same method, seed and "
+                "options, which this run overwrites (pass another checkpoint file to keep it).",
+                UserWarning,
+                stacklevel=3,
+            )
+
+    def _differences(self, saved: SyntheticSet, ignore: set[str]) -> list[str]:
+        """``"key: saved X, now Y"`` for method, seed and each option not in ``ignore``."""
+        found = [
+            f"{key}: saved {old!r}, now {new!r}"
+            for key, old, new in (
+                ("method", saved.method, self.method),
+                ("seed", saved.seed, self.seed),
+            )
+            if old != new
+        ]
+        for key, new in self.options().items():
+            old = saved.options.get(key)
+            if key == "network" and isinstance(old, str):
+                old = _without_addresses(old)  # sets saved before the description was stable
+            if key not in ignore and old != new:
+                found.append(f"{key}: saved {old!r}, now {new!r}")
+        return found
 
     def _restore(
         self,
@@ -338,26 +484,44 @@ class Condenser(ABC):
         task: Task,
     ) -> int:
         saved = resume if isinstance(resume, SyntheticSet) else load_synthetic(resume)
-        mine = self.options()
-        diffs = {
-            k: (saved.options.get(k), v)
-            for k, v in mine.items()
-            if k not in _RESUMABLE_DIFFERENCES and saved.options.get(k) != v
-        }
-        if saved.method != self.method or saved.seed != self.seed or diffs:
+        source = "the given set" if isinstance(resume, SyntheticSet) else str(resume)
+        found = self._differences(saved, _RESUMABLE_DIFFERENCES)
+        if found:
             raise ValueError(
-                f"cannot resume: the checkpoint was made by {saved.method!r} with seed "
-                f"{saved.seed}; this condenser is {self.method!r} with seed {self.seed}; "
-                f"differing options (saved, now): {diffs}. Resume with the same method, seed and "
-                "options (only iterations may grow)."
+                f"cannot resume from {source}: it was made by {saved.method!r} with seed "
+                f"{saved.seed} and differs from this run in {'; '.join(found)}. Resume with "
+                "the same method, seed, network and options (only iterations may grow; device "
+                "and checkpointing may change)."
             )
+        if not saved.fingerprint:
+            warnings.warn(
+                f"{source} predates the data fingerprint (saved by an older replay-lcmat), so "
+                "whether it was made on these images and labels cannot be checked; resuming "
+                "anyway. Make sure the data is the same as that run's.",
+                UserWarning,
+                stacklevel=3,
+            )
+        else:
+            found = fingerprint_differences(saved.fingerprint, task.fingerprint)
+            if found:
+                raise ValueError(
+                    f"cannot resume from {source}: it was made on other data ("
+                    f"{'; '.join(found)}). Resume on the same images and labels, in the same "
+                    "order and normalisation, or start a new run with another checkpoint file."
+                )
         if saved.iteration > self.iterations:
             raise ValueError(
                 f"the checkpoint is at iteration {saved.iteration}, beyond iterations="
                 f"{self.iterations}; pass iterations >= {saved.iteration}."
             )
         if not saved.state:
-            raise ValueError("the set holds no resume state; it cannot be continued.")
+            raise ValueError(f"{source} holds no resume state; it cannot be continued.")
+        missing = sorted({"optimizer", "generator", "losses"} - set(saved.state))
+        if missing:
+            raise ValueError(
+                f"{source} is a corrupt checkpoint: its resume state lacks {missing}; start a "
+                "new run (overwrite=True, CLI: --overwrite)."
+            )
         if saved.images.shape != syn.shape or not torch.equal(
             saved.labels, task.classes.repeat_interleave(self.ipc)
         ):
@@ -372,6 +536,23 @@ class Condenser(ABC):
         task.generator.set_state(saved.state["generator"])
         self.losses_ = list(saved.state["losses"])
         return saved.iteration
+
+
+def _without_addresses(text: str) -> str:
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", text)
+
+
+def _describe_network(network: str | NetworkFactory) -> str:
+    """The model name, or a description of a factory that is the same in every process (its
+    repr without memory addresses), saved with the set and compared on resume."""
+    return network if isinstance(network, str) else _without_addresses(repr(network))
+
+
+def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return Path(a).resolve() == Path(b).resolve()
 
 
 def _check_inputs(images: Tensor, labels: Tensor) -> None:

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from replay_lcmat.validation import check_number, option_error
+
 TRANSFORMS = ("color", "crop", "cutout", "flip", "scale", "rotate")
 
 
@@ -70,6 +72,8 @@ class DSA:
         saturation: float = 2.0,
         contrast: float = 0.5,
     ) -> None:
+        if not isinstance(strategy, str):
+            raise option_error("DSA", "strategy", "transform names joined by '_'", strategy)
         kinds = tuple(strategy.split("_"))
         unknown = [k for k in kinds if k not in TRANSFORMS]
         if not kinds or unknown:
@@ -77,8 +81,16 @@ class DSA:
                 f"unknown DSA transform(s) {unknown} in strategy {strategy!r}; use transforms "
                 f"from {TRANSFORMS} joined by '_', e.g. 'color_crop_cutout_flip_scale_rotate'."
             )
-        if scale < 1:
-            raise ValueError(f"scale must be >= 1 (a ratio), got {scale}.")
+        for name, value in (("flip", flip), ("crop", crop), ("cutout", cutout)):
+            check_number("DSA", name, value, minimum=0, maximum=1)
+        for name, value in (
+            ("rotate", rotate),
+            ("brightness", brightness),
+            ("saturation", saturation),
+            ("contrast", contrast),
+        ):
+            check_number("DSA", name, value, minimum=0)
+        check_number("DSA", "scale", scale, minimum=1)  # a ratio
         self.strategy = strategy
         self.kinds = kinds
         self.flip, self.scale, self.rotate, self.crop = flip, scale, rotate, crop

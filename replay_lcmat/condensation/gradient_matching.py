@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from replay_lcmat.condensation.base import Condenser, Task
 from replay_lcmat.condensation.objectives import head_variance_gap, layerwise_distance
+from replay_lcmat.validation import check_choice, check_number
 
 # (outer_loop, inner_loop) by ipc, from the public DC/DSA code
 DC_LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
@@ -53,25 +54,21 @@ class GradientMatchingCondenser(Condenser):
         **common: Any,
     ) -> None:
         super().__init__(**common)
-        if rho < 0:
-            raise ValueError(f"rho must be >= 0, got {rho}.")
-        if rho > 0 and self.ipc < 2:
+        owner = self.method
+        self.rho = check_number(owner, "rho", rho, minimum=0)
+        if self.rho > 0 and self.ipc < 2:
             raise ValueError(
                 f"the variance term of {self.method} needs ipc >= 2 (an unbiased variance of "
                 f"one image is undefined); got ipc={self.ipc}. Use ipc >= 2 or rho=0."
             )
-        if inner_data not in ("real", "synthetic"):
-            raise ValueError(f"inner_data must be 'real' or 'synthetic', got {inner_data!r}.")
+        self.inner_data = check_choice(owner, "inner_data", inner_data, ("real", "synthetic"))
         outer_default, inner_default = default_loops(self.ipc)
-        self.rho = rho
-        self.outer_loop = outer_default if outer_loop is None else outer_loop
-        self.inner_loop = inner_default if inner_loop is None else inner_loop
-        if self.outer_loop < 1 or self.inner_loop < 0:
-            raise ValueError(
-                f"need outer_loop >= 1 and inner_loop >= 0, got {self.outer_loop}, "
-                f"{self.inner_loop}."
-            )
-        self.lr_net, self.batch_train, self.inner_data = lr_net, batch_train, inner_data
+        outer_loop = outer_default if outer_loop is None else outer_loop
+        inner_loop = inner_default if inner_loop is None else inner_loop
+        self.outer_loop = check_number(owner, "outer_loop", outer_loop, integer=True, minimum=1)
+        self.inner_loop = check_number(owner, "inner_loop", inner_loop, integer=True, minimum=0)
+        self.lr_net = check_number(owner, "lr_net", lr_net, exclusive_minimum=0)
+        self.batch_train = check_number(owner, "batch_train", batch_train, integer=True, minimum=1)
 
     def options(self) -> dict[str, Any]:
         return super().options() | {

@@ -70,7 +70,8 @@ def make_condenser(
         seed: seed of every random choice.
         **options: method options overriding its defaults, e.g. ``rho``, ``init``, ``lr_img``,
             ``lr_net``, ``outer_loop``, ``inner_loop``, ``batch_real``, ``network``,
-            ``callback``, ``progress``, ``checkpoint`` (see :func:`condenser_options`).
+            ``callback``, ``progress``, ``checkpoint``, ``overwrite``, ``allow_small_classes``
+            (see :func:`condenser_options`). Each is checked here, before any work.
 
     Returns:
         A :class:`Condenser`; call ``.condense(images, labels)``.

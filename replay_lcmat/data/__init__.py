@@ -10,11 +10,13 @@ from replay_lcmat.data.classes import class_order, select_classes, task_classes
 from replay_lcmat.data.digits import load_digits
 from replay_lcmat.data.folder import default_cache_dir, load_image_folder, shared_cifar10_archive
 from replay_lcmat.data.image_data import ImageData, channel_stats
+from replay_lcmat.files import CorruptDataError
 
 DATASET_NAMES = ("cifar10", "cifar100", "digits")
 
 __all__ = [
     "DATASET_NAMES",
+    "CorruptDataError",
     "ImageData",
     "RandomCropFlip",
     "channel_stats",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import socket
 from contextlib import contextmanager
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import torch
 
 from replay_lcmat.data.image_data import ImageData
+from replay_lcmat.files import CorruptDataError
 
 # Per-channel statistics of the training sets, in [0, 1] pixel units.
 CIFAR_STATS = {
@@ -28,6 +30,36 @@ def _socket_timeout(seconds: float):
         yield
     finally:
         socket.setdefaulttimeout(previous)
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _damage(dataset_cls: type, root: Path) -> list[str] | None:
+    """What is wrong with torchvision's extracted folder under ``root``: None when there is no
+    such folder, else one line per batch or meta file that is missing or fails its MD5 checksum
+    (torchvision's own check reports both as "not found or corrupted")."""
+    folder = root / dataset_cls.base_folder
+    if not folder.is_dir():
+        return None
+    meta = dataset_cls.meta
+    problems = []
+    for name, md5 in [
+        *dataset_cls.train_list,
+        *dataset_cls.test_list,
+        [meta["filename"], meta["md5"]],
+    ]:
+        path = folder / name
+        if not path.is_file():
+            problems.append(f"{path} is missing")
+        elif _md5(path) != md5:
+            problems.append(f"{path} is corrupt (truncated or damaged: its MD5 checksum differs)")
+    return problems
 
 
 def load_cifar(
@@ -57,6 +89,18 @@ def load_cifar(
             try:
                 ds = dataset_cls(root=str(root), train=train, download=False)
             except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
+                problems = _damage(dataset_cls, root)
+                if problems:
+                    raise CorruptDataError(
+                        f"{name} under root={str(root)!r} is damaged: {'; '.join(problems)}. "
+                        f"Delete {root / dataset_cls.base_folder} and download it again "
+                        f"(download=True, --download on the command line), or copy in an intact "
+                        f"copy of torchvision's extracted {name} archive."
+                    ) from err
+                if problems is not None:  # the files check out: torchvision failed otherwise
+                    raise RuntimeError(
+                        f"could not load {name} from root={str(root)!r}: {err}"
+                    ) from err
                 raise FileNotFoundError(
                     f"{name} not found under root={str(root)!r} and download=False. Pass "
                     f"download=True (--download on the command line) on a machine with internet, "

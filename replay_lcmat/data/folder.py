@@ -2,27 +2,63 @@
 
 Decoded pixels are cached as one ``.npz`` per source so that the second load skips decoding
 (the shared 60,000-image CIFAR-10 archive: about 15 s to decode, well under a second from cache).
+
+Layout rules (checked from file names and sizes before any image is read):
+
+- images are files with one of :data:`IMAGE_SUFFIXES` (any case) at ``train/<class>/<image>``
+  and ``test/<class>/<image>``, optionally inside one top folder (``ds/train/...``);
+- hidden files and folders (names starting with ``.``) are ignored;
+- errors: two or more top folders with their own ``train/``/``test/`` (``v1/train``,
+  ``v2/train``), an image in a subfolder of a class folder (``train/a/sub/x.png``) or directly in
+  a split folder (``train/x.png``), a class folder without images, an image file larger than
+  :data:`MAX_IMAGE_BYTES`, a corrupt image or archive (:class:`CorruptDataError`);
+- warnings: images outside ``train/`` and ``test/`` (e.g. a ``val/`` split), files in class
+  folders whose suffix is not an image suffix; both are skipped;
+- 16-bit grey images are scaled to 8 bits (``round(v / 257)``; Pillow already reduces 16-bit
+  colour PNGs to 8 bits); palette, alpha, CMYK and other colour modes become RGB (alpha
+  dropped), bilevel and grey+alpha become grey; 32-bit integer or float images are refused.
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import hashlib
 import io
+import lzma
 import os
+import stat
 import tarfile
-from collections.abc import Iterator
+import tempfile
+import time
+import warnings
+import zipfile
+import zlib
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from replay_lcmat.data.image_data import ImageData, channel_stats
+from replay_lcmat.files import CorruptDataError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".webp"}
 SPLITS = ("train", "test")
-CACHE_VERSION = 2
+CACHE_VERSION = 3
+# Largest image file read: checked from the file's size (or the tar header) before reading it.
+MAX_IMAGE_BYTES = 64 * 2**20
+_CACHE_KEYS = {
+    "classes",
+    "mean",
+    "std",
+    *(f"{s}_{k}" for s in SPLITS for k in ("images", "labels")),
+}
+_EXAMPLES = 3  # paths named in a message about many files
+_STALE_TMP_S = 24 * 3600  # a temporary cache file this old was left by a killed run
 
 
 def default_cache_dir() -> Path:
@@ -43,88 +79,468 @@ def shared_cifar10_archive() -> Path | None:
     return path if path.is_file() else None
 
 
-def _iter_folder(root: Path) -> Iterator[tuple[str, bytes]]:
-    for path in sorted(root.rglob("*")):
-        if path.is_file():
-            yield path.relative_to(root).as_posix(), path.read_bytes()
+class _Entry(NamedTuple):
+    """One file or folder of a source, as listed (nothing read yet)."""
+
+    name: str  # posix path relative to the folder, or the archive member name
+    size: int  # bytes; -1 when it cannot be read (a broken link, a hard link without target)
+    is_dir: bool
+    stamp: tuple[int, ...] = ()  # (mtime_ns, ctime_ns) of a folder's file, for the cache key
 
 
-def _iter_tar(archive: Path) -> Iterator[tuple[str, bytes]]:
-    with tarfile.open(archive, "r:*") as tar:
+def _parts(name: str) -> list[str]:
+    return [p for p in name.split("/") if p not in ("", ".")]
+
+
+def _hidden(parts: list[str]) -> bool:
+    return any(p.startswith(".") for p in parts)
+
+
+def _is_image_name(parts: list[str]) -> bool:
+    """Not hidden, and the file name has an image suffix."""
+    return (
+        bool(parts)
+        and not _hidden(parts)
+        and os.path.splitext(parts[-1])[1].lower() in IMAGE_SUFFIXES
+    )
+
+
+def _check_image_size(source: Path, entry: _Entry) -> None:
+    """Refuse an image file that cannot be read or is too large, before reading it."""
+    if entry.size < 0:
+        raise ValueError(
+            f"{source}: cannot read the image {entry.name} (a broken link, or a hard link to a "
+            "missing member). Fix or remove it."
+        )
+    if entry.size > MAX_IMAGE_BYTES:
+        raise ValueError(
+            f"{source}: {entry.name} is {_size(entry.size)}, more than the "
+            f"{_size(MAX_IMAGE_BYTES)} allowed for one image file, so it was not read. "
+            "Remove it or shrink it (all images are held in memory together); if it really is "
+            "one image, raise replay_lcmat.data.folder.MAX_IMAGE_BYTES."
+        )
+
+
+def _examples(names: list[str]) -> str:
+    shown = ", ".join(names[:_EXAMPLES])
+    return shown + (f" and {len(names) - _EXAMPLES} more" if len(names) > _EXAMPLES else "")
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n:,} bytes"
+
+
+def _suffixes() -> str:
+    return " ".join(sorted(IMAGE_SUFFIXES))
+
+
+# ---------------------------------------------------------------------------------------------
+# Listing a folder or an archive
+
+
+def _list_folder(root: Path) -> list[_Entry]:
+    """Every non-hidden file and folder under ``root``; links to folders are followed once."""
+    entries: list[_Entry] = []
+
+    def visit(folder: Path, prefix: str, ancestors: frozenset[tuple[int, int]]) -> None:
+        for child in sorted(folder.iterdir()):
+            if child.name.startswith("."):
+                continue
+            name = prefix + child.name
+            try:
+                st = child.stat()
+            except OSError:  # a broken link: reported by _plan if its name is an image's
+                entries.append(_Entry(name, -1, False))
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                entries.append(_Entry(name, 0, True))
+                ident = (st.st_dev, st.st_ino)
+                if ident not in ancestors:  # a link back to an enclosing folder is not entered
+                    visit(child, name + "/", ancestors | {ident})
+            else:
+                entries.append(_Entry(name, st.st_size, False, (st.st_mtime_ns, st.st_ctime_ns)))
+
+    top = root.stat()
+    visit(root, "", frozenset({(top.st_dev, top.st_ino)}))
+    return entries
+
+
+# What tarfile and the decompressors raise on damaged input (bz2 raises a plain OSError).
+_ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError)
+
+
+def _fix(archive: Path) -> str:
+    """How to replace a bad archive, with the tar flags its name implies."""
+    name = archive.name.lower()
+    flags = "-cf"
+    for ends, compressed in ((("gz", "tgz"), "-czf"), (("bz2", "tbz2"), "-cjf"), (("xz",), "-cJf")):
+        if name.endswith(ends):
+            flags = compressed
+    return f"Re-download it, or re-create it from the folder (tar {flags} {archive.name} <folder>)."
+
+
+def _archive_error(archive: Path, err: BaseException) -> Exception:
+    if isinstance(err, (PermissionError, FileNotFoundError, IsADirectoryError)):
+        return err  # a problem with the path, not with the archive's content
+    if isinstance(err, tarfile.ReadError) and "could not be opened" in str(err):
+        detail = "no gzip, bzip2, xz or plain tar data"  # tarfile lists each method it tried
+    else:
+        detail = " ".join(f"{type(err).__name__}: {err}".split())
+    return CorruptDataError(
+        f"cannot read the archive {archive}: it is corrupt, truncated or not a tar archive "
+        f"({detail}). {_fix(archive)}"
+    )
+
+
+def _open_tar(archive: Path) -> tarfile.TarFile:
+    if archive.stat().st_size == 0:
+        raise CorruptDataError(
+            f"the archive {archive} is empty (0 bytes), e.g. an interrupted download or copy. "
+            f"{_fix(archive)}"
+        )
+    try:
+        return tarfile.open(archive, "r:*")
+    except _ARCHIVE_ERRORS as err:
+        raise _archive_error(archive, err) from err
+
+
+def _read_tar(tar: tarfile.TarFile, archive: Path) -> tuple[list[_Entry], dict[str, bytes]]:
+    """All entries, from the tar headers, and the bytes of the members that may be images.
+
+    One pass in archive order (an archive is read once). A member is read only when its name
+    has an image suffix and its header size passes :func:`_check_image_size`; other members are
+    skipped without reading them. Also checks that the archive ends with tar's end-of-archive
+    block: ``tarfile`` stops quietly at a truncated or garbled header after the first one.
+    """
+    entries: dict[str, _Entry] = {}  # a name stored twice: the last copy counts, as in tar
+    payloads: dict[str, bytes] = {}
+    sizes: dict[str, int] = {}
+    try:
         for member in tar:
-            if member.isfile():
+            name = member.name
+            payloads.pop(name, None)
+            if member.isdir():
+                entries[name] = _Entry(name, 0, True)
+                continue
+            if not (member.isfile() or member.islnk()):
+                entries.pop(name, None)
+                continue
+            size = member.size if member.isfile() else sizes.get(member.linkname, -1)
+            sizes[name] = size
+            entry = entries[name] = _Entry(name, size, False)
+            if not _is_image_name(_parts(name)):
+                continue
+            _check_image_size(archive, entry)
+            if member.islnk() and member.linkname in payloads:
+                payloads[name] = payloads[member.linkname]
+            elif size >= 0:
                 handle = tar.extractfile(member)
                 if handle is not None:
-                    yield member.name, handle.read()
+                    payloads[name] = handle.read()
+        count = len(tar.members)
+        tar.fileobj.seek(tar.offset)  # where tarfile stopped reading headers
+        end = tar.fileobj.read(tarfile.BLOCKSIZE)
+    except _ARCHIVE_ERRORS as err:
+        raise _archive_error(archive, err) from err
+    if len(end) < tarfile.BLOCKSIZE or end.count(0) != tarfile.BLOCKSIZE:
+        raise CorruptDataError(
+            f"the archive {archive} is truncated or corrupt: it stops after {count} members "
+            f"without tar's end-of-archive block. {_fix(archive)}"
+        )
+    return list(entries.values()), payloads
 
 
-def _split_key(name: str) -> tuple[str, str, str] | None:
-    """``(split, class, file)`` for ``[prefix/]split/class/file``, or None for other entries."""
-    parts = [p for p in name.split("/") if p not in ("", ".")]
-    for i in range(len(parts) - 2):
-        if parts[i] in SPLITS and i + 3 == len(parts):
-            return parts[i], parts[i + 1], parts[i + 2]
-    return None
+# ---------------------------------------------------------------------------------------------
+# The layout: which entries are which class's images
 
 
-def _decode(name: str, payload: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(payload)) as img:
-        arr = np.asarray(img.convert("RGB") if img.mode not in ("L", "RGB") else img)
-    return arr[:, :, None] if arr.ndim == 2 else arr
+def _split_index(parts: list[str]) -> int | None:
+    """Position of the split folder: one followed by exactly ``class/file`` if any, else the first."""
+    splits = [i for i, p in enumerate(parts[:-1]) if p in SPLITS]
+    flat = [i for i in splits if len(parts) - i == 3]
+    return flat[0] if flat else (splits[0] if splits else None)
 
 
-def _decode_source(source: Path, progress: bool) -> dict[str, np.ndarray]:
-    entries = _iter_tar(source) if source.is_file() else _iter_folder(source)
-    found: dict[str, dict[str, list[tuple[str, np.ndarray]]]] = {s: {} for s in SPLITS}
-    shape = None
-    first_name = ""
-    for name, payload in tqdm(entries, desc=f"decoding {source.name}", disable=not progress):
-        key = _split_key(name)
-        if key is None or Path(key[2]).suffix.lower() not in IMAGE_SUFFIXES:
+def _show(prefix: str, source: Path) -> str:
+    return f"{prefix}/" if prefix else f"the top level of {source.name}"
+
+
+def _plan(source: Path, entries: Iterable[_Entry]) -> dict[str, dict[str, list[str]]]:
+    """``{split: {class: [entry names in file-name order]}}``, after checking the layout rules.
+
+    Raises ValueError naming the offending paths for: several top folders with their own splits,
+    images nested below a class folder or loose in a split folder, class folders without images,
+    unreadable or oversized image files, a missing split, test classes absent from train.
+    Warns about skipped images outside the splits and non-image files in class folders.
+    """
+    images: dict[tuple[str, str, str], list[str]] = {}  # (top folder, split, class) -> names
+    class_dirs: set[tuple[str, str, str]] = set()
+    nested, loose, outside, not_images = [], [], [], []
+    for entry in entries:
+        parts = _parts(entry.name)
+        if not parts or _hidden(parts):
             continue
-        split, cls, fname = key
-        arr = _decode(name, payload)
-        if shape is None:
-            shape, first_name = arr.shape, name
-        elif arr.shape != shape:
-            raise ValueError(
-                f"images of mixed sizes in {source}: {name} is {arr.shape[1]}x{arr.shape[0]}x"
-                f"{arr.shape[2]} but {first_name} is {shape[1]}x{shape[0]}x{shape[2]} (WxHxC). "
-                "Resize all images to one size (and one colour mode) before loading."
-            )
-        found[split].setdefault(cls, []).append((fname, arr))
+        if entry.is_dir:
+            ends = [i for i, p in enumerate(parts[:-1]) if p in SPLITS and len(parts) - i == 2]
+            if ends:
+                i = ends[0]
+                class_dirs.add(("/".join(parts[:i]), parts[i], parts[i + 1]))
+            continue
+        i = _split_index(parts)
+        if not _is_image_name(parts):
+            if i is not None and len(parts) - i >= 3:
+                not_images.append(entry.name)
+            continue
+        _check_image_size(source, entry)
+        if i is None:
+            outside.append(entry.name)
+        elif len(parts) - i == 3:
+            images.setdefault(("/".join(parts[:i]), parts[i], parts[i + 1]), []).append(entry.name)
+        elif len(parts) - i == 2:
+            loose.append(entry.name)
+        else:
+            nested.append(entry.name)
+
+    tops = sorted({top for top, _, _ in images})
+    if len(tops) > 1:
+        raise ValueError(
+            f"{source} holds {len(tops)} datasets, each with its own train/ or test/ folder: "
+            f"{', '.join(_show(t, source) for t in tops)}. Loading them together would merge them "
+            "into one dataset. Load one of them: pass its folder, or re-create the archive with "
+            "only one."
+        )
+    if nested:
+        raise ValueError(
+            f"{source}: {len(nested)} image(s) are in a subfolder of a class folder: "
+            f"{_examples(nested)}. The layout is one folder per class, train/<class>/<image> "
+            "and test/<class>/<image>, with no deeper folders: move them up into their class "
+            "folder, make each subfolder a class folder of its own, or remove them."
+        )
+    if loose:
+        raise ValueError(
+            f"{source}: {len(loose)} image(s) lie directly in a split folder, not in a class "
+            f"folder: {_examples(loose)}. Move each into train/<class>/ or test/<class>/ for "
+            "its class, or remove it."
+        )
+    top = tops[0] if tops else None
+    empty = sorted("/".join(filter(None, d)) for d in class_dirs if d[0] == top and d not in images)
+    if empty:
+        raise ValueError(
+            f"{source}: class folder(s) without images: {_examples(empty)}. Every class folder "
+            f"needs at least one image (suffixes: {_suffixes()}); add images or remove the "
+            "empty folder(s)."
+        )
+    found: dict[str, dict[str, list[str]]] = {s: {} for s in SPLITS}
+    for (_, split, cls), names in images.items():
+        found[split][cls] = sorted(names, key=lambda name: _parts(name)[-1])
     for split in SPLITS:
         if not found[split]:
             raise ValueError(
                 f"{source} has no images under {split}/<class>/. Expected an ImageFolder layout "
-                "train/<class>/<image> and test/<class>/<image> (optionally inside one top folder)."
+                "train/<class>/<image> and test/<class>/<image> (optionally inside one top "
+                f"folder), images with one of the suffixes {_suffixes()}."
             )
-    classes = sorted(found["train"])
-    extra = sorted(set(found["test"]) - set(classes))
+    extra = sorted(set(found["test"]) - set(found["train"]))
     if extra:
         raise ValueError(
             f"{source}: test/ has classes missing from train/: {extra}. Both splits must use the "
             "same class folders."
         )
+    if outside:
+        warnings.warn(
+            f"{source}: skipped {len(outside)} image(s) outside train/ and test/: "
+            f"{_examples(outside)}. Only train/<class>/ and test/<class>/ are loaded.",
+            stacklevel=4,
+        )
+    if not_images:
+        warnings.warn(
+            f"{source}: skipped {len(not_images)} file(s) in class folders whose suffix is not an "
+            f"image suffix ({_suffixes()}): {_examples(not_images)}. Rename them if they are "
+            "images, or remove them.",
+            stacklevel=4,
+        )
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding
+
+
+class _UnsupportedPixels(ValueError):
+    """A readable image whose pixel type has no fixed range to map to 0..255."""
+
+
+def _pixels(img: Image.Image) -> np.ndarray:
+    """uint8 ``[H, W, C]`` with C = 1 (grey) or 3 (colour)."""
+    if img.mode.startswith("I;16"):  # 16-bit grey: 0..65535 -> 0..255
+        arr = np.rint(np.asarray(img, dtype=np.float64) / 257.0).astype(np.uint8)
+    elif img.mode in ("I", "F"):
+        kind = "32-bit integer" if img.mode == "I" else "floating-point"
+        raise _UnsupportedPixels(f"{kind} pixels (mode {img.mode})")
+    elif img.mode in ("1", "L", "LA", "La"):
+        arr = np.asarray(img.convert("L"))
+    else:
+        arr = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def _decode(source: Path, name: str, payload: bytes) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(payload)) as img:
+            return _pixels(img)
+    except _UnsupportedPixels as err:
+        raise ValueError(
+            f"{source}: the image {name} has {err}, which have no fixed range to scale to 0..255. "
+            "Save it as an 8-bit image (or a 16-bit grey PNG)."
+        ) from err
+    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ... on bad files
+        detail = (
+            "not a recognised image format"
+            if isinstance(err, UnidentifiedImageError)
+            else f"{type(err).__name__}: {err}"
+        )
+        raise CorruptDataError(
+            f"{source}: cannot decode the image {name} ({detail}). The file is corrupt or not "
+            "an image: replace it with a good copy or remove it."
+        ) from err
+
+
+def _decode_plan(
+    source: Path,
+    plan: dict[str, dict[str, list[str]]],
+    order: list[str],
+    read: Callable[[str], bytes],
+    progress: bool,
+) -> dict[str, np.ndarray]:
+    """Decode the planned images (reading them in ``order``) into the cached arrays."""
+    wanted = {name for classes in plan.values() for names in classes.values() for name in names}
+    decoded: dict[str, np.ndarray] = {}
+    shape, first_name = None, ""
+    with tqdm(total=len(wanted), desc=f"decoding {source.name}", disable=not progress) as bar:
+        for name in order:
+            if name not in wanted:
+                continue
+            arr = _decode(source, name, read(name))
+            if shape is None:
+                shape, first_name = arr.shape, name
+            elif arr.shape != shape:
+                raise ValueError(
+                    f"images of mixed sizes in {source}: {name} is {arr.shape[1]}x{arr.shape[0]}x"
+                    f"{arr.shape[2]} but {first_name} is {shape[1]}x{shape[0]}x{shape[2]} "
+                    "(WxHxC). Resize all images to one size (and one colour mode) before loading."
+                )
+            decoded[name] = arr
+            bar.update(1)
+    classes = sorted(plan["train"])
     out: dict[str, np.ndarray] = {"classes": np.array(classes)}
     for split in SPLITS:
-        images, labels = [], []
-        for label, cls in enumerate(classes):
-            for _, arr in sorted(found[split].get(cls, []), key=lambda item: item[0]):
-                images.append(arr)
-                labels.append(label)
-        out[f"{split}_images"] = np.stack(images).transpose(0, 3, 1, 2).copy()
-        out[f"{split}_labels"] = np.asarray(labels, dtype=np.int64)
+        names = [(label, n) for label, c in enumerate(classes) for n in plan[split].get(c, [])]
+        stacked = np.stack([decoded[n] for _, n in names])
+        out[f"{split}_images"] = stacked.transpose(0, 3, 1, 2).copy()
+        out[f"{split}_labels"] = np.asarray([label for label, _ in names], dtype=np.int64)
     mean, std = channel_stats(torch.from_numpy(out["train_images"]))
     out["mean"], out["std"] = np.asarray(mean), np.asarray(std)
     return out
 
 
-def _cache_file(source: Path, cache_dir: Path) -> Path:
-    stat = source.stat()
-    key = f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{CACHE_VERSION}"
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return cache_dir / f"{source.name.split('.')[0]}-{digest}.npz"
+def _decode_source(
+    source: Path, progress: bool, folder: _Folder | None = None
+) -> dict[str, np.ndarray]:
+    """Decode the images of ``source`` (only called on a cache miss).
+
+    ``folder`` is the listing and plan of a folder source, made before the cache lookup. An
+    archive is read here in one pass (only image members, after checking their headers), and
+    its layout is checked before any image is decoded.
+    """
+    if source.is_dir():
+        folder = folder if folder is not None else _scan_folder(source)
+        order = sorted(e.name for e in folder.entries if not e.is_dir)
+        return _decode_plan(
+            source, folder.plan, order, lambda name: (source / name).read_bytes(), progress
+        )
+    with _open_tar(source) as tar:
+        entries, payloads = _read_tar(tar, source)
+    plan = _plan(source, entries)
+    return _decode_plan(source, plan, list(payloads), payloads.pop, progress)
+
+
+# ---------------------------------------------------------------------------------------------
+# The cache
+
+
+class _Folder(NamedTuple):
+    entries: list[_Entry]
+    plan: dict[str, dict[str, list[str]]]
+
+
+def _scan_folder(root: Path) -> _Folder:
+    entries = _list_folder(root)
+    return _Folder(entries, _plan(root, entries))
+
+
+def _cache_file(source: Path, cache_dir: Path, folder: _Folder | None) -> Path:
+    """``<name>-<path hash>-<content hash>.npz``.
+
+    The content hash covers a folder's image files (name, size, mtime, ctime: adding, editing or
+    removing one changes it) or an archive's size and mtime.
+    """
+    resolved = str(source.resolve())
+    if folder is not None:
+        wanted = {
+            n for classes in folder.plan.values() for names in classes.values() for n in names
+        }
+        content = "\n".join(
+            f"{e.name}|{e.size}|{e.stamp}" for e in sorted(folder.entries) if e.name in wanted
+        )
+    else:
+        st = source.stat()
+        content = f"{st.st_size}|{st.st_mtime_ns}"
+    path_hash = hashlib.sha256(resolved.encode()).hexdigest()[:8]
+    key = hashlib.sha256(f"{resolved}|{content}|{CACHE_VERSION}".encode()).hexdigest()[:16]
+    return cache_dir / f"{source.name.split('.')[0]}-{path_hash}-{key}.npz"
+
+
+def _read_cache(cache: Path) -> dict[str, np.ndarray] | None:
+    """The cached arrays, or None when the file is missing or damaged (then it is rebuilt)."""
+    try:
+        with np.load(cache) as stored:
+            arrays = {k: stored[k] for k in stored.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return None
+    return arrays if _CACHE_KEYS <= arrays.keys() else None
+
+
+def _write_cache(cache: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write under a unique temporary name, then rename: concurrent writers never collide and a
+    killed run never leaves a half-written cache. Older caches of the same source are removed."""
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=f".{cache.stem}.", suffix=".tmp")
+    except OSError as err:
+        warnings.warn(
+            f"could not write the decode cache in {cache.parent} ({err}); the next load will "
+            "decode again. Pass a writable cache_dir (--cache-dir) or set $REPLAY_LCMAT_CACHE.",
+            stacklevel=3,
+        )
+        return
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(handle, **arrays)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, cache)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    source_prefix = glob.escape(cache.name.rsplit("-", 1)[0])
+    for old in cache.parent.glob(source_prefix + "-*.npz"):
+        if old.name != cache.name:
+            with contextlib.suppress(OSError):
+                old.unlink()
+    for stale in cache.parent.glob(f".{source_prefix}-*.tmp"):  # left by killed runs
+        with contextlib.suppress(OSError):
+            if time.time() - stale.stat().st_mtime > _STALE_TMP_S:
+                stale.unlink()
 
 
 def load_image_folder(
@@ -133,16 +549,23 @@ def load_image_folder(
     """Load ``train/`` and ``test/`` splits of an ImageFolder directory or ``.tar.gz`` of one.
 
     Labels follow the sorted class-folder names of ``train/``; within a class, files are in
-    name order. Normalisation statistics are computed on the train split.
+    name order. Normalisation statistics are computed on the train split. The layout rules (what
+    is an error, a warning, or accepted) are in this module's docstring.
 
     Args:
         path: the folder, or an archive of it (``.tar``, ``.tar.gz``, ``.tgz``).
-        cache_dir: where decoded arrays are cached (default :func:`default_cache_dir`);
-            the cache key includes the source's path, size and modification time.
+        cache_dir: where decoded arrays are cached (default :func:`default_cache_dir`). The
+            cache key is the path plus, for a folder, the name, size and modification times of
+            every image file, for an archive its size and modification time.
         progress: show a progress bar while decoding.
 
     Returns:
         ``(train, test)`` with uint8 images ``[N, C, H, W]``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CorruptDataError: (a ValueError) a corrupt, truncated or empty archive or image.
+        ValueError: the layout breaks a rule; the message names the paths and the fix.
     """
     source = Path(path).expanduser()
     if not source.exists():
@@ -151,16 +574,12 @@ def load_image_folder(
             "train/ and test/ inside, a .tar.gz of one, or a dataset name (cifar10, cifar100, "
             "digits)."
         )
-    cache = _cache_file(source, Path(cache_dir) if cache_dir else default_cache_dir())
-    if cache.exists():
-        with np.load(cache) as stored:
-            arrays = {k: stored[k] for k in stored.files}
-    else:
-        arrays = _decode_source(source, progress)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npz")
-        np.savez(tmp, **arrays)
-        tmp.replace(cache)  # atomic: a killed run never leaves a half-written cache
+    folder = _scan_folder(source) if source.is_dir() else None  # layout checked on every load
+    cache = _cache_file(source, Path(cache_dir) if cache_dir else default_cache_dir(), folder)
+    arrays = _read_cache(cache)
+    if arrays is None:
+        arrays = _decode_source(source, progress, folder)
+        _write_cache(cache, arrays)
     classes = tuple(str(c) for c in arrays["classes"])
     mean, std = tuple(arrays["mean"].tolist()), tuple(arrays["std"].tolist())
     return tuple(  # type: ignore[return-value]

@@ -1,4 +1,4 @@
-"""Split any classifier into a feature extractor and its last linear layer."""
+"""Split any classifier into a feature extractor and the head that maps features to its logits."""
 
 from __future__ import annotations
 
@@ -45,6 +45,28 @@ class ModelFeatures(nn.Module):
         return torch.flatten(captured[0], 1)
 
 
+class OutputHead(nn.Module):
+    """The module around a model's last ``nn.Linear`` that turns that layer's input into the
+    model's output, e.g. Avalanche's ``IncrementalClassifier`` (which masks unseen classes) or
+    a ``MultiHeadClassifier`` with the task label it was called with.
+
+    ``forward(h)`` calls ``module(h, *args, **kwargs)`` with the extra (non-tensor) arguments
+    the model passed it.
+    """
+
+    def __init__(self, module: nn.Module, args: tuple = (), kwargs: dict | None = None) -> None:
+        super().__init__()
+        self.module = module
+        self.args = tuple(args)
+        self.kwargs = dict(kwargs or {})
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.module(h, *self.args, **self.kwargs)
+
+    def extra_repr(self) -> str:
+        return f"args={self.args}, kwargs={self.kwargs}"
+
+
 def _last_linear(model: nn.Module) -> nn.Linear | None:
     last = None
     for module in model.modules():
@@ -53,20 +75,129 @@ def _last_linear(model: nn.Module) -> nn.Linear | None:
     return last
 
 
-def split_head(model: nn.Module, example: Tensor | None = None) -> tuple[nn.Module, nn.Linear]:
-    """``(features, head)`` such that ``model(x) == head(features(x))``.
+def _same(expected: Tensor, got: Tensor | None) -> bool:
+    return (
+        isinstance(got, Tensor)
+        and expected.shape == got.shape
+        and torch.allclose(expected, got.to(expected.dtype), rtol=1e-4, atol=1e-5)
+    )
 
-    Models of this library (and any model with a ``features(x) -> [N, d]`` method and a
-    ``classifier`` ``nn.Linear``) are split directly. Other models (Avalanche's ``SimpleCNN``,
-    torchvision's ResNets, ...) are split at their last ``nn.Linear`` in registration order.
+
+def _holds_tensor(value) -> bool:
+    if isinstance(value, Tensor):
+        return True
+    if isinstance(value, list | tuple):
+        return any(_holds_tensor(v) for v in value)
+    if isinstance(value, dict):
+        return any(_holds_tensor(v) for v in value.values())
+    return False
+
+
+def _run(model: nn.Module, example: Tensor) -> Tensor:
+    """``model(example)``, with a clear message when the model needs more than the input."""
+    try:
+        out = model(example)
+    except TypeError as err:
+        raise ValueError(
+            f"{type(model).__name__}(x) fails on the example batch: {err}. A model whose forward "
+            "takes more than the input (e.g. Avalanche's multi-task models, forward(x, "
+            "task_labels)) must be split through a module whose forward(x) calls "
+            "model(x, task_label)."
+        ) from err
+    if not isinstance(out, Tensor) or out.dim() != 2:
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(
+            f"{type(model).__name__}(x) returns {shape}, not logits [batch, classes]; split_head "
+            "needs a classifier whose output is one logit per class."
+        )
+    return out
+
+
+def _trace(model: nn.Module, example: Tensor) -> tuple[list[nn.Linear], dict]:
+    """The ``nn.Linear`` layers in the order ``model(example)`` calls them, and the last call
+    ``(args, kwargs)`` of every submodule."""
+    order: list[nn.Linear] = []
+    calls: dict[nn.Module, tuple[tuple, dict]] = {}
+
+    def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        calls[module] = (args, kwargs)
+        if isinstance(module, nn.Linear):
+            order.append(module)
+
+    handles = [
+        m.register_forward_pre_hook(record, with_kwargs=True)
+        for m in model.modules()
+        if m is not model
+    ]
+    try:
+        model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return order, calls
+
+
+def _enclosing(model: nn.Module, linear: nn.Linear) -> list[nn.Module]:
+    """The modules that contain ``linear``, innermost first, without ``model`` itself."""
+    name = next(n for n, m in model.named_modules() if m is linear)
+    parts = name.split(".")
+    return [model.get_submodule(".".join(parts[:i])) for i in range(len(parts) - 1, 0, -1)]
+
+
+def _output_head(
+    model: nn.Module, linear: nn.Linear, calls: dict, h: Tensor, expected: Tensor
+) -> nn.Module | None:
+    """``linear`` when ``linear(h)`` is the model's output, else the innermost module around it
+    that was called with ``linear``'s input (and no other tensor) and reproduces the output."""
+    if _same(expected, linear(h)):
+        return linear
+    linear_args = calls[linear][0]
+    if not linear_args:  # called with keyword input only: no enclosing module to match
+        return None
+    linear_input = linear_args[0]
+    for module in _enclosing(model, linear):
+        if module not in calls:
+            continue
+        args, kwargs = calls[module]
+        if not args or args[0] is not linear_input or _holds_tensor((args[1:], kwargs)):
+            continue
+        head = OutputHead(module, args[1:], kwargs)
+        try:
+            got = head(h)
+        except Exception:  # a candidate that cannot replay is not the head
+            continue
+        if _same(expected, got):
+            return head
+    return None
+
+
+def split_head(model: nn.Module, example: Tensor | None = None) -> tuple[nn.Module, nn.Module]:
+    """``(features, head)`` such that ``model(x) == head(features(x))``, ``features(x)`` being
+    ``[N, d]`` (flatten it when a model's ``features`` method returns more dimensions).
+
+    Without ``example`` (models built by this library): a model with a ``features(x)`` method and
+    a ``classifier`` ``nn.Linear`` is split there; any other at its last ``nn.Linear`` in
+    registration order, the features being that layer's input captured by a hook.
+
+    With ``example`` (any model; pass one batch of real inputs, model in eval mode) the split is
+    checked on it and the first that reproduces ``model(example)`` is returned:
+
+    1. ``features`` / ``classifier``, when the model has them (the library's models);
+    2. the input of the last ``nn.Linear`` the forward pass calls (Avalanche's ``SimpleMLP``,
+       whose ``features`` expects flattened input; torchvision's DenseNets, which apply a ReLU
+       and pooling after ``features``), with that layer as the head;
+    3. the same features, with as head the innermost module around that layer that turns them
+       into the model's output: Avalanche's ``IncrementalClassifier`` (its masking of unseen
+       classes is kept), or a ``MultiHeadClassifier`` with the task label it was called with.
+       ``head`` is then an :class:`OutputHead`.
 
     Args:
-        model: the classifier.
-        example: optional input batch; when given, the split is verified on it and a model
-            that does more after its last linear layer (softmax, a second branch, ...) is rejected.
+        model: the classifier; ``model(x)`` must return logits ``[N, classes]``.
+        example: input batch to verify the split on (recommended for models from elsewhere).
 
     Raises:
-        ValueError: the model has no ``nn.Linear`` layer, or the check on ``example`` fails.
+        ValueError: the model has no ``nn.Linear`` layer, needs more than ``x``, or no split
+            reproduces its output on ``example`` (something runs after the head, e.g. softmax).
     """
     classifier = getattr(model, "classifier", None)
     use_method = isinstance(classifier, nn.Linear) and callable(getattr(model, "features", None))
@@ -77,15 +208,31 @@ def split_head(model: nn.Module, example: Tensor | None = None) -> tuple[nn.Modu
             "compute curvature on. Add a final nn.Linear classifier, or give the model a "
             "features(x) method and a classifier nn.Linear attribute."
         )
-    features = ModelFeatures(model, head, use_method)
-    if example is not None:
-        with torch.no_grad():
-            expected = model(example)
-            got = head(features(example))
-        if expected.shape != got.shape or not torch.allclose(expected, got, rtol=1e-4, atol=1e-5):
+    if example is None:
+        return ModelFeatures(model, head, use_method), head
+    with torch.no_grad():
+        expected = _run(model, example)
+        if use_method:
+            try:
+                got = classifier(model.features(example).flatten(1))
+            except Exception:  # features() rejecting the input: not the split
+                got = None
+            if _same(expected, got):
+                return ModelFeatures(model, classifier, True), classifier
+        order, calls = _trace(model, example)
+        if not order:
             raise ValueError(
-                f"{type(model).__name__}'s output is not its last nn.Linear applied to that "
-                "layer's input (something runs after it, e.g. softmax). Give the model a "
-                "features(x) method and a classifier nn.Linear attribute that produces the logits."
+                f"{type(model).__name__}.forward calls no nn.Linear layer on the example batch; "
+                "split_head needs a final nn.Linear classifier."
             )
-    return features, head
+        linear = order[-1]
+        features = ModelFeatures(model, linear, use_method=False)
+        out_head = _output_head(model, linear, calls, features(example), expected)
+    if out_head is None:
+        raise ValueError(
+            f"{type(model).__name__}'s output is not its last nn.Linear applied to that "
+            "layer's input (something runs after it, e.g. softmax, or the model is in train mode "
+            "with dropout). Give the model a features(x) method and a classifier nn.Linear "
+            "attribute that produces the logits, or run it in eval mode."
+        )
+    return features, out_head

@@ -46,7 +46,11 @@ def check_inputs(
     labels: Tensor,
     needs: tuple[str, ...] = (),
 ) -> tuple[Tensor | None, Tensor | None, Tensor]:
-    """Validate the shared inputs; returns them with half precision promoted to float32.
+    """Validate the shared inputs; returns them detached, with one floating dtype.
+
+    ``requires_grad`` inputs are detached (selection is not differentiable). Half precision is
+    promoted to float32, and features and logits of different dtypes are both promoted to the
+    wider one (float32 features with float64 logits: both float64).
 
     Raises:
         ValueError: wrong shape or dtype, mismatched lengths, NaN/inf, an input the method
@@ -54,6 +58,7 @@ def check_inputs(
     """
     if not isinstance(labels, Tensor):
         labels = torch.as_tensor(labels)
+    labels = labels.detach()
     if labels.dim() != 1 or labels.is_floating_point() or labels.dtype == torch.bool:
         raise ValueError(
             f"labels must be a 1-D integer tensor; got shape {tuple(labels.shape)} and dtype "
@@ -90,16 +95,20 @@ def check_inputs(
                 f"{name} contains NaN or inf in {bad} of {len(x)} rows; fix the model or drop "
                 "those samples before selecting."
             )
+        x = x.detach()
         if x.dtype in (torch.float16, torch.bfloat16):
             x = x.float()
         checked[name] = x
-    logits = checked["logits"]
+    features, logits = checked["features"], checked["logits"]
+    if features is not None and logits is not None and features.dtype != logits.dtype:
+        common = torch.promote_types(features.dtype, logits.dtype)
+        features, logits = features.to(common), logits.to(common)
     if logits is not None and int(labels.max()) >= logits.shape[1]:
         raise ValueError(
             f"label {int(labels.max())} is out of range for {logits.shape[1]} logits per sample; "
             "pass logits with one column per class."
         )
-    return checked["features"], logits, labels
+    return features, logits, labels
 
 
 def class_budgets(

@@ -15,6 +15,7 @@ STATS = ("running", "class-batch", "class-center")
 # The default of every selection path; chosen from benchmarks/results/coreset_cpu-bn.md.
 DEFAULT_STATS = "running"
 CLASS_BATCH_SIZE = 128  # the reference code's selection loader
+VERIFY_SAMPLES = 32  # samples of the first batch the model's split is checked on
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ def extract_outputs(
       :func:`class_batches`). The class mean is removed at every BatchNorm layer, so the
       last-layer gradients describe the variation inside the class. Runs on a copy of the
       model with its other layers in eval mode (dropout off), so the result is deterministic.
+      A class with a single sample has no batch statistics and uses the running ones.
     - ``"class-center"``: eval mode, then each class's mean penultimate feature is moved to the
       mean feature of all samples before the head (:func:`class_centered_logits`); an analogue of
       class-batch statistics for models without BatchNorm. ``features`` stay as extracted.
@@ -159,20 +161,27 @@ def extract_outputs(
     if stats == "class-batch":
         batches = class_batches(labels, batch_size)
         net = copy.deepcopy(model).to(device).eval()
-        for module in net.modules():
-            if isinstance(module, nn.modules.batchnorm._NormBase):
-                module.train()  # batch statistics; the copy's running buffers absorb the update
+        batch_norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
+        for module in batch_norms:
+            module.momentum = 0.0  # the copy's running statistics stay those of the model
     else:
         batches = list(torch.arange(n).split(batch_size))
         net = model
     was_training = model.training
     if net is model:
         model.to(device).eval()
-    features_of, head = split_head(net)
     feats = logits = None
     try:
+        # verified on (part of) the first batch: a model from elsewhere may not split where it
+        # seems to (inside try: a failed check leaves the caller's model mode as it was)
+        features_of, head = split_head(net, example=batch_of(batches[0][:VERIFY_SAMPLES]))
         with torch.no_grad():
             for idx in tqdm(batches, desc="extract", disable=not progress):
+                if stats == "class-batch":
+                    # batch statistics; a class of one sample has none, so it falls back to
+                    # the running statistics
+                    for module in batch_norms:
+                        module.train(len(idx) > 1)
                 h = features_of(batch_of(idx)).flatten(1)
                 z = head(h).float().cpu()
                 h = h.float().cpu()

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from replay_lcmat import submodular
 from replay_lcmat.curvature import (
     diag_hessian_columns,
     gram_to_distances,
@@ -21,7 +22,14 @@ from replay_lcmat.curvature import (
     top_variance_coordinates,
 )
 from replay_lcmat.selection.base import ClassInputs, Selector
-from replay_lcmat.submodular import OPTIMIZERS, FacilityLocation, maximize
+from replay_lcmat.submodular import (
+    OPTIMIZERS,
+    FacilityLocation,
+    NotEnoughMemoryError,
+    facility_location_peak_bytes,
+    maximize,
+)
+from replay_lcmat.validation import check_choice, check_flag, check_number, check_seed
 
 
 def l1_distances(x: Tensor, *, block_rows: int = 128) -> Tensor:
@@ -44,6 +52,13 @@ def l1_distances(x: Tensor, *, block_rows: int = 128) -> Tensor:
             torch.sub(x[start : start + block_rows, j, None], columns[j][None, :], out=diff)
             block.add_(diff.abs_())
     return out
+
+
+def _size(n_bytes: float) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.1f} {unit}"
+    return f"{int(n_bytes)} bytes"
 
 
 def lcmat_dissimilarity(
@@ -98,17 +113,18 @@ class FacilityLocationSelector(Selector):
         stochastic_epsilon: float = 0.1,
         seed: int = 0,
     ) -> None:
-        if greedy not in OPTIMIZERS:
-            raise ValueError(f"unknown greedy {greedy!r}; choose one of {OPTIMIZERS}.")
-        if isinstance(offset, str) and offset != "max":
-            raise ValueError(f"offset must be 'max' or a float; got {offset!r}.")
-        if not isinstance(offset, str) and not torch.isfinite(torch.tensor(float(offset))):
-            raise ValueError(f"offset must be 'max' or a finite float; got {offset!r}.")
-        self.offset = offset
-        self.greedy = greedy
+        self.offset = check_number(self.name, "offset", offset, words=("max",))
+        self.greedy = check_choice(self.name, "greedy", greedy, OPTIMIZERS)
+        weighted = check_flag(self.name, "weighted", weighted, allow_none=True)
         self.weighted = self.always_weighted if weighted is None else weighted
-        self.stochastic_epsilon = stochastic_epsilon
-        self.seed = seed
+        self.stochastic_epsilon = check_number(
+            self.name,
+            "stochastic_epsilon",
+            stochastic_epsilon,
+            exclusive_minimum=0,
+            exclusive_maximum=1,
+        )
+        self.seed = check_seed(self.name, seed)
 
     @property
     def uses_seed(self) -> bool:
@@ -121,7 +137,45 @@ class FacilityLocationSelector(Selector):
     def start(self) -> None:
         self._generator = torch.Generator().manual_seed(self.seed)
 
+    def peak_bytes(self, n: int, d: int, c: int, itemsize: int) -> int:
+        """Estimated peak memory of :meth:`select_class` on a class of ``n`` samples."""
+        return facility_location_peak_bytes(n, itemsize)
+
+    def check_memory(self, inputs: ClassInputs) -> None:
+        """Refuse a class whose ``[n, n]`` similarity would not fit, before building it.
+
+        Raises:
+            NotEnoughMemoryError: the estimated peak (:meth:`peak_bytes`) exceeds the memory
+                available on the inputs' device; nothing is checked when that is unknown.
+        """
+        (n, d), c = inputs.features.shape, inputs.logits.shape[1]
+        itemsize, device = inputs.features.element_size(), inputs.features.device
+        needed = self.peak_bytes(n, d, c, itemsize)
+        available = submodular.available_memory_bytes(device)
+        if available is None or needed <= available:
+            return
+        low, high = 0, n  # the largest class part that fits: peak_bytes(low) <= available
+        while low < high:
+            mid = (low + high + 1) // 2
+            if self.peak_bytes(mid, d, c, itemsize) <= available:
+                low = mid
+            else:
+                high = mid - 1
+        split = (
+            f"parts of at most {low} samples" if low > 1 else "smaller parts after freeing memory"
+        )
+        halve = " float32 inputs would halve the estimate." if itemsize > 4 else ""
+        raise NotEnoughMemoryError(
+            f"{self.name} on class {inputs.label} ({n} samples) needs about {_size(needed)} at "
+            f"its peak (the {n} x {n} {inputs.features.dtype} similarity and temporaries) "
+            f"but only {_size(available)} is available on {device}. Split the class into "
+            f"{split} and select from each with a share of the budget (e.g. several calls with "
+            "the same fraction on disjoint parts), or use the streamed similarity once "
+            f"available, which avoids the n x n matrix.{halve}"
+        )
+
     def select_class(self, inputs: ClassInputs, budget: int) -> tuple[Tensor, Tensor | None]:
+        self.check_memory(inputs)
         sim = self.dissimilarity(inputs)
         c = sim.max() if self.offset == "max" else float(self.offset)
         sim.neg_().add_(c)  # s = C - d, in place
@@ -146,10 +200,8 @@ class LCMatS(FacilityLocationSelector):
 
     def __init__(self, *, eps: float = 0.01, k_dims: int = 100, **options) -> None:
         super().__init__(**options)
-        if eps < 0 or k_dims < 1:
-            raise ValueError(f"eps must be >= 0 and k_dims >= 1; got eps={eps}, k_dims={k_dims}.")
-        self.eps = eps
-        self.k_dims = k_dims
+        self.eps = check_number(self.name, "eps", eps, minimum=0)
+        self.k_dims = check_number(self.name, "k_dims", k_dims, integer=True, minimum=1)
 
     def dissimilarity(self, inputs: ClassInputs) -> Tensor:
         return lcmat_dissimilarity(
@@ -175,9 +227,13 @@ class AdaCore(FacilityLocationSelector):
 
     def __init__(self, *, damping: float = 1e-3, **options) -> None:
         super().__init__(**options)
-        if not damping > 0:
-            raise ValueError(f"damping must be > 0 (it keeps g / lambda finite); got {damping}.")
-        self.damping = damping
+        # > 0 keeps g / (lambda + damping) finite
+        self.damping = check_number(self.name, "damping", damping, exclusive_minimum=0)
+
+    def peak_bytes(self, n: int, d: int, c: int, itemsize: int) -> int:
+        # The [n, c*(d+1)] gradients, the Hessians and their product temporary come first.
+        gradients = 3 * n * c * (d + 1) * itemsize
+        return max(super().peak_bytes(n, d, c, itemsize), gradients)
 
     def dissimilarity(self, inputs: ClassInputs) -> Tensor:
         return preconditioned_grad_distances(

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from replay_lcmat.selection.base import ClassInputs, Selector
+from replay_lcmat.validation import check_seed
 
 
 class Uniform(Selector):
@@ -19,7 +20,7 @@ class Uniform(Selector):
     takes_seed = True
 
     def __init__(self, *, seed: int = 0) -> None:
-        self.seed = seed
+        self.seed = check_seed(self.name, seed)
 
     def start(self) -> None:
         # One generator per call, consumed in ascending class order.
@@ -88,7 +89,7 @@ class KCenter(Selector):
     takes_seed = True
 
     def __init__(self, *, seed: int = 0) -> None:
-        self.seed = seed
+        self.seed = check_seed(self.name, seed)
 
     def start(self) -> None:
         self._generator = torch.Generator().manual_seed(self.seed)

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from replay_lcmat.curvature import last_layer_grad_gram, softmax_residuals
 from replay_lcmat.selection.base import ClassInputs, Selector
+from replay_lcmat.validation import check_number
 
 
 def nonnegative_weights(gram: Tensor, target: Tensor, ridge: float) -> Tensor:
@@ -68,16 +69,18 @@ def gradmatch_order(gram: Tensor, budget: int, ridge: float) -> tuple[Tensor, Te
 
 
 class GradMatch(Selector):
-    """GradMatch: OMP matching the class gradient sum with non-negative weights."""
+    """GradMatch: OMP matching the class gradient sum with non-negative weights.
+
+    Args:
+        ridge: Tikhonov weight of the weight fit, > 0 (relative to the mean squared gradient norm).
+    """
 
     name = "gradmatch"
     paper = "Killamsetty et al. 2021, GRAD-MATCH: Gradient Matching based Data Subset Selection"
     needs = ("features", "logits")
 
     def __init__(self, *, ridge: float = 1e-3) -> None:
-        if not ridge > 0:
-            raise ValueError(f"ridge must be > 0; got {ridge}.")
-        self.ridge = ridge
+        self.ridge = check_number(self.name, "ridge", ridge, exclusive_minimum=0)
 
     def select_class(self, inputs: ClassInputs, budget: int) -> tuple[Tensor, Tensor]:
         gram = last_layer_grad_gram(inputs.features, inputs.logits, inputs.labels)
@@ -120,14 +123,18 @@ def glister_order(
 
 
 class Glister(Selector):
-    """Glister: greedy validation-gradient alignment with a Taylor-updated last layer."""
+    """Glister: greedy validation-gradient alignment with a Taylor-updated last layer.
+
+    Args:
+        eta: step size of the Taylor update, >= 0 (0: the scores never change).
+    """
 
     name = "glister"
     paper = "Killamsetty et al. 2021, GLISTER: Generalization based Data Subset Selection"
     needs = ("features", "logits")
 
     def __init__(self, *, eta: float = 0.1) -> None:
-        self.eta = eta
+        self.eta = check_number(self.name, "eta", eta, minimum=0)
 
     def select_class(self, inputs: ClassInputs, budget: int) -> tuple[Tensor, None]:
         return glister_order(inputs.features, inputs.logits, inputs.labels, budget, self.eta), None

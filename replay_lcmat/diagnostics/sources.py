@@ -1,0 +1,228 @@
+"""What a memory grid shows: a named set of images with labels and the statistics to undo their
+normalisation, loaded from a ``select`` JSON, a ``condense`` file, a :class:`ClassMemory` or
+plain tensors."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class MemorySet:
+    """Images of one method, ready to be shown.
+
+    Attributes:
+        name: the method (the column title of a grid).
+        images: ``[m, C, H, W]``: uint8 raw pixels (0..255) or float normalised pixels
+            ``(x / 255 - mean) / std`` (what :meth:`ImageData.normalized`, :class:`ClassMemory`
+            and condensers hold).
+        labels: int64 ``[m]``; inside a class, images keep their order (rank order for
+            selections and memories).
+        mean, std: per-channel statistics in [0, 1] pixel units (the dataset's).
+        classes: class names indexed by label, or ``None`` (labels are shown as numbers).
+    """
+
+    name: str
+    images: Tensor
+    labels: Tensor
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    classes: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.images, Tensor) or self.images.dim() != 4:
+            shape = (
+                tuple(self.images.shape)
+                if isinstance(self.images, Tensor)
+                else type(self.images).__name__
+            )
+            raise ValueError(
+                f"{self.name}: images must be a tensor [m, C, H, W]; got {shape}. Add a channel "
+                "axis for grey images (x.unsqueeze(1))."
+            )
+        if self.labels.dim() != 1 or len(self.labels) != len(self.images):
+            raise ValueError(
+                f"{self.name}: {len(self.images)} images but labels of shape "
+                f"{tuple(self.labels.shape)}; pass one int64 label per image."
+            )
+        channels = self.images.shape[1]
+        if len(self.mean) != channels or len(self.std) != channels:
+            raise ValueError(
+                f"{self.name}: images have {channels} channel(s) but mean/std have "
+                f"{len(self.mean)}/{len(self.std)} values; pass the statistics of the dataset "
+                "the images come from (ImageData.mean / .std)."
+            )
+
+    def pixels(self) -> Tensor:
+        """float32 ``[m, C, H, W]`` in [0, 1] (see :func:`replay_lcmat.diagnostics.denormalize`)."""
+        from replay_lcmat.diagnostics.grids import denormalize
+
+        return denormalize(self.images, self.mean, self.std)
+
+    @classmethod
+    def from_image_data(cls, data, indices: Tensor | Sequence[int], *, name: str) -> MemorySet:
+        """The samples ``indices`` of an :class:`replay_lcmat.data.ImageData` (raw pixels, so the
+        grid shows them exactly)."""
+        idx = torch.as_tensor(indices, dtype=torch.int64)
+        if len(idx) and (int(idx.min()) < 0 or int(idx.max()) >= len(data)):
+            raise ValueError(
+                f"{name}: indices range from {int(idx.min())} to {int(idx.max())} but the data "
+                f"has {len(data)} samples; the indices refer to another dataset or split."
+            )
+        return cls(name, data.images[idx], data.labels[idx], data.mean, data.std, data.classes)
+
+    @classmethod
+    def from_class_memory(
+        cls,
+        memory,
+        *,
+        name: str,
+        mean: Sequence[float],
+        std: Sequence[float],
+        classes: Sequence[str] | None = None,
+    ) -> MemorySet:
+        """The exemplars of a :class:`replay_lcmat.buffers.ClassMemory` (normalised with the
+        dataset's ``mean``/``std``), classes ascending, each in rank order."""
+        images, labels = memory.tensors()
+        return cls(name, images, labels, tuple(mean), tuple(std), _names(classes))
+
+
+def _names(classes: Sequence[str] | None) -> tuple[str, ...] | None:
+    return None if classes is None else tuple(str(c) for c in classes)
+
+
+def _require_file(path: str | os.PathLike, what: str, fix: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} at {path}; {fix}")
+    return path
+
+
+def read_selection(path: str | os.PathLike) -> tuple[dict, Tensor]:
+    """A ``replay-lcmat select`` JSON: ``(record, indices)``.
+
+    ``indices`` is int64 ``[m]``, the ``by_class`` entries concatenated (classes in file order,
+    each in pick order); they index the training split of ``record["data"]``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not JSON, or no ``by_class`` list of ``{label, indices}``.
+    """
+    path = _require_file(path, "selection file", "write one with `replay-lcmat select --out`.")
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not JSON ({err}); pass a file written by select.") from None
+    entries = record.get("by_class") if isinstance(record, dict) else None
+    if not isinstance(entries, list) or not all(
+        isinstance(e, dict) and "label" in e and "indices" in e for e in entries
+    ):
+        raise ValueError(
+            f"{path} has no 'by_class' list of {{label, indices}}; pass a file written by "
+            "`replay-lcmat select`."
+        )
+    indices = [int(i) for e in entries for i in e["indices"]]
+    return record, torch.tensor(indices, dtype=torch.int64)
+
+
+def check_selection_labels(record: dict, indices: Tensor, labels: Tensor, source: str) -> None:
+    """Raise unless every index of a selection exists in ``labels`` and has its entry's label."""
+    if len(indices) and int(indices.max()) >= len(labels):
+        raise ValueError(
+            f"{source} indexes sample {int(indices.max())} but the training split has "
+            f"{len(labels)}; it was made on other data (its data: {record.get('data')!r}). Pass "
+            "the same --data as the select run."
+        )
+    expected = torch.tensor(
+        [int(e["label"]) for e in record["by_class"] for _ in e["indices"]], dtype=torch.int64
+    )
+    if not torch.equal(labels[indices], expected):
+        raise ValueError(
+            f"{source}: the labels of its indices differ from those in the file; it was made "
+            f"on other data (its data: {record.get('data')!r}). Pass the same --data (and seed) "
+            "as the select run."
+        )
+
+
+def load_selection(
+    path: str | os.PathLike,
+    train_data=None,
+    *,
+    name: str | None = None,
+    root: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    download: bool = False,
+) -> MemorySet:
+    """The images a ``select`` JSON picked, as raw pixels of the training split.
+
+    Args:
+        path: the JSON written by ``replay-lcmat select``.
+        train_data: the training :class:`ImageData` the indices refer to; default: loaded with
+            :func:`replay_lcmat.data.load_dataset` from the file's ``data`` (``root``,
+            ``cache_dir``, ``download`` as there).
+        name: column title (default: the file's ``method``).
+    """
+    record, indices = read_selection(path)
+    if train_data is None:
+        from replay_lcmat.data import load_dataset
+
+        if "data" not in record:
+            raise ValueError(f"{path} does not say which data it indexes; pass train_data=....")
+        train_data, _ = load_dataset(
+            record["data"], root=root, cache_dir=cache_dir, download=download, progress=False
+        )
+    check_selection_labels(record, indices, train_data.labels, str(path))
+    label = name or str(record.get("method", Path(path).stem))
+    return MemorySet.from_image_data(train_data, indices, name=label)
+
+
+def load_condensed(
+    path: str | os.PathLike,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    classes: Sequence[str] | None = None,
+    name: str | None = None,
+) -> MemorySet:
+    """A synthetic set written by ``replay-lcmat condense`` (or a condenser checkpoint).
+
+    The file holds normalised images without statistics: pass the ``mean``/``std`` (and class
+    names) of the dataset it was condensed from. ``name`` defaults to the file's method.
+    """
+    from replay_lcmat.condensation.storage import load_synthetic
+
+    _require_file(path, "synthetic set", "write one with `replay-lcmat condense --out`.")
+    syn = load_synthetic(path)
+    return MemorySet(
+        name or syn.method,
+        syn.images.float(),
+        syn.labels.long(),
+        tuple(mean),
+        tuple(std),
+        _names(classes),
+    )
+
+
+def load_class_memory(
+    path: str | os.PathLike,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    classes: Sequence[str] | None = None,
+    name: str | None = None,
+) -> MemorySet:
+    """A memory saved with :meth:`replay_lcmat.buffers.ClassMemory.save` (e.g. by an Avalanche
+    plugin); ``mean``/``std``/``classes`` of its dataset; ``name`` defaults to the file stem."""
+    from replay_lcmat.buffers import ClassMemory
+
+    memory = ClassMemory.load(path)
+    return MemorySet.from_class_memory(
+        memory, name=name or Path(path).stem, mean=mean, std=std, classes=classes
+    )

@@ -1,0 +1,404 @@
+"""Bad inputs, faults and misuse of condensation, checkpoints and the condense/select CLI
+(issue 9, part B): each case gets an early error that names the problem, the file and the fix,
+or a documented behaviour. Tiny random images and networks keep the file fast."""
+
+import math
+import os
+import pickle
+import re
+
+import pytest
+import torch
+
+from replay_lcmat.buffers import ClassMemory
+from replay_lcmat.cli import main
+from replay_lcmat.cli.common import check_output_path
+from replay_lcmat.condensation import DSA, load_synthetic, make_condenser
+from replay_lcmat.condensation.storage import data_fingerprint, fingerprint_differences
+from replay_lcmat.data import CorruptDataError
+from replay_lcmat.models import ConvNet
+from replay_lcmat.validation import check_number
+
+TINY = {
+    "network_options": {"width": 4, "depth": 1},
+    "batch_real": 4,
+    "augment": False,
+    "progress": False,
+}
+GM_TINY = TINY | {"outer_loop": 1, "inner_loop": 1, "batch_train": 8}
+
+
+def _options(method, **extra):
+    return (TINY if method == "dm" else GM_TINY) | extra
+
+
+def _data(per_class=5, classes=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(classes).repeat_interleave(per_class)
+    images = torch.randn(len(labels), 1, 8, 8, generator=g) + labels.view(-1, 1, 1, 1)
+    return images, labels
+
+
+def _run(path=None, *, seed=0, data=None, method="dm", iterations=1, **extra):
+    images, labels = _data() if data is None else data
+    condenser = make_condenser(
+        method,
+        ipc=2,
+        iterations=iterations,
+        seed=seed,
+        checkpoint=path,
+        **_options(method, **extra),
+    )
+    return condenser.condense(images, labels)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _no_work(*args, **kwargs):
+    raise AssertionError("work started before the arguments were checked")
+
+
+# ----------------------------------------------------- 1. resume checks network and data
+def test_resume_refuses_another_network(tmp_path):
+    path = tmp_path / "run.pt"
+    _run(path)
+    mlp = TINY | {"network": "mlp", "network_options": {}}
+    with pytest.raises(ValueError, match=r"cannot resume.*network: saved 'convnet', now 'mlp'"):
+        make_condenser("dm", ipc=2, iterations=2, **mlp).condense(*_data(), resume=path)
+    with pytest.raises(ValueError, match=r"network_options: saved \{'width': 4"):
+        make_condenser(
+            "dm", ipc=2, iterations=2, **(TINY | {"network_options": {"width": 8, "depth": 1}})
+        ).condense(*_data(), resume=path)
+
+
+def test_resume_refuses_other_data_of_the_same_shape(tmp_path):
+    path = tmp_path / "run.pt"
+    images, labels = _data()
+    _run(path, data=(images, labels))
+    resumed = make_condenser("dm", ipc=2, iterations=2, **TINY)
+    with pytest.raises(ValueError, match=r"other data \(pixel values: same shape but other"):
+        resumed.condense(images + 0.5, labels, resume=path)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(1))
+    with pytest.raises(ValueError, match="labels: the same count per class but in another order"):
+        resumed.condense(images, labels[order], resume=path)
+    # the same data, another tensor: resumes
+    resumed.condense(images.clone(), labels.clone(), resume=path)
+    assert load_synthetic(path).fingerprint == data_fingerprint(images, labels)
+
+
+def test_fingerprint_is_cheap_and_tells_what_differs():
+    images, labels = _data()
+    same = data_fingerprint(images, labels)
+    assert fingerprint_differences(same, data_fingerprint(images.clone(), labels.clone())) == []
+    moved = data_fingerprint(images * 1.01, labels)
+    assert fingerprint_differences(same, moved)[0].startswith("pixel values")
+    other = data_fingerprint(images[:-2], labels[:-2])
+    assert fingerprint_differences(same, other) == [
+        "images: saved shape [10, 1, 8, 8], now [8, 1, 8, 8]"
+    ]
+
+
+def test_checkpoint_without_fingerprint_still_resumes_with_a_warning(tmp_path):
+    path = tmp_path / "old.pt"
+    expected, _ = _run(iterations=2)
+    _run(path)
+    old = load_synthetic(path)
+    old.fingerprint = {}  # as saved before the fingerprint existed
+    old.save(path)
+    resumed = make_condenser("dm", ipc=2, iterations=2, checkpoint=path, **TINY)
+    with pytest.warns(UserWarning, match="predates the data fingerprint.*cannot be checked"):
+        got, _ = resumed.condense(*_data(), resume=path)
+    assert torch.equal(got, expected)
+
+
+def _factory(**shape):
+    return ConvNet(**shape, width=4, depth=1)
+
+
+def test_network_factory_is_recorded_without_memory_addresses(tmp_path):
+    path = tmp_path / "run.pt"
+    options = TINY | {"network": _factory, "network_options": None}
+    make_condenser("dm", ipc=2, iterations=1, checkpoint=path, **options).condense(*_data())
+    saved = load_synthetic(path)
+    assert saved.options["network"].startswith("<function _factory") and "0x" not in str(saved)
+    # a set saved before: repr with an address, no fingerprint
+    saved.options["network"] = saved.options["network"][:-1] + " at 0x7f0012345678>"
+    saved.fingerprint = {}
+    saved.save(path)
+    resumed = make_condenser("dm", ipc=2, iterations=2, **options)
+    with pytest.warns(UserWarning, match="predates the data fingerprint"):
+        resumed.condense(*_data(), resume=path)
+
+
+# ------------------------------------------------- 2. a rerun does not overwrite another run
+def test_rerun_refuses_to_overwrite_another_run(tmp_path):
+    path = tmp_path / "run.pt"
+    _run(path, seed=0)
+    before = path.read_bytes()
+    with pytest.raises(
+        ValueError,
+        match=r"already holds another run \('dm', seed 0.*seed: saved 0, now 1.*overwrite=True",
+    ):
+        _run(path, seed=1)
+    with pytest.raises(ValueError, match="other content"):
+        _run(path, seed=0, data=_data(seed=3))
+    assert path.read_bytes() == before  # untouched
+    _run(path, seed=0)  # an identical run may rewrite its own file
+    _run(path, seed=1, overwrite=True)
+    assert load_synthetic(path).seed == 1
+
+
+def test_rerun_refuses_to_overwrite_a_foreign_file(tmp_path):
+    path = tmp_path / "notes.pt"
+    path.write_text("my notes\n")
+    with pytest.raises(ValueError, match=r"notes.pt already exists and is not a synthetic set"):
+        _run(path)
+    assert path.read_text() == "my notes\n"
+    _run(path, overwrite=True)
+    assert load_synthetic(path).iteration == 1
+
+
+def test_checkpoint_that_is_a_directory(tmp_path):
+    with pytest.raises(ValueError, match=r"checkpoint .* is a directory; pass a file path"):
+        _run(tmp_path)
+
+
+def test_cli_rerun_refuses_before_loading_data(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "syn.pt"
+    base = ["condense", "--data", "digits", "--method", "dm", "--ipc", "1", "--iterations", "1"]
+    base += ["--width", "4", "--batch-real", "4", "--device", "cpu", "--no-progress"]
+    base += ["--out", str(out)]
+    assert main(base) == 0
+    capsys.readouterr()
+    monkeypatch.setattr("replay_lcmat.cli.condense.load_dataset", _no_work)
+    assert main(base + ["--seed", "3"]) == 1
+    err = capsys.readouterr().err
+    assert "already holds another run" in err and "seed: saved 0, now 3" in err
+    assert "--overwrite" in err and "--resume" in err
+    monkeypatch.undo()
+    assert main(base + ["--seed", "3", "--overwrite"]) == 0
+    assert load_synthetic(out).seed == 3
+
+
+# ----------------------------------------------------- 3. ipc larger than a class
+@pytest.mark.parametrize("method", ["dc", "dsa", "dm", "lcmat-c"])
+def test_ipc_larger_than_a_class_is_an_error_unless_allowed(method):
+    images, labels = _data(per_class=3)
+    opts = _options(method, init="noise")
+    with pytest.raises(
+        ValueError, match=r"class 0 has 3 samples, fewer than ipc=4.*allow_small_classes=True"
+    ):
+        make_condenser(method, ipc=4, iterations=0, **opts).condense(images, labels)
+    condenser = make_condenser(method, ipc=4, iterations=0, allow_small_classes=True, **opts)
+    syn, syn_labels = condenser.condense(images, labels)
+    assert syn.shape == (8, 1, 8, 8) and syn_labels.tolist() == [0] * 4 + [1] * 4
+    # real init still needs ipc distinct real images
+    with pytest.raises(ValueError, match="init='real' needs ipc=4"):
+        make_condenser(
+            method, ipc=4, iterations=0, allow_small_classes=True, **(opts | {"init": "real"})
+        ).condense(images, labels)
+
+
+# ------------------------------------------------ 4. corrupt checkpoint and memory files
+def _bad_files(tmp_path):
+    good = tmp_path / "good.pt"
+    torch.save({"format": "replay-lcmat/synthetic-set", "x": torch.ones(100)}, good)
+    data = good.read_bytes()
+    files = {
+        "zero": b"",
+        "truncated": data[: len(data) // 2],
+        "garbage": bytes(range(256)) * 4,
+        "text": b"hello\n",
+        "pickle": pickle.dumps({"format": object}, protocol=4),
+    }
+    for name, content in files.items():
+        (tmp_path / f"{name}.pt").write_bytes(content)
+        yield tmp_path / f"{name}.pt"
+
+
+def test_corrupt_synthetic_set_files(tmp_path):
+    for path in _bad_files(tmp_path):
+        with pytest.raises(
+            CorruptDataError, match="corrupt or not a replay-lcmat synthetic set"
+        ) as err:
+            load_synthetic(path)
+        assert str(path) in str(err.value) and "weights_only" not in str(err.value)
+        with pytest.raises(ValueError, match="corrupt or not a replay-lcmat synthetic set"):
+            make_condenser("dm", ipc=2, iterations=1, **TINY).condense(*_data(), resume=path)
+    incomplete = tmp_path / "incomplete.pt"
+    torch.save({"format": "replay-lcmat/synthetic-set", "version": 1}, incomplete)
+    with pytest.raises(CorruptDataError, match=r"incomplete.pt is a corrupt.*missing \['images'"):
+        load_synthetic(incomplete)
+
+
+def test_corrupt_class_memory_files(tmp_path):
+    for path in _bad_files(tmp_path):
+        with pytest.raises(
+            CorruptDataError, match="corrupt or not a replay-lcmat class memory"
+        ) as err:
+            ClassMemory.load(path)
+        assert str(path) in str(err.value) and "weights_only" not in str(err.value)
+    incomplete = tmp_path / "memory.pt"
+    torch.save({"format": "replay-lcmat/class-memory", "version": 1, "classes": [0]}, incomplete)
+    with pytest.raises(CorruptDataError, match=r"memory.pt: corrupt replay-lcmat class memory"):
+        ClassMemory.load(incomplete)
+
+
+def test_cli_corrupt_resume_file_fails_before_loading_data(tmp_path, monkeypatch, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"")
+    monkeypatch.setattr("replay_lcmat.cli.condense.load_dataset", _no_work)
+    argv = ["condense", "--data", "digits", "--method", "dm", "--ipc", "1", "--iterations", "1"]
+    assert main(argv + ["--out", str(tmp_path / "o.pt"), "--resume", str(bad)]) == 1
+    assert f"{bad} is corrupt or not a replay-lcmat synthetic set" in capsys.readouterr().err
+
+
+# --------------------------------------------------------- 5. output paths checked first
+def test_check_output_path(tmp_path):
+    target = tmp_path / "a" / "b" / "x.pt"
+    assert check_output_path(target) == target and target.parent.is_dir()
+    with pytest.raises(ValueError, match=r"--out .* is a directory; pass a file path in it"):
+        check_output_path(tmp_path)
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("")
+    with pytest.raises(ValueError, match=r"is under .*file.txt, which is a file, not a folder"):
+        check_output_path(blocker / "sub" / "x.pt")
+
+
+def test_check_output_path_unwritable_folder(tmp_path):
+    if os.geteuid() == 0:  # root writes through any mode bits; /proc takes no new files
+        if not os.path.isdir("/proc/self"):
+            pytest.skip("needs /proc or a non-root user")
+        target = "/proc/replay-lcmat-test.pt"
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        target = locked / "x.pt"
+    with pytest.raises(ValueError, match=r"--out .*(replay-lcmat-test|x)\.pt cannot be written"):
+        check_output_path(target)
+
+
+@pytest.mark.parametrize("command", ["condense", "select"])
+def test_cli_bad_out_fails_before_any_work(command, tmp_path, monkeypatch, capsys):
+    module = f"replay_lcmat.cli.{command}"
+    monkeypatch.setattr(f"{module}.load_dataset", _no_work)
+    if command == "select":
+        monkeypatch.setattr(f"{module}.pretrain_selection_model", _no_work)
+        argv = ["select", "--data", "digits", "--method", "uniform", "--per-class", "2"]
+    else:
+        argv = ["condense", "--data", "digits", "--method", "dm", "--ipc", "1"]
+        argv += ["--iterations", "1"]
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("")
+    assert main(argv + ["--out", str(tmp_path)]) == 1
+    assert "is a directory" in capsys.readouterr().err
+    assert main(argv + ["--out", str(blocker / "x.out")]) == 1
+    assert "which is a file, not a folder" in capsys.readouterr().err
+
+
+def test_cli_select_creates_a_missing_output_folder(tmp_path):
+    out = tmp_path / "new" / "folder" / "sel.json"
+    argv = ["select", "--data", "digits", "--method", "uniform", "--per-class", "1"]
+    argv += ["--model", "mlp", "--pretrain-epochs", "1", "--no-progress", "--device", "cpu"]
+    assert main(argv + ["--out", str(out)]) == 0
+    assert out.is_file()
+
+
+# ------------------------------------------------------ 6. CLI budgets checked first
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["select", "--method", "uniform", "--per-class", "0"], "--per-class must be an integer"),
+        (["select", "--method", "uniform", "--fraction", "1.5"], r"--fraction must be in \(0, 1\]"),
+        (["select", "--method", "uniform", "--fraction", "nan"], r"--fraction must be in \(0, 1\]"),
+        (["condense", "--method", "dm", "--ipc", "0", "--iterations", "1"], "ipc .* >= 1"),
+        (["condense", "--method", "dm", "--ipc", "1", "--iterations", "-1"], "iterations"),
+        (
+            ["condense", "--method", "dm", "--ipc", "1", "--iterations", "1", "--lr-img", "nan"],
+            "lr_img must be a finite real number > 0; got nan",
+        ),
+        (
+            ["condense", "--method", "dm", "--ipc", "1", "--iterations", "1", "--network", "cnn"],
+            "unknown network 'cnn'",
+        ),
+    ],
+)
+def test_cli_budget_and_options_fail_before_any_work(argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(f"replay_lcmat.cli.{argv[0]}.load_dataset", _no_work)
+    if argv[0] == "select":
+        monkeypatch.setattr("replay_lcmat.cli.select.pretrain_selection_model", _no_work)
+    argv = argv + ["--data", "digits", "--out", str(tmp_path / "out")]
+    assert main(argv) == 1
+    assert re.search(message, capsys.readouterr().err)
+
+
+# ------------------------------------------------------------ 7. numeric options validated
+NAN, INF = math.nan, math.inf
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("ipc", 2.5, r"^lcmat-c option ipc must be an int >= 1; got 2\.5 \(float\)"),
+        ("ipc", "2", r"lcmat-c option ipc must be an int >= 1; got '2' \(str\)"),
+        ("iterations", -1, r"iterations must be an int >= 0; got -1 \(int\)"),
+        ("iterations", 1.0, r"iterations must be an int >= 0; got 1\.0 \(float\)"),
+        ("seed", 0.5, r"seed must be an int in \[0, \d+\]; got 0\.5"),
+        ("seed", -1, r"seed must be an int in \[0, \d+\]; got -1"),
+        ("lr_img", NAN, r"lr_img must be a finite real number > 0; got nan \(float\)"),
+        ("lr_img", 0, r"lr_img must be a finite real number > 0; got 0 \(int\)"),
+        ("momentum_img", 1.0, r"momentum_img must be a finite real number in \[0, 1\); got 1\.0"),
+        ("batch_real", True, r"batch_real must be an int >= 1; got True \(bool\)"),
+        ("batch_real", 0, r"batch_real must be an int >= 1; got 0"),
+        ("checkpoint_every", 0, r"checkpoint_every must be an int >= 1; got 0"),
+        ("rho", -0.1, r"rho must be a finite real number >= 0; got -0\.1"),
+        ("rho", INF, r"rho must be a finite real number >= 0; got inf"),
+        ("outer_loop", 0, r"outer_loop must be an int >= 1; got 0"),
+        ("inner_loop", 1.5, r"inner_loop must be an int >= 0; got 1\.5 \(float\)"),
+        ("lr_net", NAN, r"lr_net must be a finite real number > 0; got nan"),
+        ("batch_train", 0, r"batch_train must be an int >= 1; got 0"),
+        ("classes", [0, 0], r"lcmat-c option classes must be distinct labels"),
+        ("classes", [0.5], r"lcmat-c option classes\[0\] must be an int; got 0\.5 \(float\)"),
+        ("classes", "01", r"option classes must be a list of int labels or None; got '01'"),
+        ("progress", "no", r"lcmat-c option progress must be True or False; got 'no' \(str\)"),
+        ("allow_small_classes", 1, r"allow_small_classes must be True or False; got 1 \(int\)"),
+        ("init", "zeros", r"init must be one of 'noise', 'real'; got 'zeros' \(str\)"),
+        ("network", "cnn", r"unknown network 'cnn'; choose one of convnet"),
+        ("augment", DSA, r"option augment must be True, False or a DSA instance; got <class"),
+    ],
+)
+def test_condenser_options_are_validated_at_construction(option, value, message):
+    # every bad option value is a ValueError (a wrong type too): the CLI prints it in one line
+    options = {"ipc": 2, "iterations": 1} | {option: value}
+    with pytest.raises(ValueError, match=message):
+        make_condenser("lcmat-c", **options)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("flip", 1.5, r"^DSA option flip must be a finite real number in \[0, 1\]; got 1\.5"),
+        ("rotate", NAN, r"DSA option rotate must be a finite real number >= 0; got nan"),
+        ("scale", 0.5, r"DSA option scale must be a finite real number >= 1; got 0\.5"),
+        ("strategy", 3, r"DSA option strategy must be transform names joined by '_'; got 3"),
+    ],
+)
+def test_dsa_options_are_validated(option, value, message):
+    with pytest.raises(ValueError, match=message):
+        DSA(**{option: value})
+
+
+def test_check_number_returns_plain_values():
+    import numpy as np
+
+    assert check_number("dm", "n", np.int64(3), integer=True) == 3
+    assert type(check_number("dm", "n", np.int64(3), integer=True)) is int
+    assert type(check_number("dm", "x", 1, exclusive_minimum=0)) is float
+    with pytest.raises(ValueError, match=r"^dm option x must be a finite real number; got None"):
+        check_number("dm", "x", None)

@@ -1,0 +1,270 @@
+"""Bad input to selection, keyed by what is checked (issue 9, selection part):
+
+option values (type, finiteness, range) of every registered selector; mixed dtypes and
+``requires_grad`` inputs; NaN, mixed-shape and channels-last images in ``ClassMemory.put``;
+channels-last images in training; the memory estimate of facility location before it allocates.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from replay_lcmat import submodular
+from replay_lcmat.buffers import ClassMemory
+from replay_lcmat.selection import SELECTORS, LCMatS, lcmat_s, make_selector
+from replay_lcmat.submodular import NotEnoughMemoryError, facility_location_peak_bytes
+from replay_lcmat.training import evaluate, train
+
+# Largest class part whose estimate fits in 1000 bytes (d=5, c=3, float32).
+FITS_IN_1000_BYTES = {"craig": 8, "lcmat-s": 8, "adacore": 4}  # 3.3 m^2 4; 3 m c (d+1) 4
+
+
+def toy(n_per_class=(12, 10, 14), d=5, c=3, seed=0, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.cat([torch.full((m,), k) for k, m in enumerate(n_per_class)])
+    labels = labels[torch.randperm(len(labels), generator=gen)]
+    features = torch.randn(len(labels), d, generator=gen, dtype=dtype).relu()
+    logits = torch.randn(len(labels), c, generator=gen, dtype=dtype) * 2
+    return features, logits, labels
+
+
+def numeric_options(cls):
+    """``{option: default}`` of the int / float keyword options of a selector and its bases."""
+    found = {}
+    for klass in reversed(cls.__mro__):
+        init = klass.__dict__.get("__init__")
+        if init is None or klass is object:
+            continue
+        for p in inspect.signature(init).parameters.values():
+            if isinstance(p.default, int | float) and not isinstance(p.default, bool):
+                found[p.name] = p.default
+    return found
+
+
+NUMERIC = [(name, option) for name, cls in SELECTORS.items() for option in numeric_options(cls)]
+
+
+# ------------------------------------------------------------------------------ options
+def test_every_selector_with_options_is_covered():
+    # A new selector's numeric options join the checks below through its signature.
+    assert {"eps", "k_dims", "eta", "ridge", "damping", "seed", "stochastic_epsilon"} <= {
+        option for _, option in NUMERIC
+    }
+
+
+@pytest.mark.parametrize(("name", "option"), NUMERIC)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "0.1", True, None])
+def test_every_numeric_option_rejects_non_numbers_and_non_finite(name, option, bad):
+    with pytest.raises(ValueError, match=rf"^{name} option {option} must be .*; got "):
+        make_selector(name, **{option: bad})
+
+
+@pytest.mark.parametrize(
+    ("name", "option"),
+    [(n, o) for n, o in NUMERIC if isinstance(numeric_options(SELECTORS[n])[o], int)],
+)
+def test_integer_options_are_not_truncated(name, option):
+    with pytest.raises(ValueError, match=rf"{option} must be an int .*; got 2\.5 \(float\)"):
+        make_selector(name, **{option: 2.5})
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("lcmat-s", {"k_dims": 2.5}, r"lcmat-s option k_dims must be an int >= 1; got 2\.5"),
+        ("lcmat-s", {"k_dims": 0}, r"k_dims must be an int >= 1; got 0"),
+        ("lcmat-s", {"eps": float("nan")}, r"eps must be a finite real number >= 0; got nan"),
+        ("lcmat-s", {"eps": "0.1"}, r"eps must be a finite real number >= 0; got '0\.1' \(str\)"),
+        ("lcmat-s", {"eps": -0.5}, r"eps must be a finite real number >= 0; got -0\.5"),
+        ("glister", {"eta": float("nan")}, r"glister option eta must be a finite real .* >= 0"),
+        ("glister", {"eta": -0.1}, r"eta must be a finite real number >= 0; got -0\.1"),
+        ("gradmatch", {"ridge": 0}, r"ridge must be a finite real number > 0; got 0"),
+        ("adacore", {"damping": 0.0}, r"damping must be a finite real number > 0; got 0\.0"),
+        ("craig", {"stochastic_epsilon": 1}, r"stochastic_epsilon must be .* in \(0, 1\); got 1"),
+        ("craig", {"offset": float("nan")}, r"offset must be 'max' or a finite real number"),
+        ("craig", {"offset": "min"}, r"offset must be 'max' or a finite real number; got 'min'"),
+        ("craig", {"greedy": "fast"}, r"greedy must be one of 'naive', 'lazy', 'stochastic'"),
+        ("craig", {"weighted": "yes"}, r"weighted must be True or False or None; got 'yes'"),
+        ("uniform", {"seed": -1}, r"uniform option seed must be an int in \[0, \d+\]; got -1"),
+        ("kcenter", {"seed": 1.0}, r"kcenter option seed must be an int .*; got 1\.0 \(float\)"),
+    ],
+)
+def test_bad_option_names_the_option_value_and_range(name, options, message):
+    with pytest.raises(ValueError, match=message):
+        make_selector(name, **options)
+
+
+def test_bad_options_fail_in_the_function_api_before_any_work():
+    features, logits, labels = toy()
+    with pytest.raises(ValueError, match="k_dims must be an int >= 1; got 2.5"):
+        lcmat_s(features, logits, labels, 2, k_dims=2.5)
+    # NaN eps names the option, not the similarity ("check the inputs" misled: they were fine).
+    with pytest.raises(ValueError, match="lcmat-s option eps") as err:
+        lcmat_s(features, logits, labels, 2, eps=float("nan"))
+    assert "similarity" not in str(err.value)
+
+
+def test_numpy_scalars_are_accepted_as_plain_numbers():
+    features, logits, labels = toy(seed=1)
+    plain = make_selector("lcmat-s", eps=0.05, k_dims=3)
+    numpy = make_selector("lcmat-s", eps=np.float64(0.05), k_dims=np.int64(3))
+    assert type(numpy.eps) is float and type(numpy.k_dims) is int
+    inputs = {"features": features, "logits": logits, "labels": labels, "per_class": 3}
+    assert torch.equal(plain.select(**inputs).indices, numpy.select(**inputs).indices)
+    seeded = make_selector("kcenter", seed=np.int64(4)).select(**inputs).indices
+    assert torch.equal(seeded, make_selector("kcenter", seed=4).select(**inputs).indices)
+
+
+# ------------------------------------------------------------------------------- inputs
+@pytest.mark.parametrize("name", list(SELECTORS))
+def test_mixed_dtypes_and_requires_grad_are_promoted_and_detached(name):
+    features, logits, labels = toy(seed=2)
+    mixed = {
+        "features": features.float().requires_grad_(),
+        "logits": logits.clone().requires_grad_(),
+    }
+    # float32 features with float64 logits select as if both were float64.
+    reference = {"features": features.float().double(), "logits": logits}
+    selector = make_selector(name)
+    got = selector.select(**mixed, labels=labels, per_class=3)
+    expected = selector.select(**reference, labels=labels, per_class=3)
+    assert torch.equal(got.indices, expected.indices)
+    assert (got.weights is None) == (expected.weights is None)
+    if got.weights is not None:
+        assert not got.weights.requires_grad
+        torch.testing.assert_close(got.weights, expected.weights)
+
+
+def test_half_features_with_float64_logits_use_float64():
+    features, logits, labels = toy(seed=3)
+    result = make_selector("gradmatch").select(
+        features=features.half(), logits=logits, labels=labels, per_class=2
+    )
+    assert result.weights.dtype == torch.float64
+
+
+# --------------------------------------------------------------------- ClassMemory.put
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_class_memory_refuses_non_finite_images(bad):
+    memory = ClassMemory()
+    images = torch.zeros(3, 1, 4, 4)
+    images[1, 0, 2, 2] = bad
+    with pytest.raises(ValueError, match=r"images of class 4 contain NaN or inf in 1 of 3 images"):
+        memory.put(4, images)
+    assert 4 not in memory
+
+
+def test_class_memory_refuses_a_second_image_shape_at_put_time():
+    memory = ClassMemory()
+    memory.put(0, torch.zeros(2, 3, 8, 8))
+    with pytest.raises(
+        ValueError,
+        match=r"images of class 1 have shape \[3, 4, 4\] per image but the stored classes "
+        r"\(e\.g\. class 0\) have \[3, 8, 8\]; .*resize or crop",
+    ):
+        memory.put(1, torch.zeros(2, 3, 4, 4))
+    assert memory.classes() == [0]
+    memory.put(0, torch.zeros(5, 3, 4, 4))  # replacing the only class may change the shape
+    memory.put(1, torch.zeros(2, 3, 4, 4))
+    assert memory.tensors()[0].shape == (7, 3, 4, 4)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (2, 28, 28, 1)])
+def test_class_memory_names_a_channels_last_layout(shape):
+    with pytest.raises(
+        ValueError, match=r"class 2 look channels-last \[N, H, W, C\]; permute to \[N, C, H, W\]"
+    ):
+        ClassMemory().put(2, torch.zeros(shape))
+
+
+# ------------------------------------------------------------------------------ training
+@pytest.mark.parametrize("shape", [(6, 32, 32, 3), (6, 28, 28, 1)])
+def test_training_names_a_channels_last_layout(shape):
+    model = nn.Sequential(nn.Flatten(), nn.LazyLinear(2))
+    images, labels = torch.zeros(shape), torch.zeros(6, dtype=torch.long)
+    message = r"images look channels-last \[N, H, W, C\]; permute to \[N, C, H, W\]"
+    with pytest.raises(ValueError, match=message):
+        train(model, images, labels, epochs=1, progress=False)
+    with pytest.raises(ValueError, match=message):
+        evaluate(model, images, labels)
+
+
+@pytest.mark.parametrize("shape", [(6, 3, 8, 8), (6, 1, 28, 28), (6, 64, 3, 3), (6, 8, 1, 1)])
+def test_channels_first_and_small_feature_maps_are_not_flagged(shape):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(shape[1:])), 2))
+    train(model, torch.zeros(shape), torch.zeros(6, dtype=torch.long), epochs=0, progress=False)
+    ClassMemory().put(0, torch.zeros(shape))
+
+
+# --------------------------------------------------------------------- memory estimate
+def test_estimate_matches_the_measured_growth():
+    # Issue 9: LCMat-S on one class passed 18 GB at n = 40,000 (float32).
+    assert facility_location_peak_bytes(40_000, 4) > 18e9
+    assert facility_location_peak_bytes(100, 8) == 2 * facility_location_peak_bytes(100, 4)
+
+
+@pytest.mark.parametrize("name", list(FITS_IN_1000_BYTES))
+def test_facility_location_refuses_a_class_that_does_not_fit_before_allocating(name, monkeypatch):
+    features, logits, labels = toy(n_per_class=(20,), dtype=torch.float32)
+    monkeypatch.setattr(submodular, "available_memory_bytes", lambda device: 1000)
+    selector = make_selector(name)
+
+    def never(inputs):
+        raise AssertionError("the similarity was built before the memory check")
+
+    monkeypatch.setattr(selector, "dissimilarity", never)
+    with pytest.raises(NotEnoughMemoryError) as err:
+        selector.select(features=features, logits=logits, labels=labels, per_class=3)
+    assert isinstance(err.value, MemoryError) and isinstance(err.value, ValueError)
+    message = str(err.value)
+    for part in (
+        f"{name} on class 0 (20 samples) needs about 5.2 KiB",  # 3.3 * 20^2 * 4 bytes
+        "only 1000 bytes is available on cpu",
+        f"Split the class into parts of at most {FITS_IN_1000_BYTES[name]} samples",
+        "streamed similarity",
+    ):
+        assert part in message, message
+
+
+def test_float64_inputs_say_float32_halves_the_estimate(monkeypatch):
+    features, logits, labels = toy(n_per_class=(20,))
+    monkeypatch.setattr(submodular, "available_memory_bytes", lambda device: 1000)
+    with pytest.raises(NotEnoughMemoryError, match="float32 inputs would halve the estimate"):
+        lcmat_s(features, logits, labels, 3)
+
+
+def test_adacore_estimate_counts_its_gradient_matrix():
+    selector = make_selector("adacore")
+    n, d, c = 10, 512, 10  # few samples, wide gradients: [n, c*(d+1)] dominates n x n
+    assert selector.peak_bytes(n, d, c, 4) == 3 * n * c * (d + 1) * 4
+    assert make_selector("craig").peak_bytes(n, d, c, 4) == facility_location_peak_bytes(n, 4)
+
+
+def test_a_class_that_fits_or_unknown_memory_selects_as_before(monkeypatch):
+    features, logits, labels = toy(seed=5)
+    expected = lcmat_s(features, logits, labels, 3)
+    monkeypatch.setattr(submodular, "available_memory_bytes", lambda device: None)
+    assert torch.equal(lcmat_s(features, logits, labels, 3), expected)
+    monkeypatch.setattr(submodular, "available_memory_bytes", lambda device: 10**6)
+    assert torch.equal(lcmat_s(features, logits, labels, 3), expected)
+
+
+def test_available_memory_falls_back_to_meminfo_then_unknown(monkeypatch, tmp_path):
+    assert submodular.available_memory_bytes("cpu") > 0
+    assert submodular.available_memory_bytes("meta") is None
+    monkeypatch.setitem(sys.modules, "psutil", None)  # import psutil now raises ImportError
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       2048 kB\nMemAvailable:   1024 kB\n")
+    monkeypatch.setattr(submodular, "MEMINFO", str(meminfo))
+    assert submodular.available_memory_bytes("cpu") == 1024 * 1024
+    monkeypatch.setattr(submodular, "MEMINFO", str(tmp_path / "missing"))
+    assert submodular.available_memory_bytes("cpu") is None
+    features, logits, labels = toy(seed=6)  # unknown memory: no check, selection as usual
+    result = LCMatS().select(features=features, logits=logits, labels=labels, per_class=2)
+    assert len(result.indices) == 6
