@@ -56,6 +56,21 @@ EVIDENCE_METHODS = ["uniform", "herding", "craig", "adacore"] + [
     f"lcmat-s[eps={e}]" for e in EPS_GRID
 ]
 
+# What the CPU presets share: real CIFAR-10 from the shared archive, a narrow ConvNet-3, short
+# schedules per fraction, 200 test images per class, 3 seeds.
+CPU_COMMON = dict(
+    data=str(REPO.parent / "shared/data/cifar10-jpeg.tar.gz"),
+    model="convnet",
+    pretrain_lr=0.05,
+    fractions=[0.005, 0.01, 0.05],
+    epochs={0.005: 40, 0.01: 30, 0.05: 8},
+    train_epochs=None,
+    lr=0.05,
+    batch_size=64,
+    seeds=[0, 1, 2],
+    test_per_class=200,
+)
+
 PRESETS = {
     # The paper's settings (spec section 5): for GPU machines.
     "paper": dict(
@@ -96,59 +111,32 @@ PRESETS = {
     ),
     # Real CIFAR-10 on 2 CPU cores: a width-16 ConvNet-3, short schedules, 200 test images/class.
     "cpu": dict(
-        data=str(REPO.parent / "shared/data/cifar10-jpeg.tar.gz"),
-        model="convnet",
+        CPU_COMMON,
         model_options={"width": 16},
         pretrain_epochs=2,
-        pretrain_lr=0.05,
         pretrain_augment=True,
         stats=["running"],
-        fractions=[0.005, 0.01, 0.05],
-        epochs={0.005: 40, 0.01: 30, 0.05: 8},
-        train_epochs=None,
-        lr=0.05,
-        batch_size=64,
-        seeds=[0, 1, 2],
-        test_per_class=200,
         methods=METHODS,
     ),
     # The evidence run of the selection-statistics question on 2 CPU cores: a BatchNorm
     # ConvNet-3 of width 16, selection model pretrained without augmentation as the reference
     # code does, both statistics modes, the paper's eps grid.
     "cpu-bn": dict(
-        data=str(REPO.parent / "shared/data/cifar10-jpeg.tar.gz"),
-        model="convnet",
+        CPU_COMMON,
         model_options={"width": 16, "norm": "batch"},
         pretrain_epochs=3,
-        pretrain_lr=0.05,
         pretrain_augment=False,
         stats=["running", "class-batch"],
-        fractions=[0.005, 0.01, 0.05],
-        epochs={0.005: 40, 0.01: 30, 0.05: 8},
-        train_epochs=None,
-        lr=0.05,
-        batch_size=64,
-        seeds=[0, 1, 2],
-        test_per_class=200,
         methods=EVIDENCE_METHODS,
     ),
     # The same question for a model without BatchNorm (instance norm, as ConvNet-3): does the
     # feature-level analogue, class-centred logits, help?
     "cpu-in": dict(
-        data=str(REPO.parent / "shared/data/cifar10-jpeg.tar.gz"),
-        model="convnet",
+        CPU_COMMON,
         model_options={"width": 16, "norm": "instance"},
         pretrain_epochs=3,
-        pretrain_lr=0.05,
         pretrain_augment=False,
         stats=["running", "class-center"],
-        fractions=[0.005, 0.01, 0.05],
-        epochs={0.005: 40, 0.01: 30, 0.05: 8},
-        train_epochs=None,
-        lr=0.05,
-        batch_size=64,
-        seeds=[0, 1, 2],
-        test_per_class=200,
         methods=["uniform", "craig", "lcmat-s[eps=0.01]", "lcmat-s[eps=0.05]"],
     ),
 }
@@ -432,8 +420,10 @@ def plot(summary: dict, fractions: list[float], path: Path, title: str) -> None:
 
     modes = sorted({s for _, s in summary if s != "-"}) or ["-"]
     fig = Figure(figsize=(6 * len(modes), 4.5))
+    first = None
     for i, mode in enumerate(modes):
-        ax = fig.add_subplot(1, len(modes), i + 1)
+        ax = fig.add_subplot(1, len(modes), i + 1, sharey=first)
+        first = first or ax
         for (method, stats), cells in summary.items():
             if stats not in (mode, "-"):
                 continue
@@ -447,6 +437,7 @@ def plot(summary: dict, fractions: list[float], path: Path, title: str) -> None:
                 label=method,
             )
         ax.set_xscale("log")
+        ax.minorticks_off()
         ax.set_xticks([100 * f for f in fractions], [f"{100 * f:g}%" for f in fractions])
         ax.set_xlabel("fraction of the training set (class-balanced)")
         ax.set_ylabel("test accuracy (%)")

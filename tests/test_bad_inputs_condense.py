@@ -289,7 +289,7 @@ def test_cli_bad_out_fails_before_any_work(command, tmp_path, monkeypatch, capsy
     module = f"replay_lcmat.cli.{command}"
     monkeypatch.setattr(f"{module}.load_dataset", _no_work)
     if command == "select":
-        monkeypatch.setattr(f"{module}.pretrain_selection_model", _no_work)
+        monkeypatch.setattr("replay_lcmat.cli.select.selection_model_outputs", _no_work)
         argv = ["select", "--data", "digits", "--method", "uniform", "--per-class", "2"]
     else:
         argv = ["condense", "--data", "digits", "--method", "dm", "--ipc", "1"]
@@ -332,7 +332,7 @@ def test_cli_select_creates_a_missing_output_folder(tmp_path):
 def test_cli_budget_and_options_fail_before_any_work(argv, message, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(f"replay_lcmat.cli.{argv[0]}.load_dataset", _no_work)
     if argv[0] == "select":
-        monkeypatch.setattr("replay_lcmat.cli.select.pretrain_selection_model", _no_work)
+        monkeypatch.setattr("replay_lcmat.cli.select.selection_model_outputs", _no_work)
     argv = argv + ["--data", "digits", "--out", str(tmp_path / "out")]
     assert main(argv) == 1
     assert re.search(message, capsys.readouterr().err)

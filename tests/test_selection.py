@@ -341,7 +341,7 @@ def test_extractor_single_pass_eval_mode_restored():
     x = torch.randn(37, 1, 4, 4)
     y = torch.randint(0, 3, (37,))
     model.train()
-    out = extract_outputs(model, x, y, batch_size=8)
+    out = extract_outputs(model, x, y, stats="running", batch_size=8)
     assert model.training  # mode restored
     model.eval()
     with torch.no_grad():

@@ -69,3 +69,52 @@ def check_budget_arguments(per_class: int | None, fraction: float | None) -> Non
         raise ValueError(f"--per-class must be an integer >= 1; got {per_class}.")
     if fraction is not None and not (math.isfinite(fraction) and 0 < fraction <= 1):
         raise ValueError(f"--fraction must be in (0, 1], e.g. 0.01 for 1%; got {fraction}.")
+
+
+def add_selection_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The selection model θ's options, shared by ``select`` and ``inspect``: its network,
+    pretraining and the statistics its outputs are taken with."""
+    from replay_lcmat.selection.extract import DEFAULT_STATS, STATS
+
+    group = parser.add_argument_group("selection model θ")
+    group.add_argument("--model", default="convnet", help="convnet | resnet18 | mlp")
+    group.add_argument("--width", type=int, default=None, help="ConvNet width (default 128)")
+    group.add_argument("--pretrain-epochs", type=int, default=10, help="paper: 10")
+    group.add_argument("--lr", type=float, default=0.1, help="pretraining SGD learning rate")
+    group.add_argument("--batch-size", type=int, default=128)
+    group.add_argument(
+        "--pretrain-augment",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="crop + flip while θ trains, images of 32 pixels or more (the LCMat reference "
+        "code: --no-pretrain-augment)",
+    )
+    group.add_argument(
+        "--stats",
+        choices=STATS,
+        default=DEFAULT_STATS,
+        help="normalisation statistics while θ's features and logits are taken: running (eval "
+        "mode) | class-batch (BatchNorm over batches of one class, the LCMat reference code) | "
+        f"class-center (default {DEFAULT_STATS}; see extract_outputs)",
+    )
+
+
+def selection_model_outputs(args: argparse.Namespace, train, *, progress: bool):
+    """``(model, outputs)``: θ pretrained on ``train`` with the options of
+    :func:`add_selection_model_arguments` (and ``--seed``, ``--device``), and its outputs."""
+    from replay_lcmat.selection import extract_outputs, pretrain_selection_model
+
+    model = pretrain_selection_model(
+        train,
+        model=args.model,
+        model_options={} if args.width is None else {"width": args.width},
+        epochs=args.pretrain_epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        augment=args.pretrain_augment,
+        device=args.device,
+        seed=args.seed,
+        progress=progress,
+    )
+    outputs = extract_outputs(model, train, stats=args.stats, device=args.device, progress=progress)
+    return model, outputs

@@ -10,10 +10,11 @@ import torch
 
 from replay_lcmat.cli.common import (
     add_data_arguments,
+    add_selection_model_arguments,
     check_budget_arguments,
     check_output_path,
+    selection_model_outputs,
 )
-from replay_lcmat.selection.extract import DEFAULT_STATS, STATS
 
 PICTURES = ("grid", "bounds", "contours", "spectrum")
 
@@ -61,25 +62,7 @@ examples:
 # ------------------------------------------------------------------------------ arguments
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser)
-    group = parser.add_argument_group("selection model θ (as in `replay-lcmat select`)")
-    group.add_argument("--model", default="convnet", help="convnet | resnet18 | mlp")
-    group.add_argument("--width", type=int, default=None, help="ConvNet width (default 128)")
-    group.add_argument("--pretrain-epochs", type=int, default=10, help="paper: 10")
-    group.add_argument("--lr", type=float, default=0.1, help="pretraining SGD learning rate")
-    group.add_argument("--batch-size", type=int, default=128)
-    group.add_argument(
-        "--pretrain-augment",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="crop + flip while θ trains (images of 32 pixels or more)",
-    )
-    group.add_argument(
-        "--stats",
-        choices=STATS,
-        default=DEFAULT_STATS,
-        help=f"normalisation statistics of θ's outputs (default {DEFAULT_STATS}; see "
-        "extract_outputs)",
-    )
+    add_selection_model_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="seeds θ, selections, directions")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -286,23 +269,8 @@ def run_grid(args: argparse.Namespace) -> int:
 def _selection_model(args: argparse.Namespace, train=None):
     """``(train, model, outputs)``: θ trained on the training split (loaded from --data unless
     given) and its outputs."""
-    from replay_lcmat.selection import extract_outputs, pretrain_selection_model
-
     train = _load_train(args) if train is None else train
-    progress = not args.no_progress
-    model = pretrain_selection_model(
-        train,
-        model=args.model,
-        model_options={} if args.width is None else {"width": args.width},
-        epochs=args.pretrain_epochs,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        augment=args.pretrain_augment,
-        device=args.device,
-        seed=args.seed,
-        progress=progress,
-    )
-    outputs = extract_outputs(model, train, stats=args.stats, device=args.device, progress=progress)
+    model, outputs = selection_model_outputs(args, train, progress=not args.no_progress)
     return train, model, outputs
 
 

@@ -9,15 +9,18 @@ from pathlib import Path
 
 import torch
 
-from replay_lcmat.cli.common import add_data_arguments, check_budget_arguments, check_output_path
+from replay_lcmat.cli.common import (
+    add_data_arguments,
+    add_selection_model_arguments,
+    check_budget_arguments,
+    check_output_path,
+    selection_model_outputs,
+)
 from replay_lcmat.data import load_dataset
 from replay_lcmat.selection import (
     SELECTORS,
-    extract_outputs,
     make_selector,
-    pretrain_selection_model,
 )
-from replay_lcmat.selection.extract import DEFAULT_STATS, STATS
 from replay_lcmat.specs import parse_options
 
 
@@ -37,26 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--take-all", action="store_true", help="keep a class whole when it is below the budget"
     )
-    parser.add_argument("--pretrain-epochs", type=int, default=10, help="paper: 10")
-    parser.add_argument("--model", default="convnet", help="convnet | resnet18 | mlp")
-    parser.add_argument("--width", type=int, default=None, help="ConvNet width (default 128)")
-    parser.add_argument("--lr", type=float, default=0.1, help="pretraining SGD learning rate")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument(
-        "--stats",
-        choices=STATS,
-        default=DEFAULT_STATS,
-        help="normalisation statistics while features and logits are taken: running (eval "
-        "mode) | class-batch (BatchNorm over batches of one class, the LCMat reference code) | "
-        f"class-center (default {DEFAULT_STATS}; see extract_outputs)",
-    )
-    parser.add_argument(
-        "--pretrain-augment",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="crop + flip while the selection model trains (the reference code: "
-        "--no-pretrain-augment)",
-    )
+    add_selection_model_arguments(parser)
     parser.add_argument(
         "--option",
         action="append",
@@ -84,21 +68,7 @@ def run(args: argparse.Namespace) -> int:
         args.data, root=args.data_root, download=args.download, cache_dir=args.cache_dir
     )
     start = time.perf_counter()
-    model = pretrain_selection_model(
-        train_data,
-        model=args.model,
-        model_options={} if args.width is None else {"width": args.width},
-        epochs=args.pretrain_epochs,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        augment=args.pretrain_augment,
-        device=args.device,
-        seed=args.seed,
-        progress=progress,
-    )
-    outputs = extract_outputs(
-        model, train_data, stats=args.stats, device=args.device, progress=progress
-    )
+    _, outputs = selection_model_outputs(args, train_data, progress=progress)
     pretrain_seconds = time.perf_counter() - start
     start = time.perf_counter()
     result = selector.select(

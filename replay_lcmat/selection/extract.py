@@ -12,8 +12,10 @@ from tqdm.auto import tqdm
 
 # How a selection model's normalisation layers see the data while its outputs are taken.
 STATS = ("running", "class-batch", "class-center")
-# The default of every selection path; chosen from benchmarks/results/coreset_cpu-bn.md.
-DEFAULT_STATS = "running"
+# The default of every selection path, chosen from benchmarks/results/coreset_cpu-bn.md and
+# continual_cpu-bn.md (README, "What the measurements show"); identical to "running" for models
+# without BatchNorm.
+DEFAULT_STATS = "class-batch"
 CLASS_BATCH_SIZE = 128  # the reference code's selection loader
 VERIFY_SAMPLES = 32  # samples of the first batch the model's split is checked on
 
@@ -40,7 +42,11 @@ def check_stats(stats: str) -> str:
 def has_batch_statistics(model: nn.Module) -> bool:
     """True when some layer of ``model`` normalises with batch statistics in train mode
     (BatchNorm, SyncBatchNorm, InstanceNorm with ``track_running_stats``)."""
-    return any(isinstance(m, nn.modules.batchnorm._NormBase) for m in model.modules())
+    return any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm)
+        or (isinstance(m, nn.modules.instancenorm._InstanceNorm) and m.track_running_stats)
+        for m in model.modules()
+    )
 
 
 def class_batches(labels: Tensor, batch_size: int) -> list[Tensor]:
@@ -153,12 +159,13 @@ def extract_outputs(
         )
     if n == 0:
         raise ValueError("no samples to extract: the dataset is empty.")
+    class_batch = stats == "class-batch" and has_batch_statistics(model)  # else same as running
     if batch_size is None:
-        batch_size = CLASS_BATCH_SIZE if stats == "class-batch" else 512
+        batch_size = CLASS_BATCH_SIZE if class_batch else 512
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}.")
     labels = torch.as_tensor(labels).long().cpu()
-    if stats == "class-batch":
+    if class_batch:
         batches = class_batches(labels, batch_size)
         net = copy.deepcopy(model).to(device).eval()
         batch_norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
@@ -177,7 +184,7 @@ def extract_outputs(
         features_of, head = split_head(net, example=batch_of(batches[0][:VERIFY_SAMPLES]))
         with torch.no_grad():
             for idx in tqdm(batches, desc="extract", disable=not progress):
-                if stats == "class-batch":
+                if class_batch:
                     # batch statistics; a class of one sample has none, so it falls back to
                     # the running statistics
                     for module in batch_norms:
