@@ -11,6 +11,7 @@ and knows nothing about gradients or similarities.
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass
 from typing import Protocol
@@ -20,10 +21,17 @@ from torch import Tensor
 
 OPTIMIZERS = ("naive", "lazy", "stochastic")
 
-# Peak bytes of facility location on n points, in units of n^2 * itemsize: the similarity, the
-# [n, n] copy and difference made by the first full gains call, and the bool finiteness mask.
-# Measured: LCMat-S on one class (d=512, c=10) peaks at about 3.3 n^2 * 4 bytes in float32.
-FACILITY_PEAK_FACTOR = 3.3
+# Size of the row blocks FacilityLocation works in: big enough that each torch call does real
+# work, small enough to stay in cache and to be negligible next to the [n, n] similarity.
+BLOCK_BYTES = 1 << 20
+
+# Peak bytes of facility location on n points, in units of n^2 * itemsize: the [n, n] similarity
+# plus temporaries of O(n) rows' size (blocks of rows while it is built, the greedy's 1 MiB
+# buffer, the class's copies of its [n, d] inputs). Measured (issue 13) on LCMat-S, one class,
+# d=512, c=10, float32, as the resident high-water mark: 1.06 at n = 20,000, 1.15-1.17 at
+# 10,000, 1.4-1.5 at 5,000 (those O(n d) temporaries weigh only where memory is no concern).
+# It was 3.3 before the blocked builder and greedy.
+FACILITY_PEAK_FACTOR = 1.2
 MEMINFO = "/proc/meminfo"
 
 
@@ -72,7 +80,7 @@ class SetFunction(Protocol):
 
     def initial_state(self) -> Tensor: ...
 
-    def gains(self, state: Tensor, candidates: Tensor) -> Tensor: ...
+    def gains(self, state: Tensor, candidates: Tensor | None = None) -> Tensor: ...
 
     def update(self, state: Tensor, candidate: int) -> Tensor: ...
 
@@ -83,29 +91,76 @@ class FacilityLocation:
     The state is the coverage ``cov_i = max(0, max_{j in S} s[j, i])`` (all zeros for the empty
     set), and the marginal gain of ``j`` is ``sum_i max(0, s[j, i] - cov_i)``.
 
+    Every pass over the matrix works on blocks of about :data:`BLOCK_BYTES` in one reused buffer,
+    so no call allocates more than that on top of ``similarity``.
+
     Args:
         similarity: ``[n_candidates, n_points]``; row ``j`` holds how well candidate ``j``
             represents each point. A symmetric ``[n, n]`` matrix works as is. Not copied.
+        check_finite: refuse NaN or inf (one blocked min/max pass). Callers that have already
+            proved the matrix finite (e.g. from the inputs it was built from) pass ``False``.
     """
 
-    def __init__(self, similarity: Tensor) -> None:
+    def __init__(self, similarity: Tensor, *, check_finite: bool = True) -> None:
         if similarity.dim() != 2 or similarity.numel() == 0:
             raise ValueError(
                 f"similarity must be a non-empty [n_candidates, n_points] matrix; got shape "
                 f"{tuple(similarity.shape)}."
             )
-        if not torch.isfinite(similarity).all():
-            raise ValueError("similarity contains NaN or inf; check the inputs it was built from.")
         self.similarity = similarity
         self.n_candidates = similarity.shape[0]
+        row_bytes = similarity.shape[1] * similarity.element_size()
+        # at least two rows: see gains() on one-row sums
+        self._block_rows = max(2, min(self.n_candidates, BLOCK_BYTES // row_bytes))
+        self._buffer: Tensor | None = None
+        if check_finite and not self._is_finite():
+            raise ValueError("similarity contains NaN or inf; check the inputs it was built from.")
+
+    def _rows_buffer(self) -> Tensor:
+        if self._buffer is None:  # zeros: the spare second row of gains() must hold numbers
+            self._buffer = self.similarity.new_zeros(self._block_rows, self.similarity.shape[1])
+        return self._buffer
+
+    def _is_finite(self) -> bool:
+        extremes = [
+            torch.stack(torch.aminmax(self.similarity[a : a + self._block_rows]))
+            for a in range(0, self.n_candidates, self._block_rows)
+        ]
+        return bool(torch.isfinite(torch.cat(extremes)).all())  # min/max propagate NaN
+
+    def _rows(self, ids: Tensor) -> Tensor:
+        """Rows ``ids`` (at most one block) copied into the buffer."""
+        return torch.index_select(self.similarity, 0, ids, out=self._rows_buffer()[: len(ids)])
 
     def initial_state(self) -> Tensor:
         """Coverage of the empty set: zeros ``[n_points]``."""
         return self.similarity.new_zeros(self.similarity.shape[1])
 
-    def gains(self, state: Tensor, candidates: Tensor) -> Tensor:
-        """Marginal gains ``[len(candidates)]`` of adding each candidate to the set with ``state``."""
-        return (self.similarity[candidates] - state).clamp_(min=0).sum(1)
+    def gains(self, state: Tensor, candidates: Tensor | None = None) -> Tensor:
+        """Marginal gains of adding each candidate to the set with ``state``.
+
+        Args:
+            state: coverage ``[n_points]``.
+            candidates: int64 indices; ``None`` for all candidates in index order.
+
+        Returns:
+            ``[len(candidates)]`` (``[n_candidates]`` for ``None``). A row's gain is rounded the
+            same way whatever the other candidates of the call: rows are summed in blocks of at
+            least two, because torch splits a one-output sum over threads (another order).
+        """
+        sim = self.similarity
+        count = self.n_candidates if candidates is None else len(candidates)
+        out = sim.new_empty(count)
+        buffer = self._rows_buffer()
+        for a in range(0, count, self._block_rows):
+            b = min(a + self._block_rows, count)
+            if candidates is None:
+                torch.sub(sim[a:b], state, out=buffer[: b - a])
+            else:
+                self._rows(candidates[a:b]).sub_(state)
+            rows = buffer[: max(b - a, 2)]  # a lone row is summed with the spare one after it
+            out[a:b] = rows.clamp_(min=0).sum(1)[: b - a]
+        return out
 
     def update(self, state: Tensor, candidate: int) -> Tensor:
         """Coverage after adding ``candidate`` (a new tensor)."""
@@ -115,7 +170,11 @@ class FacilityLocation:
         """``F(subset)`` for int64 candidate indices ``subset``."""
         if len(subset) == 0:
             return 0.0
-        return float(self.similarity[subset].max(0).values.clamp(min=0).sum())
+        coverage = None
+        for a in range(0, len(subset), self._block_rows):
+            block = self._rows(subset[a : a + self._block_rows]).amax(0)
+            coverage = block if coverage is None else torch.maximum(coverage, block)
+        return float(coverage.clamp_(min=0).sum())
 
     def weights(self, subset: Tensor) -> Tensor:
         """``gamma_j``: number of points whose most similar member of ``subset`` is ``j``.
@@ -123,7 +182,16 @@ class FacilityLocation:
         Returns float ``[len(subset)]`` in the order of ``subset`` (ties go to the earlier member);
         the weights sum to ``n_points``.
         """
-        owner = self.similarity[subset].argmax(0)  # argmax returns the first maximum
+        best, owner = None, None
+        for a in range(0, len(subset), self._block_rows):
+            # max(0) returns the first maximum inside the block
+            values, first = self._rows(subset[a : a + self._block_rows]).max(0)
+            if best is None:
+                best, owner = values, first
+            else:  # strictly better only: ties stay with the earlier block
+                better = values > best
+                best = torch.where(better, values, best)
+                owner = torch.where(better, first + a, owner)
         return torch.bincount(owner, minlength=len(subset)).to(self.similarity.dtype)
 
 
@@ -179,10 +247,9 @@ def maximize(
 def _naive_greedy(fn: SetFunction, budget: int) -> GreedyResult:
     state = fn.initial_state()
     available = torch.ones(fn.n_candidates, dtype=torch.bool)
-    all_candidates = torch.arange(fn.n_candidates, device=state.device)
     picks, gains = [], []
     for _ in range(budget):
-        g = fn.gains(state, all_candidates).cpu()
+        g = fn.gains(state).cpu()
         g[~available] = -math.inf
         j = int(torch.argmax(g))  # argmax returns the first (lowest-index) maximum
         picks.append(j)
@@ -192,41 +259,39 @@ def _naive_greedy(fn: SetFunction, budget: int) -> GreedyResult:
     return _result(picks, gains, state.dtype)
 
 
-def _lazy_greedy(fn: SetFunction, budget: int, first_chunk: int = 16) -> GreedyResult:
-    """Minoux's lazy greedy with batched re-evaluation.
+def _lazy_greedy(
+    fn: SetFunction, budget: int, first_chunk: int = 16, max_chunk: int = 1024
+) -> GreedyResult:
+    """Minoux's lazy greedy on a heap of upper bounds, refreshed in chunks.
 
-    Stale gains are upper bounds of the current gains (submodularity). At each step the
-    candidates are visited by decreasing bound (ties: lower index first) in chunks of doubling
-    size, and their gains are refreshed with one ``fn.gains`` call per chunk. The step ends once
-    the best refreshed gain is strictly above every bound not yet refreshed: those candidates
-    cannot do better, so the pick (best refreshed gain, ties to the lowest index) is exactly
-    naive greedy's argmax.
+    Stale gains are upper bounds of the current gains (submodularity; also in floating point,
+    since every term ``max(0, s - cov)`` only shrinks and a row is always summed in the same
+    order). The heap orders ``(-bound, index)``, so its top is the largest bound, ties to the
+    lowest index. While the top is stale, the next chunk of stale entries (doubling in size,
+    from ``first_chunk`` up to ``max_chunk``) is popped, refreshed with one ``fn.gains`` call
+    and pushed back. A fresh top is exactly naive greedy's argmax: its gain is at least every
+    other bound, and an equal bound of a lower index would sit above it.
     """
     state = fn.initial_state()
     device = state.device
-    n = fn.n_candidates
-    bounds = fn.gains(state, torch.arange(n, device=device)).cpu()
+    # entries (-bound, index, step the bound was computed at); indices are unique, so the step
+    # never decides an order
+    heap = [(-g, j, 0) for j, g in enumerate(fn.gains(state).tolist())]
+    heapq.heapify(heap)
     picks, gains = [], []
     for step in range(budget):
-        if step == 0:  # every bound is fresh
-            visited_ids, visited_gains = torch.arange(n), bounds
-        else:
-            order = torch.sort(bounds, descending=True, stable=True).indices
-            n_open, visited, chunk = n - step, 0, first_chunk
-            while True:
-                ids = order[visited : min(visited + chunk, n_open)]  # picked ones sort last
-                bounds[ids] = fn.gains(state, ids.to(device)).cpu()
-                visited += len(ids)
-                visited_ids = order[:visited]
-                visited_gains = bounds[visited_ids]
-                if visited >= n_open or visited_gains.max() > bounds[order[visited]]:
-                    break
-                chunk *= 2
-        best = visited_gains.max()
-        j = int(visited_ids[visited_gains == best].min())
+        chunk = first_chunk
+        while heap[0][2] != step:
+            stale = []
+            while heap and heap[0][2] != step and len(stale) < chunk:
+                stale.append(heapq.heappop(heap)[1])
+            fresh = fn.gains(state, torch.tensor(stale, device=device)).tolist()
+            for j, g in zip(stale, fresh, strict=True):
+                heapq.heappush(heap, (-g, j, step))
+            chunk = min(2 * chunk, max_chunk)
+        negative_gain, j, _ = heapq.heappop(heap)
         picks.append(j)
-        gains.append(float(best))
-        bounds[j] = -math.inf
+        gains.append(-negative_gain)
         state = fn.update(state, j)
     return _result(picks, gains, state.dtype)
 

@@ -7,6 +7,7 @@ class (nothing is clipped, picks do not depend on ``C``), a float is used as is.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -14,11 +15,12 @@ from torch import Tensor
 
 from replay_lcmat import submodular
 from replay_lcmat.curvature import (
+    _check_head_inputs,
     diag_hessian_columns,
     gram_to_distances,
     last_layer_diag_hessians,
     last_layer_grads,
-    pairwise_grad_distances,
+    softmax_residuals,
     top_variance_coordinates,
 )
 from replay_lcmat.selection.base import ClassInputs, Selector
@@ -31,26 +33,58 @@ from replay_lcmat.submodular import (
 )
 from replay_lcmat.validation import check_choice, check_flag, check_number, check_seed
 
+# Rows per block when building an [n, n] dissimilarity: the temporaries are a few [BLOCK_ROWS, n]
+# blocks, so the result is the only n x n allocation.
+BLOCK_ROWS = 128
 
-def l1_distances(x: Tensor, *, block_rows: int = 128) -> Tensor:
-    """``||x_i - x_j||_1`` for all pairs, ``[n, n]``; the same values as ``torch.cdist(x, x, p=1)``.
 
-    Accumulates one coordinate at a time over blocks of rows, so each block of the output
-    stays in cache; on one CPU thread this takes about 0.6x the time of ``torch.cdist`` (p=1 has
-    no matrix-multiply shortcut, unlike p=2).
+def _l1_rows(x: Tensor, x_t: Tensor, start: int, stop: int, out: Tensor, scratch: Tensor) -> Tensor:
+    """``out[i, j] = sum_k |x[start + i, k] - x[start + j, k]|``: rows ``start:stop`` of the L1
+    distances from their diagonal on (columns ``start:``); ``k`` is summed in order, from 0.
+
+    One subtract, abs and add over the block per coordinate (torch has no fused kernel for it).
+    ``x_t`` is ``x.T.contiguous()``; ``out`` and ``scratch`` are ``[stop - start, n - start]``.
+    """
+    out.zero_()
+    columns = x[start:stop].T.unsqueeze(2).unbind(0)  # K views [rows, 1], made in one call
+    rows = x_t[:, None, start:].unbind(0)  # K views [1, n - start]
+    for column, row in zip(columns, rows, strict=True):
+        torch.sub(column, row, out=scratch)
+        out.add_(scratch.abs_())
+    return out
+
+
+def _mirror_rows(out: Tensor, start: int, stop: int) -> None:
+    """Copy the block rows ``start:stop`` above the diagonal into the columns below it.
+
+    The diagonal block is made exactly symmetric from its upper triangle (adding zeros: exact).
+    """
+    square = out[start:stop, start:stop]
+    square.copy_(torch.triu(square).add_(torch.triu(square, 1).T))
+    out[stop:, start:stop] = out[start:stop, stop:].T
+
+
+def l1_distances(x: Tensor, *, block_rows: int = BLOCK_ROWS) -> Tensor:
+    """``||x_i - x_j||_1`` for all pairs, ``[n, n]``; bit-identical to ``torch.cdist(x, x, p=1)``
+    on CPU (on CUDA cdist reduces in another order: equal up to float rounding).
+
+    Exact: like the CPU kernel of ``torch.cdist``, each pair sums ``|x_ik - x_jk|`` over
+    ``k = 0, 1, ...`` in order starting from 0, and ``|a - b| = |b - a|`` in floating point, so
+    only blocks of rows on and above the diagonal are computed and the rest is mirrored (half
+    the work of the full matrix). Temporaries: two ``[block_rows, n]`` blocks.
 
     Args:
         x: ``[n, k]``.
     """
-    n, k = x.shape
-    out = torch.zeros(n, n, dtype=x.dtype, device=x.device)
-    columns = x.T.contiguous()
+    n = x.shape[0]
+    out = x.new_empty(n, n)
+    x_t = x.T.contiguous()
+    scratch = x.new_empty(min(block_rows, n) * n)
     for start in range(0, n, block_rows):
-        block = out[start : start + block_rows]
-        diff = torch.empty_like(block)
-        for j in range(k):
-            torch.sub(x[start : start + block_rows, j, None], columns[j][None, :], out=diff)
-            block.add_(diff.abs_())
+        stop = min(start + block_rows, n)
+        diff = scratch[: (stop - start) * (n - start)].view(stop - start, n - start)
+        _l1_rows(x, x_t, start, stop, out[start:stop, start:], diff)
+        _mirror_rows(out, start, stop)
     return out
 
 
@@ -62,19 +96,56 @@ def _size(n_bytes: float) -> str:
 
 
 def lcmat_dissimilarity(
-    features: Tensor, logits: Tensor, labels: Tensor, *, eps: float, k_dims: int
+    features: Tensor,
+    logits: Tensor,
+    labels: Tensor,
+    *,
+    eps: float,
+    k_dims: int,
+    block_rows: int = BLOCK_ROWS,
 ) -> Tensor:
     """``d_ij = ||g_i - g_j||_2 + eps ||lambda_{i,K} - lambda_{j,K}||_1`` of one class, ``[n, n]``.
 
     ``g`` are last-layer gradients (Gram identity, never built), ``lambda_K`` the ``k_dims``
     diagonal-Hessian coordinates of largest variance over the class (from moments).
+
+    Built in blocks of ``block_rows`` rows on and above the diagonal, the rest mirrored: about
+    half the arithmetic of the full matrix, exactly symmetric, zero diagonal; the temporaries
+    are a few ``[block_rows, n]`` blocks. Per entry the operations are those of
+    :func:`~replay_lcmat.curvature.pairwise_grad_distances` plus ``eps`` times
+    :func:`l1_distances` (same values up to the rounding of the blocked matrix products).
     """
-    d = pairwise_grad_distances(features, logits, labels)
-    if eps != 0:
+    _check_head_inputs(features, logits)
+    n = features.shape[0]
+    lam = lam_t = scratch = None
+    if eps != 0:  # first: its float64 [n, d] moments are freed before the [n, n] result exists
         coords = top_variance_coordinates(features, logits, k_dims)
         lam = diag_hessian_columns(features, logits, coords)
-        d.add_(l1_distances(lam), alpha=eps)
-    return d
+        lam_t = lam.T.contiguous()
+    e = softmax_residuals(logits, labels)
+    out = features.new_empty(n, n)
+    # Gram g_i . g_j = (e_i . e_j)(h_i . h_j + 1) on and above the diagonal; twice as many rows
+    # per matrix product (closer to its peak), as much temporary memory as the L1 pass below
+    for start in range(0, n, 2 * block_rows):
+        stop = min(start + 2 * block_rows, n)
+        upper = out[start:stop, start:]
+        torch.mm(features[start:stop], features[start:].T, out=upper)
+        upper.add_(1.0).mul_(e[start:stop] @ e[start:].T)
+    sq_norms = out.diagonal().clone()
+    if lam is not None:
+        scratch = features.new_empty(2, min(block_rows, n) * n)
+    for start in range(0, n, block_rows):
+        stop = min(start + block_rows, n)
+        upper = out[start:stop, start:]  # ||g_i - g_j||^2 = G_ii + G_jj - 2 G_ij, clamped at 0
+        upper.mul_(-2.0).add_(sq_norms[start:]).add_(sq_norms[start:stop, None])
+        upper.clamp_(min=0.0).sqrt_()
+        upper[:, : stop - start].fill_diagonal_(0.0)
+        if lam is not None:
+            size = (stop - start) * (n - start)
+            l1, diff = (part[:size].view(stop - start, n - start) for part in scratch)
+            upper.add_(_l1_rows(lam, lam_t, start, stop, l1, diff), alpha=eps)
+        _mirror_rows(out, start, stop)
+    return out
 
 
 def preconditioned_grad_distances(
@@ -177,9 +248,23 @@ class FacilityLocationSelector(Selector):
     def select_class(self, inputs: ClassInputs, budget: int) -> tuple[Tensor, Tensor | None]:
         self.check_memory(inputs)
         sim = self.dissimilarity(inputs)
-        c = sim.max() if self.offset == "max" else float(self.offset)
-        sim.neg_().add_(c)  # s = C - d, in place
-        fn = FacilityLocation(sim)
+        # One pass that C = "max" needs anyway doubles as the finiteness check of the matrix
+        # (min and max propagate NaN): no n x n mask. The inputs were checked finite already,
+        # so a non-finite d can only be an overflow.
+        low, high = torch.aminmax(sim)
+        c = high if self.offset == "max" else sim.new_tensor(float(self.offset))
+        extreme = max(abs(float(c - low)), abs(float(c - high)))
+        if not (math.isfinite(float(low)) and math.isfinite(float(high))) or (
+            len(sim) * extreme >= torch.finfo(sim.dtype).max
+        ):
+            raise ValueError(
+                f"{self.name} on class {inputs.label}: the {sim.dtype} dissimilarities "
+                f"(range [{float(low):.3g}, {float(high):.3g}]) or their sums over "
+                f"{len(sim)} samples overflow; the inputs are finite but too large. Scale the "
+                "features or logits down, or pass float64 inputs."
+            )
+        torch.sub(c, sim, out=sim)  # s = C - d, in place
+        fn = FacilityLocation(sim, check_finite=False)  # checked above
         result = maximize(
             fn,
             budget,
@@ -216,7 +301,8 @@ class Craig(FacilityLocationSelector):
     paper = "Mirzasoleiman et al. 2020, Coresets for Data-efficient Training of ML Models"
 
     def dissimilarity(self, inputs: ClassInputs) -> Tensor:
-        return pairwise_grad_distances(inputs.features, inputs.logits, inputs.labels)
+        # LCMat-S's builder with eps = 0: the very same distances (eps = 0 gives Craig exactly)
+        return lcmat_dissimilarity(inputs.features, inputs.logits, inputs.labels, eps=0, k_dims=1)
 
 
 class AdaCore(FacilityLocationSelector):
