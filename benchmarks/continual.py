@@ -40,12 +40,11 @@ from typing import Any
 
 import torch
 
-from replay_lcmat.buffers import policy_needs_model
 from replay_lcmat.continual import TrainConfig, memory_only_run, per_class_subset
 from replay_lcmat.data import load_dataset, shared_cifar10_archive
 from replay_lcmat.reporting import results_markdown, write_results
 from replay_lcmat.selection.extract import STATS
-from replay_lcmat.specs import format_policy, parse_policy
+from replay_lcmat.specs import expand_stats
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -196,20 +195,6 @@ PRESETS = {
         notes=["A seconds-long end-to-end check of this script on digits; not a result."],
     ),
 }
-
-
-def expand_stats(policies: list[str], modes: list[str]) -> list[str]:
-    """One spec per statistics mode for every policy that ranks with a model and does not pin
-    ``stats`` itself: ``["craig"]`` x ``[running, class-batch]`` ->
-    ``["craig[stats=running]", "craig[stats=class-batch]"]``; other policies are kept as given."""
-    out = []
-    for spec in policies:
-        name, options = parse_policy(spec)
-        if "stats" in options or not policy_needs_model(name):
-            out.append(spec)
-            continue
-        out += [format_policy(name, {**options, "stats": mode}) for mode in modes]
-    return out
 
 
 def load(preset: Preset, args: argparse.Namespace):

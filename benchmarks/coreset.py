@@ -45,7 +45,7 @@ from replay_lcmat.selection import (
     pretrain_selection_model,
 )
 from replay_lcmat.selection.extract import STATS, check_stats
-from replay_lcmat.specs import format_policy, parse_policy
+from replay_lcmat.specs import expand_stats, format_policy, parse_policy
 from replay_lcmat.training import evaluate, train
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -162,18 +162,17 @@ def method_runs(methods: list[str], stats_modes: list[str]) -> list[tuple[str, s
     A spec's own ``stats=`` option pins it to that mode; methods that use no model run once
     with stats ``"-"``.
     """
-    runs = []
     for spec in methods:
-        name, options = parse_policy(spec)
+        name, _ = parse_policy(spec)
         if name not in SELECTORS:
             raise ValueError(f"unknown method {name!r} in {spec!r}; choose from {list(SELECTORS)}.")
-        pinned = options.pop("stats", None)
-        label = format_policy(name, options)
-        if not SELECTORS[name].needs:
-            runs.append((label, name, options, "-"))
-            continue
-        for stats in [check_stats(pinned)] if pinned else stats_modes:
-            runs.append((label, name, options, stats))
+    runs = []
+    for spec in expand_stats(methods, stats_modes):
+        name, options = parse_policy(spec)
+        stats = options.pop("stats", None)
+        runs.append(
+            (format_policy(name, options), name, options, check_stats(stats) if stats else "-")
+        )
     return runs
 
 

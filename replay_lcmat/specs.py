@@ -50,3 +50,19 @@ def format_policy(name: str, options: dict) -> str:
         return name
     body = ",".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in options.items())
     return f"{name}[{body}]"
+
+
+def expand_stats(policies: list[str], modes: list[str]) -> list[str]:
+    """One spec per statistics mode for every policy that ranks with a model and does not pin
+    ``stats`` itself: ``["craig"]`` x ``[running, class-batch]`` ->
+    ``["craig[stats=running]", "craig[stats=class-batch]"]``; other policies are kept as given."""
+    from replay_lcmat.buffers import policy_needs_model
+
+    out = []
+    for spec in policies:
+        name, options = parse_policy(spec)
+        if "stats" in options or not policy_needs_model(name):
+            out.append(spec)
+            continue
+        out += [format_policy(name, {**options, "stats": mode}) for mode in modes]
+    return out

@@ -243,8 +243,8 @@ def test_policy_specs_parse_and_format():
 
 
 def test_benchmarks_expand_every_model_based_method_per_stats_mode():
-    from replay_lcmat.benchmarks.continual import expand_stats
     from replay_lcmat.benchmarks.coreset import method_runs
+    from replay_lcmat.specs import expand_stats
 
     runs = method_runs(
         ["uniform", "lcmat-s[eps=0.1]", "craig[stats=running]"], ["running", "class-batch"]

@@ -9,11 +9,12 @@ import tempfile
 from pathlib import Path
 
 
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+def add_data_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
     """``--data``, ``--data-root``, ``--download``, ``--cache-dir`` (see ``load_dataset``)."""
     parser.add_argument(
         "--data",
-        required=True,
+        required=required,
+        default=None,
         help="cifar10 | cifar100 | digits | path to an ImageFolder directory or .tar.gz of one",
     )
     parser.add_argument("--data-root", default=None, help="torchvision root for CIFAR")

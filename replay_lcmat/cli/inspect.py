@@ -105,10 +105,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     grid.add_argument("--condensed", nargs="+", default=[], metavar="FILE", help="condense --out")
     grid.add_argument("--memory", nargs="+", default=[], metavar="FILE", help="ClassMemory.save")
     grid.add_argument("--names", nargs="+", default=None, help="panel titles, in source order")
-    grid.add_argument("--data", default=None, help="dataset of the images (see select --data)")
-    grid.add_argument("--data-root", default=None, help="torchvision root for CIFAR")
-    grid.add_argument("--download", action="store_true", help="let torchvision download CIFAR")
-    grid.add_argument("--cache-dir", default=None, help="cache of decoded images")
+    add_data_arguments(grid, required=False)  # the dataset of the images, when not in a JSON
     grid.add_argument("--max-per-class", type=int, default=10, help="images shown per class")
     grid.add_argument("--columns", type=int, default=None, help="images per row of a class")
     grid.add_argument("--classes", type=int, nargs="+", default=None, help="labels to show")
