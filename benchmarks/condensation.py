@@ -4,8 +4,8 @@ evaluation seeds, next to random real images at the same ipc.
 
 Presets:
   paper  CIFAR-10/100, ipc 10 and 50, the published settings (GPU; about a day per dataset).
-  cpu    real CIFAR-10 from ../shared/data, ipc 10, sizes reduced to finish in about 30 min
-         on 2 CPU cores (see the preset for what is reduced).
+  cpu    real CIFAR-10 from the archive of $REPLAY_LCMAT_CIFAR10_ARCHIVE, ipc 10, sizes
+         reduced to finish in about 30 min on 2 CPU cores (see the preset for what is reduced).
   smoke  digits, a few seconds: checks the script end to end (written to --out-dir).
 
 Usage::
@@ -20,10 +20,7 @@ images per (dataset, ipc, method); synthetic sets go to ``runs/condensation/`` (
 from __future__ import annotations
 
 import argparse
-import csv
-import shlex
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,10 +33,20 @@ from replay_lcmat.condensation import DSA, make_condenser
 from replay_lcmat.data import ImageData, load_dataset
 from replay_lcmat.models import ConvNet
 from replay_lcmat.seeding import make_generator, seeded
+from replay_lcmat.selection import make_selector
 from replay_lcmat.training import evaluate, train
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
+from ._common import (
+    REPO,
+    RESULTS,
+    add_device_argument,
+    cifar10_archive,
+    command_line,
+    command_markdown,
+    write_csv,
+    write_markdown,
+)
+
 RUNS = REPO / "runs" / "condensation"
 
 # LCMat paper, Table 4 (ConvNet-3, test accuracy %); (dataset, ipc) -> method -> value
@@ -157,17 +164,6 @@ PRESETS = {
 }
 
 
-def random_real(images: Tensor, labels: Tensor, ipc: int, seed: int) -> tuple[Tensor, Tensor]:
-    """``ipc`` distinct random real images per class, sorted by class."""
-    gen = make_generator(seed)
-    picks = []
-    for c in labels.unique().tolist():
-        idx = (labels == c).nonzero().squeeze(1)
-        picks.append(idx[torch.randperm(len(idx), generator=gen)[:ipc]])
-    order = torch.cat(picks)
-    return images[order], labels[order]
-
-
 def evaluate_set(
     syn: Tensor,
     syn_labels: Tensor,
@@ -234,7 +230,7 @@ def save_grid(images: Tensor, labels: Tensor, data: ImageData, path: Path, title
 
 def _dataset(name: str, download: bool) -> tuple[ImageData, ImageData]:
     if name == "cifar10-jpeg":
-        return load_dataset(REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz")
+        return load_dataset(cifar10_archive(f"the condensation dataset {name}"))
     return load_dataset(name, download=download)
 
 
@@ -256,14 +252,14 @@ def run(preset_name: str, device: str, download: bool, out_dir: Path, command: s
                 base_method = method.split(":")[0]
                 slug = method.replace(":", "_").replace("=", "").replace(",", "_")
                 start = time.perf_counter()
-                if method == "random":
-                    syn, syn_labels = random_real(images, labels, ipc, seed=0)
+                if method == "random":  # ipc real images per class, drawn by the uniform selector
+                    picks = make_selector("uniform", seed=0).select(labels=labels, per_class=ipc)
+                    syn, syn_labels = images[picks.indices], labels[picks.indices]
                     iterations = 0
                 else:
                     iterations = preset.iterations[method]
                     condenser = make_condenser(
                         base_method,
-                        ipc=ipc,
                         iterations=iterations,
                         device=device,
                         seed=0,
@@ -273,7 +269,8 @@ def run(preset_name: str, device: str, download: bool, out_dir: Path, command: s
                         checkpoint_every=max(1, iterations // 20),
                         **preset.condense_options.get(method, {}),
                     )
-                    syn, syn_labels = condenser.condense(images, labels)
+                    result = condenser.condense(images, labels, per_class=ipc)
+                    syn, syn_labels = result.images, result.labels
                 seconds = time.perf_counter() - start
                 accs = evaluate_set(
                     syn,
@@ -313,16 +310,11 @@ def run(preset_name: str, device: str, download: bool, out_dir: Path, command: s
 
 
 def write_results(rows: list[dict], preset: Preset, name: str, out_dir: Path, command: str) -> None:
-    with open(out_dir / f"condensation_{name}.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out_dir / f"condensation_{name}.csv", rows)
     lines = [
         f"# Condensation benchmark, preset `{name}`",
         "",
-        "Command:",
-        "",
-        f"    {command}",
+        command_markdown(command, "repository root"),
         "",
         "Final-epoch test accuracy (%) of fresh ConvNet-3 models trained on each set with DSA "
         "augmentation (SGD lr 0.01, momentum 0.9, wd 5e-4, batch 256, lr x0.1 at the halfway "
@@ -341,19 +333,17 @@ def write_results(rows: list[dict], preset: Preset, name: str, out_dir: Path, co
             f"{r['acc_mean']:.2f} ± {r['acc_std']:.2f} | {r['accs'].replace(';', ', ')} | "
             f"{r['condense_seconds']} | {r['paper']} |"
         )
-    (out_dir / f"condensation_{name}.md").write_text("\n".join(lines) + "\n")
+    write_markdown(out_dir / f"condensation_{name}.md", lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), required=True)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_argument(parser)
     parser.add_argument("--download", action="store_true", help="let torchvision fetch CIFAR")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    command = "python -m benchmarks.condensation " + " ".join(
-        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
-    )
+    command = command_line("condensation", argv)
     run(args.preset, args.device, args.download, args.out_dir, command)
     return 0
 

@@ -10,8 +10,9 @@ Presets:
   paper  CIFAR-100, 5 x 20 classes, 10 images per class, ConvNet-3, retraining 1000 epochs
          (lr 0.01, batch 256, x0.1 at the halfway epoch, DSA), paper condensation settings,
          seeds 0..4 (GPU; days for all nine policies).
-  cpu    real CIFAR-10 from ../shared/data, 5 x 2 classes, 10 and 20 images per class, eight
-         policies, 3 seeds, sizes reduced to finish in about 30 min on 2 CPU cores (see notes).
+  cpu    real CIFAR-10 from the archive of $REPLAY_LCMAT_CIFAR10_ARCHIVE, 5 x 2 classes, 10 and
+         20 images per class, eight policies, 3 seeds, sizes reduced to finish in about 30 min
+         on 2 CPU cores (see notes).
   cpu-bn the selection-statistics comparison: like cpu, BatchNorm ConvNet, selection model
          without augmentation, herding/craig/adacore/lcmat-s (eps grid) with outputs taken in
          running and in class-batch statistics (about 45 min).
@@ -31,8 +32,6 @@ an interrupted run keeps the seeds it finished).
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,19 +39,19 @@ from typing import Any
 
 import torch
 
-from replay_lcmat.continual import TrainConfig, memory_only_run, per_class_subset
-from replay_lcmat.data import load_dataset, shared_cifar10_archive
+from replay_lcmat.continual import memory_only_run
+from replay_lcmat.data import load_dataset, per_class_subset
 from replay_lcmat.reporting import results_markdown, write_results
 from replay_lcmat.selection.extract import STATS
 from replay_lcmat.specs import expand_stats
+from replay_lcmat.training import TrainConfig
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
+from ._common import ARCHIVE, RESULTS, add_device_argument, command_line, resolve_data
 
 
 @dataclass
 class Preset:
-    data: str  # dataset name, or "cifar10-archive" for the shared ImageFolder archive
+    data: str  # dataset name, or ARCHIVE for the archive of $REPLAY_LCMAT_CIFAR10_ARCHIVE
     policies: list[str]
     per_class: list[int]
     seeds: list[int]
@@ -93,7 +92,7 @@ PRESETS = {
         ],
     ),
     "cpu": Preset(
-        data="cifar10-archive",
+        data=ARCHIVE,
         policies=["uniform", "herding", "kcenter", "craig", "adacore", "lcmat-s", "dm", "lcmat-c"],
         per_class=[10, 20],
         seeds=[0, 1, 2],
@@ -133,7 +132,7 @@ PRESETS = {
         ],
     ),
     "cpu-bn": Preset(
-        data="cifar10-archive",
+        data=ARCHIVE,
         policies=["uniform", "herding", "craig", "adacore"]
         + [f"lcmat-s[eps={e}]" for e in (0.01, 0.05, 0.1, 0.5)],
         per_class=[10, 20],
@@ -198,13 +197,8 @@ PRESETS = {
 
 
 def load(preset: Preset, args: argparse.Namespace):
-    if preset.data == "cifar10-archive":
-        archive = shared_cifar10_archive()
-        if archive is None:
-            raise FileNotFoundError(
-                "the cpu preset needs the CIFAR-10 archive at ../shared/data/cifar10-jpeg.tar.gz "
-                "(or $REPLAY_LCMAT_CIFAR10_ARCHIVE)."
-            )
+    if preset.data == ARCHIVE:
+        archive = resolve_data(preset.data, f"the continual preset {args.preset}")
         train, test = load_dataset(archive, progress=False)
     else:
         train, test = load_dataset(preset.data, root=args.data_root, download=args.download)
@@ -216,7 +210,7 @@ def load(preset: Preset, args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), required=True)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_argument(parser)
     parser.add_argument("--download", action="store_true", help="let torchvision fetch CIFAR")
     parser.add_argument("--data-root", default=None, help="torchvision root for CIFAR")
     parser.add_argument("--policies", nargs="+", default=None, help="subset of the preset's")
@@ -244,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         preset.selection_epochs if args.selection_epochs is None else args.selection_epochs
     )
     stem = f"continual_{args.preset}" + (f"_{args.tag}" if args.tag else "")
-    command = "python -m benchmarks.continual " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = command_line("continual", argv)
     start = time.perf_counter()
     train, test = load(preset, args)
     model = "mlp" if preset.data == "digits" else "convnet"

@@ -6,6 +6,9 @@ class-balanced subsets with each method, train a fresh model on each, report tes
     python -m benchmarks.coreset --preset paper-1pct --device cuda \
         --data local_data/cifar10-jpeg.tar.gz   # uniform, Craig, LCMat-S at 1%: one GPU, minutes
 
+The cpu presets read CIFAR-10 from the archive named by ``$REPLAY_LCMAT_CIFAR10_ARCHIVE`` (see
+README, "Data"); ``--data`` overrides any preset's dataset.
+
 Methods are policy specs (``lcmat-s[eps=0.05]``, see replay_lcmat.specs); every method that ranks
 with the selection model runs once per ``--stats`` mode (``running``: eval mode; ``class-batch``:
 BatchNorm over batches of one class, as the LCMat reference code; see
@@ -22,11 +25,8 @@ fraction takes the first ``round(f * n_c)`` picks of every class, which equals s
 from __future__ import annotations
 
 import argparse
-import csv
 import math
-import shlex
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -48,18 +48,27 @@ from replay_lcmat.selection.extract import STATS, check_stats
 from replay_lcmat.specs import expand_stats, format_policy, parse_policy
 from replay_lcmat.training import evaluate, train
 
-RESULTS = Path(__file__).resolve().parent / "results"
-REPO = Path(__file__).resolve().parents[1]
+from ._common import (
+    ARCHIVE,
+    RESULTS,
+    add_device_argument,
+    command_line,
+    command_markdown,
+    resolve_data,
+    write_csv,
+    write_markdown,
+)
+
 METHODS = ["uniform", "herding", "kcenter", "craig", "adacore", "lcmat-s"]
 EPS_GRID = [0.01, 0.05, 0.1, 0.5]  # the paper's grid for LCMat-S
 EVIDENCE_METHODS = ["uniform", "herding", "craig", "adacore"] + [
     f"lcmat-s[eps={e}]" for e in EPS_GRID
 ]
 
-# What the CPU presets share: real CIFAR-10 from the shared archive, a narrow ConvNet-3, short
-# schedules per fraction, 200 test images per class, 3 seeds.
+# What the CPU presets share: real CIFAR-10 from the archive of $REPLAY_LCMAT_CIFAR10_ARCHIVE, a
+# narrow ConvNet-3, short schedules per fraction, 200 test images per class, 3 seeds.
 CPU_COMMON = dict(
-    data=str(REPO.parent / "shared/data/cifar10-jpeg.tar.gz"),
+    data=ARCHIVE,
     model="convnet",
     pretrain_lr=0.05,
     fractions=[0.005, 0.01, 0.05],
@@ -195,16 +204,18 @@ def main(argv=None) -> int:
     parser.add_argument("--stats", nargs="+", choices=STATS, default=None)
     parser.add_argument("--fractions", nargs="+", type=float, default=None)
     parser.add_argument("--seeds", nargs="+", type=int, default=None)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_argument(parser)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--name", default=None, help="results file stem (default coreset_<preset>)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS, help="where results are written")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    args.command = command_line("coreset", argv)
     cfg = dict(PRESETS[args.preset])
     for key in ("data", "fractions", "seeds", "stats", "methods"):
         if getattr(args, key) is not None:
             cfg[key] = getattr(args, key)
+    cfg["data"] = resolve_data(cfg["data"], f"the coreset preset {args.preset}")
     runs = method_runs(cfg["methods"], cfg["stats"])  # fail on a bad spec before any training
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -261,9 +272,9 @@ def main(argv=None) -> int:
     bar = tqdm(total=len(jobs) * len(cfg["fractions"]), desc="coreset", disable=not progress)
     selections: dict[tuple, torch.Tensor] = {}
     for (label, name, options, stats), seed in jobs:
-        seeded_options = {"seed": seed} if SELECTORS[name].takes_seed else {}
+        seeded_options = {"seed": seed} if SELECTORS.entry(name).accepts("seed") else {}
         selector = make_selector(name, **options, **seeded_options)
-        key = (label, stats, seed if selector.uses_seed else None)
+        key = (label, stats, seed if seeded_options else None)
         if key not in selections:
             t0 = time.perf_counter()
             out = outputs.get(stats)
@@ -372,9 +383,7 @@ def write_bounds(args, cfg, outputs, selections, labels, rho: float = 0.5, k_dim
         text = [
             f"# LCMat bound terms, coreset preset `{args.preset}`, stats `{stats}`",
             "",
-            "Command (repository root): `python -m benchmarks.coreset "
-            + shlex.join(sys.argv[1:])
-            + "`",
+            command_markdown(args.command, "repository root"),
             "",
             f"Subsets at {fraction:.1%} per class (seed {cfg['seeds'][0]} for seeded methods) "
             f"of the training set T, measured under the selection model's `{stats}` outputs, "
@@ -383,7 +392,7 @@ def write_bounds(args, cfg, outputs, selections, labels, rho: float = 0.5, k_dim
             "",
             bound_markdown(rows),
         ]
-        base.with_suffix(".md").write_text("\n".join(text) + "\n")
+        write_markdown(base.with_suffix(".md"), text)
         write_bound_csv(rows, base.with_suffix(".csv"))
         plot_bound_terms(
             rows,
@@ -452,21 +461,15 @@ def write_results(
     args, cfg, rows, select_seconds, pretrain_acc, fit, pretrain_seconds, total, quiet=False
 ) -> None:
     out_dir = args.out_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
     stem = args.name or f"coreset_{args.preset}"
-    with open(out_dir / f"{stem}.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out_dir / f"{stem}.csv", rows)
     fractions = cfg["fractions"]
     summary = summarize(rows, fractions)
     fit_text = ", ".join(f"{k} {v:.1%}" for k, v in fit.items())
     lines = [
         f"# Coreset selection, preset `{args.preset}`",
         "",
-        "Command (repository root): `python -m benchmarks.coreset "
-        + shlex.join(sys.argv[1:])
-        + "`",
+        command_markdown(args.command, "repository root"),
         "",
         f"Data: {Path(str(cfg['data'])).name}; model {cfg['model']} {cfg['model_options']}; "
         f"selection model trained {cfg['pretrain_epochs']} epochs "
@@ -496,7 +499,7 @@ def write_results(
         "of that method's "
         "selections (all classes, all seeds for seeded methods), on the extracted features.",
     ]
-    (out_dir / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    write_markdown(out_dir / f"{stem}.md", lines)
     plot(summary, fractions, out_dir / f"{stem}.png", f"Coreset selection, preset {args.preset}")
     if not quiet:
         print("\n".join(lines))

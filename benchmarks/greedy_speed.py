@@ -46,9 +46,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._common import RESULTS, command_line, command_markdown, markdown_table, write_markdown
 from .selection_speed import make_inputs
 
-RESULTS = Path(__file__).resolve().parent / "results"
 ONE_THREAD = {
     "OMP_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
@@ -258,7 +258,7 @@ def stages_worker(spec: dict) -> dict:
         pairwise_grad_distances,
         top_variance_coordinates,
     )
-    from replay_lcmat.selection.facility import l1_distances, lcmat_dissimilarity
+    from replay_lcmat.selection.distances import l1_distances, lcmat_dissimilarity
 
     h, z, y = make_inputs(10, spec["n"], spec["d"], one_class=True)
     lam = diag_hessian_columns(h, z, top_variance_coordinates(h, z, spec["k_dims"]))
@@ -333,7 +333,7 @@ def measure(spec: dict) -> dict:
 
 def save_similarity(n: int, d: int, eps: float, k_dims: int, folder: str) -> dict[str, str]:
     """``s = max d - d`` of LCMat-S on one class, saved as float32 and float64 ``.npy``."""
-    from replay_lcmat.selection.facility import lcmat_dissimilarity
+    from replay_lcmat.selection.distances import lcmat_dissimilarity
 
     torch.set_num_threads(os.cpu_count() or 1)  # preparation, not measured
     h, z, y = make_inputs(10, n, d, one_class=True)
@@ -511,13 +511,6 @@ def summarise(size: dict) -> tuple[list[dict], list[dict], list[dict], list[tupl
     return greedy_rows, stage_rows, lcmat_rows, checks + targets
 
 
-def _table(rows: list[dict]) -> str:
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -551,22 +544,19 @@ def main(argv=None) -> int:
         verdicts += v
     text = "\n\n".join(
         [
-            "## Greedy loop: ours vs apricot (one thread each)\n\n" + _table(greedy),
-            "## Stages: ours vs today's implementation\n\n" + _table(stages),
-            "## lcmat_s end to end\n\n" + _table(lcmat),
+            "## Greedy loop: ours vs apricot (one thread each)\n\n" + markdown_table(greedy),
+            "## Stages: ours vs today's implementation\n\n" + markdown_table(stages),
+            "## lcmat_s end to end\n\n" + markdown_table(lcmat),
             "## Checks and targets\n\n" + "\n".join(f"- {key}: {value}" for key, value in verdicts),
         ]
     )
     print(text)
     if args.quick:
         return 0
-    command = "python -m benchmarks.greedy_speed" + (
-        f" --name {args.name}" if args.name != "greedy_speed" else ""
-    )
     header = [
         "# Selection kernels: our greedy vs apricot, lcmat_s vs today's implementation",
         "",
-        f"Command (repository root): `{command}`",
+        command_markdown(command_line("greedy_speed", argv), "repository root"),
         "",
         f"Machine: {platform.machine()} {_cpu_model()}, {os.cpu_count()} CPUs, torch "
         f"{torch.__version__}, numpy {np.__version__}, apricot-select "
@@ -601,8 +591,7 @@ def main(argv=None) -> int:
         "same similarity. `lcmat_s` end to end includes everything (ours through the public "
         "`lcmat_s`, with its input checks).",
     ]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.name}.md").write_text("\n".join(header) + "\n\n" + text + "\n")
+    write_markdown(RESULTS / f"{args.name}.md", "\n".join(header) + "\n\n" + text)
     print(f"written {RESULTS / args.name}.md")
     return 0
 

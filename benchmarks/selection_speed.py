@@ -14,7 +14,6 @@ of a nearest-mean head. Also closed-form curvature vs. BackPACK on the same batc
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -26,7 +25,14 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from ._common import (
+    RESULTS,
+    command_line,
+    command_markdown,
+    markdown_table,
+    write_csv,
+    write_markdown,
+)
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -178,7 +184,7 @@ def main(argv=None) -> int:
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return 0
-
+    args.command = command_line("selection_speed", argv)
     if args.quick:
         cases = [
             ("class n=500, c=10", 10, 500, 64, [5, 50], True),
@@ -261,22 +267,12 @@ def _agreement(a: dict, b: dict) -> str:
     return f"no ({len(set(a['picks']) & set(b['picks'])) / len(a['picks']):.0%} shared)"
 
 
-def _table(rows: list[dict]) -> str:
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def write_results(rows, curvature_row, args) -> None:
-    RESULTS.mkdir(exist_ok=True)
-    command = "python -m benchmarks.selection_speed" + (
-        f" --threads {args.threads}" if args.threads != 1 else ""
-    )
     header = [
         "# Selection speed: lcmat_s vs. a straightforward materialising implementation",
         "",
-        f"Command (repository root): `{command}`",
+        command_markdown(args.command, "repository root"),
+        "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs "
         f"(shared with other work while measured), {args.threads} torch thread(s) per "
         f"measurement, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}.",
@@ -290,17 +286,15 @@ def write_results(rows, curvature_row, args) -> None:
     text = (
         "\n".join(header)
         + "\n"
-        + _table(rows)
+        + markdown_table(rows)
         + "\n\nClosed-form last-layer curvature vs. BackPACK "
-        "(gradients + diagonal Hessians, the same batch):\n\n" + _table([curvature_row]) + "\n"
+        "(gradients + diagonal Hessians, the same batch):\n\n"
+        + markdown_table([curvature_row])
+        + "\n"
     )
     stem = "selection_speed" + (f"_threads{args.threads}" if args.threads != 1 else "")
-    (RESULTS / f"{stem}.md").write_text(text)
-    with open(RESULTS / f"{stem}.csv", "w", newline="") as f:
-        keys = list(dict.fromkeys(k for r in rows for k in r))
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_markdown(RESULTS / f"{stem}.md", text)
+    write_csv(RESULTS / f"{stem}.csv", rows)
     print(f"written {RESULTS / stem}.md and .csv")
 
 

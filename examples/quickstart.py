@@ -17,7 +17,7 @@ strategy = Naive(
     optimizer=torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
     train_mb_size=32,
     train_epochs=5,
-    plugins=[LCMatReplayPlugin(mem_per_class=10, policy="lcmat-s")],  # or "uniform", "herding"
+    plugins=[LCMatReplayPlugin(per_class=10, policy="lcmat-s")],  # or "uniform", "herding"
     evaluator=EvaluationPlugin(accuracy_metrics(stream=True)),
 )
 for k, experience in enumerate(benchmark.train_stream):

@@ -20,19 +20,17 @@ the offline error; --data also takes "cifar10", "digits" or an ImageFolder path 
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 
-import torch
-
-from replay_lcmat.buffers import policy_kind, policy_needs_model
-from replay_lcmat.continual import TrainConfig
 from replay_lcmat.data import load_dataset
-from replay_lcmat.reporting import results_markdown, write_results
+from replay_lcmat.devices import default_device
+from replay_lcmat.memory import memory_policies, memory_policy
+from replay_lcmat.reporting import command_line, results_markdown, write_results
 from replay_lcmat.selection.extract import DEFAULT_STATS, STATS
 from replay_lcmat.strategies import PROTOCOLS, run_continual, tensor_benchmark
+from replay_lcmat.training import TrainConfig
 
-POLICIES = ("uniform", "herding", "kcenter", "craig", "adacore", "lcmat-s", "dsa", "dm", "lcmat-c")
+POLICIES = list(memory_policies())
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -42,10 +40,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data", default="cifar100")
     parser.add_argument("--data-root", default=None, help="torchvision root for CIFAR")
     parser.add_argument("--download", action="store_true", help="download CIFAR (needs internet)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=default_device())
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--experiences", type=int, default=5)
-    parser.add_argument("--mem-per-class", type=int, default=10)
+    parser.add_argument("--per-class", "--mem-per-class", dest="per_class", type=int, default=10)
     parser.add_argument("--model", default="convnet", help="convnet (ConvNet-3) | resnet18 | mlp")
     parser.add_argument("--width", type=int, default=None, help="ConvNet width (default 128)")
     parser.add_argument(
@@ -95,13 +93,12 @@ def main(argv=None) -> int:
     for seed in args.seeds:
         benchmark = tensor_benchmark(train, test, n_experiences=args.experiences, seed=seed)
         for policy in args.policy:
-            options = {}
-            if policy_kind(policy) == "condensation":
-                if args.iterations is not None:
-                    options["iterations"] = args.iterations
-                if args.width:
-                    options["network_options"] = {"width": args.width}
-            elif policy_needs_model(policy):
+            method, options = memory_policy(policy), {}
+            if args.iterations is not None and method.entry.accepts("iterations"):
+                options["iterations"] = args.iterations
+            if args.width and method.entry.accepts("network_options"):
+                options["network_options"] = {"width": args.width}
+            if method.needs_model:
                 options["stats"] = args.stats
             rows += run_continual(
                 benchmark,
@@ -109,7 +106,7 @@ def main(argv=None) -> int:
                 model=args.model,
                 model_options=model_options,
                 protocol=args.protocol,
-                mem_per_class=args.mem_per_class,
+                per_class=args.per_class,
                 train_epochs=args.train_epochs,
                 lr=args.lr,
                 retrain=retrain,
@@ -121,9 +118,7 @@ def main(argv=None) -> int:
             )
     print()
     print(results_markdown(rows))
-    command = "python examples/split_cifar100_5tasks.py " + shlex.join(
-        sys.argv[1:] if argv is None else argv
-    )
+    command = command_line("python examples/split_cifar100_5tasks.py", argv)
     paths = write_results(
         rows,
         args.out,

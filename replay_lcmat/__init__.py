@@ -1,22 +1,15 @@
 """replay-lcmat: Loss-Curvature Matching (LCMat) for coreset selection, dataset condensation
 and replay memories in continual learning.
 
-Modules: ``data``, ``models``, ``training``, ``curvature``, ``submodular``, ``selection``,
-``condensation``, ``buffers`` (replay memory), ``continual`` (the memory-only protocol),
-``reporting``, ``cli``; Avalanche adapters in ``replay_lcmat.strategies`` and the paper
-protocols in ``replay_lcmat.benchmarks``.
+Modules: ``data``, ``models``, ``training``, ``seeding``, ``curvature``, ``submodular``,
+``selection``, ``condensation``, ``memory`` (replay memory), ``continual`` (the memory-only
+protocol), ``diagnostics``, ``reporting`` (results files), ``cli``; Avalanche adapters in
+``replay_lcmat.strategies`` and the paper protocols in ``replay_lcmat.benchmarks``.
+
+``replay_lcmat.strategies`` and ``replay_lcmat.benchmarks`` live in the checkout's top-level
+``strategies/`` and ``benchmarks/`` folders; the install maps them to these names
+(``package-dir`` in pyproject.toml), so they import only from an installed copy (``pip install
+-e .`` for a checkout). Importing this package imports nothing else.
 """
 
-from pathlib import Path as _Path
-
 __version__ = "0.1.0"
-
-# pyproject.toml installs the checkout's strategies/ and benchmarks/ folders as
-# replay_lcmat.strategies and replay_lcmat.benchmarks. When this package is imported from a
-# source checkout (e.g. Python started in the repository root, shadowing an installed copy),
-# resolve those two names the same way.
-_checkout = _Path(__file__).resolve().parent.parent
-if (_checkout / "pyproject.toml").is_file() and (
-    _checkout / "strategies" / "__init__.py"
-).is_file():
-    __path__.append(str(_checkout))  # noqa: F821 (__path__ is defined for packages)

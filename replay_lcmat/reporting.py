@@ -1,30 +1,97 @@
-"""Continual-learning results: per-experience accuracy rows -> mean ± std tables, CSV and plots.
+"""Results files: the command that produced them, CSV and markdown writers, and the
+continual-learning tables (per-experience accuracy rows -> mean ± std tables, CSV and plots).
 
-A row is a dict with the keys of :data:`FIELDS` (one seed, policy, memory budget and experience;
-``accuracy`` in [0, 1]). The demo, the continual benchmark and the examples all write with
-:func:`write_results`.
+A continual row is a dict with the keys of :data:`FIELDS` (one seed, policy, memory budget and
+experience; ``accuracy`` in [0, 1]). The demo, the continual benchmark and the examples all
+write with :func:`write_results`; the benchmarks write their own tables with :func:`write_csv`,
+:func:`write_markdown` and :func:`command_markdown` (through ``benchmarks/_common.py``).
 """
 
 from __future__ import annotations
 
 import csv
-import math
 import os
+import shlex
+import statistics
+import sys
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 FIELDS = ("seed", "policy", "per_class", "experience", "classes_seen", "memory_size", "accuracy")
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (n - 1; 0 for a single value)."""
-    if not values:
-        raise ValueError("mean_std of no values; pass at least one.")
-    mean = sum(values) / len(values)
-    if len(values) == 1:
-        return mean, 0.0
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+# ---------------------------------------------------------------------------------------------
+# Writing results files
+
+
+def command_line(program: str, argv: Sequence[str] | None = None) -> str:
+    """The command that reruns this run: ``program`` then ``argv`` shell-quoted.
+
+    Args:
+        program: how the command is started, e.g. ``"python -m benchmarks.coreset"`` or
+            ``"replay-lcmat demo"``.
+        argv: the arguments after it; None: ``sys.argv[1:]`` (pass the ``argv`` a ``main(argv)``
+            was given, so that a call from Python records its own arguments, not the caller's).
+    """
+    args = sys.argv[1:] if argv is None else list(argv)
+    return " ".join([program, shlex.join(args)]) if args else program
+
+
+def command_markdown(command: str, where: str = "") -> str:
+    """``command`` as results files record it: a ``Command`` line and a fenced bash block.
+
+    ``where``: the folder to run it from, e.g. ``"repository root"`` (shown in parentheses).
+    """
+    return f"Command{f' ({where})' if where else ''}:\n\n```bash\n{command}\n```"
+
+
+def write_csv(
+    path: str | os.PathLike, rows: Sequence[dict], fields: Sequence[str] | None = None
+) -> Path:
+    """Write ``rows`` (dicts) as CSV with a header; the parent folder is created.
+
+    ``fields``: the columns, in order (keys outside them are left out); None: every key of
+    ``rows`` in order of first appearance (a row without a key leaves its cell empty).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = (
+        list(fields) if fields is not None else list(dict.fromkeys(k for r in rows for k in r))
+    )
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def write_markdown(path: str | os.PathLike, lines: str | Iterable[str]) -> Path:
+    """Write ``lines`` (joined with newlines) ending with one newline; the parent folder is
+    created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = lines if isinstance(lines, str) else "\n".join(lines)
+    path.write_text(text.rstrip("\n") + "\n")
+    return path
+
+
+def markdown_table(rows: Sequence[dict]) -> str:
+    """A markdown table of ``rows`` (dicts): one column per key, in order of first appearance;
+    a row without a key leaves its cell empty."""
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Continual-learning tables
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1), 0 for a single value."""
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def summarize(rows: Sequence[dict]) -> dict[tuple[str, int], list[tuple[float, float, int]]]:
@@ -40,7 +107,7 @@ def summarize(rows: Sequence[dict]) -> dict[tuple[str, int], list[tuple[float, f
     for key, per_exp in by_key.items():
         stats = []
         for e in sorted(per_exp):
-            mean, std = mean_std(per_exp[e])
+            mean, std = _mean_std(per_exp[e])
             stats.append((mean, std, len(per_exp[e])))
         out[key] = stats
     return out
@@ -98,7 +165,7 @@ def paired_difference(
             "experience; run both policies."
         )
     return {
-        b: [(*mean_std(per_exp[e]), len(per_exp[e])) for e in sorted(per_exp)]
+        b: [(*_mean_std(per_exp[e]), len(per_exp[e])) for e in sorted(per_exp)]
         for b, per_exp in sorted(diffs.items())
     }
 
@@ -110,7 +177,7 @@ def comparison_text(rows: Sequence[dict], policy: str, baseline: str) -> str:
     for budget, stats in paired_difference(rows, policy, baseline).items():
         cells = ", ".join(f"{100 * m:+.1f} ± {100 * s:.1f}" for m, s, _ in stats)
         ahead = sum(m > 0 for m, _, _ in stats)
-        overall = sum(m for m, _, _ in stats) / len(stats)
+        overall = statistics.mean(m for m, _, _ in stats)
         if ahead == len(stats):
             verdict = f"{policy} is above {baseline} after every experience"
         elif ahead == 0:
@@ -167,16 +234,13 @@ def write_results(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {k: out / f"{stem}.{k}" for k in ("csv", "md", "png")}
-    with paths["csv"].open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(paths["csv"], rows, FIELDS)
     text = [f"# {title}" if title else "# Results", ""]
     if command:
-        text += ["Command:", "", "```", command, "```", ""]
+        text += [command_markdown(command), ""]
     if notes:
         text += [notes, ""]
     text.append(results_markdown(rows))
-    paths["md"].write_text("\n".join(text))
+    write_markdown(paths["md"], text)
     plot_results(rows, paths["png"], title)
     return paths

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 
 
@@ -26,3 +27,12 @@ def seeded(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(int(seed))
         yield
+
+
+def derive_seed(seed: int, *keys: int) -> int:
+    """A seed for a sub-task (a class, an experience, an evaluation) derived from ``seed``.
+
+    Deterministic and well spread (NumPy's ``SeedSequence``); different keys give unrelated
+    streams, so e.g. the uniform picks of class 3 do not depend on which classes came before.
+    """
+    return int(np.random.SeedSequence([int(seed), *map(int, keys)]).generate_state(1)[0])

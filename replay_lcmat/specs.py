@@ -56,12 +56,12 @@ def expand_stats(policies: list[str], modes: list[str]) -> list[str]:
     """One spec per statistics mode for every policy that ranks with a model and does not pin
     ``stats`` itself: ``["craig"]`` x ``[running, class-batch]`` ->
     ``["craig[stats=running]", "craig[stats=class-batch]"]``; other policies are kept as given."""
-    from replay_lcmat.buffers import policy_needs_model
+    from replay_lcmat.memory import memory_policy
 
     out = []
     for spec in policies:
         name, options = parse_policy(spec)
-        if "stats" in options or not policy_needs_model(name):
+        if "stats" in options or not memory_policy(name).needs_model:
             out.append(spec)
             continue
         out += [format_policy(name, {**options, "stats": mode}) for mode in modes]

@@ -7,6 +7,10 @@ and knows nothing about gradients or similarities.
     fn = FacilityLocation(similarity)            # similarity[j, i]: how well j represents i
     result = maximize(fn, budget=10)             # lazy greedy
     result.ranking, result.gains                 # picks in greedy order, marginal gains
+
+The similarity is a ``[n_candidates, n_points]`` tensor (dense) or any :class:`RowSource`, which
+computes rows on demand (streamed: no ``n x n`` matrix). Both go through the same arithmetic, so
+a source whose rows equal the tensor's bit for bit gives the same gains, picks and weights.
 """
 
 from __future__ import annotations
@@ -85,6 +89,42 @@ class SetFunction(Protocol):
     def update(self, state: Tensor, candidate: int) -> Tensor: ...
 
 
+# Bytes of rows a streamed source keeps from its recent calls (a row the lazy greedy has just
+# refreshed is asked for again when that candidate is picked).
+STREAM_CACHE_BYTES = 32 << 20
+
+
+def streamed_peak_bytes(n_points: int, per_point: int, block_rows: int, itemsize: int) -> int:
+    """Estimated peak bytes of streamed facility location on ``n_points`` points.
+
+    ``per_point`` counts the values a source keeps per point (e.g. ``d + c + K`` inputs and
+    their copies); ``block_rows`` the rows of its temporary blocks. On top: the row cache
+    (:data:`STREAM_CACHE_BYTES`), the greedy's coverage and buffers (a few ``[n]`` vectors).
+    No term grows like ``n^2``.
+    """
+    rows = (per_point + 12 * block_rows + 16) * n_points * itemsize
+    return math.ceil(FACILITY_PEAK_FACTOR * rows) + STREAM_CACHE_BYTES
+
+
+class RowSource(Protocol):
+    """Rows of a similarity computed on demand (what :class:`FacilityLocation` streams from).
+
+    ``rows(ids)`` returns ``[len(ids), n_points]`` rows ``s[ids]`` in the order of ``ids``; the
+    result may be a buffer the next call overwrites. ``block_rows`` is the number of rows a
+    full pass asks for at once (e.g. the source's tile); ``lazy_chunks`` the first and largest
+    chunk of stale candidates the lazy greedy refreshes per call (1 for costly rows).
+    """
+
+    n_candidates: int
+    n_points: int
+    dtype: torch.dtype
+    device: torch.device
+    block_rows: int
+    lazy_chunks: tuple[int, int]
+
+    def rows(self, ids: Tensor) -> Tensor: ...
+
+
 class FacilityLocation:
     """``F(S) = sum_i max(0, max_{j in S} s[j, i])``, monotone submodular for any ``s``.
 
@@ -92,33 +132,46 @@ class FacilityLocation:
     set), and the marginal gain of ``j`` is ``sum_i max(0, s[j, i] - cov_i)``.
 
     Every pass over the matrix works on blocks of about :data:`BLOCK_BYTES` in one reused buffer,
-    so no call allocates more than that on top of ``similarity``.
+    so no call allocates more than that on top of ``similarity``. A :class:`RowSource` is asked
+    for blocks of its own ``block_rows`` rows (at least two) and for single candidates.
 
     Args:
         similarity: ``[n_candidates, n_points]``; row ``j`` holds how well candidate ``j``
-            represents each point. A symmetric ``[n, n]`` matrix works as is. Not copied.
+            represents each point. A symmetric ``[n, n]`` matrix works as is. Not copied. Or a
+            :class:`RowSource` with the same rows (streamed; its rows are not checked).
         check_finite: refuse NaN or inf (one blocked min/max pass). Callers that have already
             proved the matrix finite (e.g. from the inputs it was built from) pass ``False``.
     """
 
-    def __init__(self, similarity: Tensor, *, check_finite: bool = True) -> None:
-        if similarity.dim() != 2 or similarity.numel() == 0:
-            raise ValueError(
-                f"similarity must be a non-empty [n_candidates, n_points] matrix; got shape "
-                f"{tuple(similarity.shape)}."
-            )
-        self.similarity = similarity
-        self.n_candidates = similarity.shape[0]
-        row_bytes = similarity.shape[1] * similarity.element_size()
-        # at least two rows: see gains() on one-row sums
-        self._block_rows = max(2, min(self.n_candidates, BLOCK_BYTES // row_bytes))
+    def __init__(self, similarity: Tensor | RowSource, *, check_finite: bool = True) -> None:
+        if isinstance(similarity, Tensor):
+            if similarity.dim() != 2 or similarity.numel() == 0:
+                raise ValueError(
+                    f"similarity must be a non-empty [n_candidates, n_points] matrix; got shape "
+                    f"{tuple(similarity.shape)}."
+                )
+            self.similarity, self.source = similarity, None
+            self.n_candidates, self.n_points = similarity.shape
+            self.dtype, self.device = similarity.dtype, similarity.device
+            row_bytes = self.n_points * similarity.element_size()
+            # at least two rows: see gains() on one-row sums
+            self._block_rows = max(2, min(self.n_candidates, BLOCK_BYTES // row_bytes))
+        else:
+            self.similarity, self.source = None, similarity
+            self.n_candidates, self.n_points = similarity.n_candidates, similarity.n_points
+            self.dtype, self.device = similarity.dtype, similarity.device
+            self._block_rows = max(2, min(self.n_candidates, similarity.block_rows))
+            self.lazy_chunks = similarity.lazy_chunks
+            check_finite = False
         self._buffer: Tensor | None = None
         if check_finite and not self._is_finite():
             raise ValueError("similarity contains NaN or inf; check the inputs it was built from.")
 
     def _rows_buffer(self) -> Tensor:
         if self._buffer is None:  # zeros: the spare second row of gains() must hold numbers
-            self._buffer = self.similarity.new_zeros(self._block_rows, self.similarity.shape[1])
+            self._buffer = torch.zeros(
+                self._block_rows, self.n_points, dtype=self.dtype, device=self.device
+            )
         return self._buffer
 
     def _is_finite(self) -> bool:
@@ -130,11 +183,21 @@ class FacilityLocation:
 
     def _rows(self, ids: Tensor) -> Tensor:
         """Rows ``ids`` (at most one block) copied into the buffer."""
-        return torch.index_select(self.similarity, 0, ids, out=self._rows_buffer()[: len(ids)])
+        out = self._rows_buffer()[: len(ids)]
+        if self.source is not None:
+            return out.copy_(self.source.rows(ids))
+        return torch.index_select(self.similarity, 0, ids, out=out)
+
+    def row(self, candidate: int) -> Tensor:
+        """Row ``candidate``, ``[n_points]`` (a view or a fresh tensor)."""
+        if self.source is not None:
+            ids = torch.tensor([candidate], device=self.device)
+            return self.source.rows(ids)[0].clone()
+        return self.similarity[candidate]
 
     def initial_state(self) -> Tensor:
         """Coverage of the empty set: zeros ``[n_points]``."""
-        return self.similarity.new_zeros(self.similarity.shape[1])
+        return torch.zeros(self.n_points, dtype=self.dtype, device=self.device)
 
     def gains(self, state: Tensor, candidates: Tensor | None = None) -> Tensor:
         """Marginal gains of adding each candidate to the set with ``state``.
@@ -150,21 +213,25 @@ class FacilityLocation:
         """
         sim = self.similarity
         count = self.n_candidates if candidates is None else len(candidates)
-        out = sim.new_empty(count)
+        out = torch.empty(count, dtype=self.dtype, device=self.device)
         buffer = self._rows_buffer()
         for a in range(0, count, self._block_rows):
             b = min(a + self._block_rows, count)
             if candidates is None:
-                torch.sub(sim[a:b], state, out=buffer[: b - a])
+                block = sim[a:b] if sim is not None else self.source.rows(self._range(a, b))
+                torch.sub(block, state, out=buffer[: b - a])
             else:
                 self._rows(candidates[a:b]).sub_(state)
             rows = buffer[: max(b - a, 2)]  # a lone row is summed with the spare one after it
             out[a:b] = rows.clamp_(min=0).sum(1)[: b - a]
         return out
 
+    def _range(self, a: int, b: int) -> Tensor:
+        return torch.arange(a, b, device=self.device)
+
     def update(self, state: Tensor, candidate: int) -> Tensor:
         """Coverage after adding ``candidate`` (a new tensor)."""
-        return torch.maximum(state, self.similarity[candidate])
+        return torch.maximum(state, self.row(candidate))
 
     def evaluate(self, subset: Tensor) -> float:
         """``F(subset)`` for int64 candidate indices ``subset``."""
@@ -192,7 +259,7 @@ class FacilityLocation:
                 better = values > best
                 best = torch.where(better, values, best)
                 owner = torch.where(better, first + a, owner)
-        return torch.bincount(owner, minlength=len(subset)).to(self.similarity.dtype)
+        return torch.bincount(owner, minlength=len(subset)).to(self.dtype)
 
 
 @dataclass(frozen=True)
@@ -259,9 +326,7 @@ def _naive_greedy(fn: SetFunction, budget: int) -> GreedyResult:
     return _result(picks, gains, state.dtype)
 
 
-def _lazy_greedy(
-    fn: SetFunction, budget: int, first_chunk: int = 16, max_chunk: int = 1024
-) -> GreedyResult:
+def _lazy_greedy(fn: SetFunction, budget: int) -> GreedyResult:
     """Minoux's lazy greedy on a heap of upper bounds, refreshed in chunks.
 
     Stale gains are upper bounds of the current gains (submodularity; also in floating point,
@@ -270,8 +335,11 @@ def _lazy_greedy(
     lowest index. While the top is stale, the next chunk of stale entries (doubling in size,
     from ``first_chunk`` up to ``max_chunk``) is popped, refreshed with one ``fn.gains`` call
     and pushed back. A fresh top is exactly naive greedy's argmax: its gain is at least every
-    other bound, and an equal bound of a lower index would sit above it.
+    other bound, and an equal bound of a lower index would sit above it. The chunk sizes are
+    ``fn.lazy_chunks`` when it has them (a streamed function refreshes one at a time), else
+    ``(16, 1024)``; they change the work, never the picks.
     """
+    first_chunk, max_chunk = getattr(fn, "lazy_chunks", (16, 1024))
     state = fn.initial_state()
     device = state.device
     # entries (-bound, index, step the bound was computed at); indices are unique, so the step

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -14,6 +15,7 @@ from replay_lcmat.validation import check_channels_first
 
 Augment = Callable[[Tensor, torch.Generator], Tensor]
 SCHEDULES = ("cosine", "step", "constant")
+AUGMENTS = ("dsa", "crop-flip", "none")
 
 
 def _check_pair(images: Tensor, labels: Tensor) -> None:
@@ -135,3 +137,71 @@ def evaluate(
     _check_pair(images, labels)
     logits = predict(model, images, batch_size=batch_size, device=device)
     return float((logits.argmax(1) == labels.cpu()).float().mean())
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a model is trained on in-memory tensors (SGD + momentum + weight decay).
+
+    The defaults are the memory-only retraining of the continual protocol (spec section 5,
+    from Zhao & Bilen's script): 1000 epochs, lr 0.01, momentum 0.9, wd 5e-4, batch 256,
+    lr x0.1 at the halfway epoch, DSA augmentation.
+
+    Attributes:
+        augment: ``"dsa"`` (Differentiable Siamese Augmentation, per-sample parameters),
+            ``"crop-flip"`` (random crop with padding 4 and flip) or ``"none"``.
+    """
+
+    epochs: int = 1000
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 256
+    schedule: str = "step"
+    augment: str = "dsa"
+
+    def __post_init__(self) -> None:
+        if self.augment not in AUGMENTS:
+            raise ValueError(f"unknown augment {self.augment!r}; choose one of {AUGMENTS}.")
+
+    def augmentation(self, image_size: int) -> Callable | None:
+        if self.augment == "dsa":
+            from replay_lcmat.condensation import DSA
+
+            return DSA()
+        if self.augment == "crop-flip":
+            from replay_lcmat.data import RandomCropFlip
+
+            return RandomCropFlip(padding=min(4, image_size - 1))
+        return None
+
+    def fit(
+        self,
+        model: nn.Module,
+        images: Tensor,
+        labels: Tensor,
+        *,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+        progress: bool = False,
+    ) -> nn.Module:
+        """Train ``model`` in place on float normalised ``images [N, C, H, W]``; returns it."""
+        return train(
+            model,
+            images,
+            labels,
+            epochs=self.epochs,
+            lr=self.lr,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            batch_size=self.batch_size,
+            schedule=self.schedule,
+            augment=self.augmentation(images.shape[-1]),
+            device=device,
+            seed=seed,
+            progress=progress,
+        )
+
+
+# The memory-only retraining of the continual protocol (spec section 5).
+PROTOCOL_RETRAIN = TrainConfig()

@@ -3,7 +3,7 @@
     from avalanche.training.supervised import Naive
     from replay_lcmat.strategies import LCMatReplayPlugin
 
-    strategy = Naive(model, optimizer, plugins=[LCMatReplayPlugin(mem_per_class=10, policy="lcmat-s")])
+    strategy = Naive(model, optimizer, plugins=[LCMatReplayPlugin(per_class=10, policy="lcmat-s")])
 
 - :class:`SelectorExemplarsStrategy`: an Avalanche ``ExemplarsSelectionStrategy`` ranking with
   any registered selector; :class:`SelectionBuffer`: class-balanced, budget-aware buffer of it.

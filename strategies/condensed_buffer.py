@@ -8,15 +8,7 @@ import torch
 from avalanche.benchmarks.utils import concat_datasets
 from avalanche.training.storage_policy import ExemplarsBuffer
 
-from replay_lcmat.buffers import (
-    PAPER_ITERATIONS,
-    ClassMemory,
-    check_budget,
-    condense_exemplars,
-    derive_seed,
-    policy_kind,
-)
-from replay_lcmat.condensation import make_condenser
+from replay_lcmat.memory import ClassMemory, CondensationPolicy, check_per_class, memory_policy
 from replay_lcmat.strategies.datasets import dataset_tensors, tensor_dataset
 from replay_lcmat.strategies.selection_policy import ReplayCapacity
 
@@ -24,22 +16,23 @@ STATE_FORMAT = "replay-lcmat/condensed-buffer"
 
 
 class CondensedClassBuffer(ExemplarsBuffer):
-    """``mem_per_class`` synthetic images for every class seen so far (LCMat-C, DM, DSA, DC).
+    """``per_class`` synthetic images for every class seen so far (LCMat-C, DM, DSA, DC).
 
     After each experience (``post_adapt``) the new classes are condensed together from that
-    experience's data only, with seed ``derive_seed(seed, experience id)``; a class seen again
+    experience's data only (:meth:`replay_lcmat.memory.CondensationPolicy.build`, seed
+    ``derive_seed(seed, experience id)``); a class seen again
     is condensed again from its new data and replaces its old images. A class with at most
-    ``mem_per_class`` samples is stored whole as real images (with a warning when fewer).
+    ``per_class`` samples is stored whole as real images (with a warning when fewer).
 
     ``buffer`` is a tensor classification dataset whose items are ``(x, y, t)`` like the
     stream's: ``x`` the synthetic images, already normalised, detached, on the CPU, with no
     transforms; ``y`` the original class labels; ``t`` the class's task label. ``max_size`` is
-    the current capacity, ``mem_per_class`` x classes seen (0 before the first experience; with
+    the current capacity, ``per_class`` x classes seen (0 before the first experience; with
     Avalanche's ``ReplayPlugin`` pass ``mem_size=buffer.max_size``, see
     :mod:`replay_lcmat.strategies.selection_policy`). Each class label belongs to one task: a
     label that comes back under another task label is refused (its images would be replaced).
 
-    Cost: the defaults are the papers' settings (:data:`replay_lcmat.buffers.PAPER_ITERATIONS`:
+    Cost: the defaults are the papers' settings (``CONDENSERS.entry(name).defaults``:
     1000 outer iterations for LCMat-C / DC / DSA, 20000 for DM, of a ConvNet-3 of width 128),
     run once per experience. They are meant for a GPU: on a CPU (2 cores) one LCMat-C iteration
     takes one to several minutes even for the 2 classes of an 8x8 digits experience, i.e. a day
@@ -51,7 +44,7 @@ class CondensedClassBuffer(ExemplarsBuffer):
     shown by default.
 
     Args:
-        mem_per_class: synthetic images per class (the condenser's ipc).
+        per_class: synthetic images per class.
         condenser: condenser name (``"lcmat-c"``, ``"dm"``, ``"dsa"``, ``"dc"``).
         iterations: outer iterations (default: the method's paper value).
         device: where condensation runs (default: the strategy's device).
@@ -64,7 +57,7 @@ class CondensedClassBuffer(ExemplarsBuffer):
 
     def __init__(
         self,
-        mem_per_class: int,
+        per_class: int,
         condenser: str = "lcmat-c",
         *,
         iterations: int | None = None,
@@ -74,28 +67,29 @@ class CondensedClassBuffer(ExemplarsBuffer):
         batch_size: int = 256,
         **condenser_options,
     ) -> None:
-        check_budget(mem_per_class, "mem_per_class")
-        if policy_kind(condenser) != "condensation":
+        per_class = check_per_class(per_class)
+        policy = memory_policy(condenser)
+        if not isinstance(policy, CondensationPolicy):
             raise ValueError(
-                f"{condenser!r} is a selection policy; use SelectionBuffer (or "
+                f"{condenser!r} is a {policy.kind} policy; use SelectionBuffer (or "
                 "LCMatReplayPlugin(policy=...)) for real exemplars."
             )
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}.")
-        make_condenser(  # checks every option now rather than after the first experience
-            condenser,
-            ipc=mem_per_class,
-            iterations=PAPER_ITERATIONS.get(condenser, 1000) if iterations is None else iterations,
+        if iterations is not None:
+            condenser_options["iterations"] = iterations
+        # every option is checked now rather than after the first experience
+        policy.check_options(
             device="cpu" if device is None else device,
             seed=seed,
             progress=progress,
             **condenser_options,
         )
         super().__init__(max_size=0)
-        self.max_size = ReplayCapacity(f"CondensedClassBuffer(mem_per_class={mem_per_class})")
-        self.mem_per_class = mem_per_class
+        self.max_size = ReplayCapacity(f"CondensedClassBuffer(per_class={per_class})")
+        self.per_class = per_class
         self.condenser = condenser
-        self.iterations = iterations
+        self.policy = policy
         self.device = device
         self.seed = seed
         self.progress = progress
@@ -104,6 +98,38 @@ class CondensedClassBuffer(ExemplarsBuffer):
         self.memory = ClassMemory()
         self.task_labels: dict[int, int] = {}
         self._cost_warned = False
+
+    @classmethod
+    def from_policy(
+        cls,
+        policy: str,
+        per_class: int,
+        *,
+        seed: int = 0,
+        iterations: int | None = None,
+        device=None,
+        progress: bool | None = None,
+        batch_size: int = 256,
+        stats: str | None = None,
+        **options,
+    ) -> CondensedClassBuffer:
+        """The buffer of a condensation policy name (see
+        :func:`replay_lcmat.strategies.make_storage_policy`); refuses selection-only options."""
+        if stats is not None:
+            raise ValueError(
+                f"stats applies to selection policies; the condenser {policy!r} trains its own "
+                "networks. Drop stats=."
+            )
+        return cls(
+            per_class,
+            policy,
+            iterations=iterations,
+            device=device,
+            seed=seed,
+            progress=True if progress is None else progress,
+            batch_size=batch_size,
+            **options,
+        )
 
     def post_adapt(self, agent, exp) -> None:
         data = exp.dataset
@@ -122,30 +148,32 @@ class CondensedClassBuffer(ExemplarsBuffer):
                     "task (e.g. class_ids_from_zero_in_each_exp=False)."
                 )
         device = torch.device(self.device if self.device is not None else agent.device)
-        if self.iterations is None and device.type == "cpu" and not self._cost_warned:
+        if (
+            "iterations" not in self.condenser_options
+            and device.type == "cpu"
+            and not self._cost_warned
+        ):
             self._cost_warned = True
             warnings.warn(
                 f"condensing with {self.condenser!r}'s paper settings "
-                f"({PAPER_ITERATIONS.get(self.condenser, 1000)} iterations per experience) on the "
+                f"({self.policy.defaults.get('iterations')} iterations per experience) on the "
                 "CPU takes hours to days per experience; pass iterations= (and e.g. "
                 "network_options={'width': 32, 'depth': 2}) to try it on a CPU, or run on a GPU. "
                 "See help(CondensedClassBuffer) for the cost.",
                 UserWarning,
                 stacklevel=2,
             )
-        syn, syn_labels = condense_exemplars(
-            self.condenser,
+        new = self.policy.build(
             x,
             y,
-            per_class=self.mem_per_class,
-            iterations=self.iterations,
+            per_class=self.per_class,
             device=device,
-            seed=derive_seed(self.seed, exp.current_experience),
+            seed=self.policy.experience_seed(self.seed, exp.current_experience),
             progress=self.progress,
             **self.condenser_options,
         )
-        for c in torch.unique(syn_labels).tolist():
-            self.memory.put(c, syn[syn_labels == c])
+        self.memory.update(new)
+        for c in new.classes():
             self.task_labels[c] = int(t[y == c][0])
         self._refresh()
 
@@ -162,25 +190,23 @@ class CondensedClassBuffer(ExemplarsBuffer):
                 f"a total of {new_size} cannot hold one image for each of {classes} classes; pass "
                 f"at least {classes}."
             )
-        if per_class < self.mem_per_class and len(self.memory):
+        if per_class < self.per_class and len(self.memory):
             self.memory.truncate(per_class)
-        elif per_class > self.mem_per_class and len(self.memory):
+        elif per_class > self.per_class and len(self.memory):
             warnings.warn(
                 f"growing a condensed memory to {per_class} images per class: the "
                 f"{len(self.memory.classes())} classes already stored keep their "
-                f"{self.mem_per_class} (they cannot be condensed again without their data); "
+                f"{self.per_class} (they cannot be condensed again without their data); "
                 "only classes still to come get the new size.",
                 stacklevel=2,
             )
-        self.mem_per_class = per_class
+        self.per_class = per_class
         self._refresh()
 
     def _refresh(self) -> None:
         classes = self.memory.classes()
         if not classes:
-            self.max_size = ReplayCapacity(
-                f"CondensedClassBuffer(mem_per_class={self.mem_per_class})"
-            )
+            self.max_size = ReplayCapacity(f"CondensedClassBuffer(per_class={self.per_class})")
             self.buffer = concat_datasets([])
             return
         x, y = self.memory.tensors()
@@ -193,7 +219,7 @@ class CondensedClassBuffer(ExemplarsBuffer):
         classes = self.memory.classes()
         return {
             "format": STATE_FORMAT,
-            "mem_per_class": self.mem_per_class,
+            "per_class": self.per_class,
             "memory": self.memory.state_dict(),
             "task_labels": [self.task_labels[c] for c in classes],
         }
@@ -202,20 +228,20 @@ class CondensedClassBuffer(ExemplarsBuffer):
         """Restore :meth:`state_dict` (``stream`` is not needed: the images are stored).
 
         Raises:
-            ValueError: not a condensed-buffer state, or it keeps another ``mem_per_class``
+            ValueError: not a condensed-buffer state, or it keeps another ``per_class``
                 (build the buffer with the saved one, then :meth:`resize`).
         """
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise ValueError(
                 "not a condensed-buffer state; pass the dict of CondensedClassBuffer.state_dict()."
             )
-        if state["mem_per_class"] != self.mem_per_class:
+        saved_per_class = state.get("per_class", state.get("mem_per_class"))  # <= 0.1 name
+        if saved_per_class != self.per_class:
             raise ValueError(
-                f"the saved memory keeps {state['mem_per_class']} images per class, this buffer "
-                f"{self.mem_per_class}; restore into a buffer (or plugin) built with "
-                f"mem_per_class={state['mem_per_class']}, then resize it if you want another size."
+                f"the saved memory keeps {saved_per_class} images per class, this buffer "
+                f"{self.per_class}; restore into a buffer (or plugin) built with "
+                f"per_class={saved_per_class}, then resize it if you want another size."
             )
         self.memory = ClassMemory.from_state_dict(state["memory"])
-        self.mem_per_class = state["mem_per_class"]
         self.task_labels = dict(zip(self.memory.classes(), state["task_labels"], strict=True))
         self._refresh()

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import torch
 from avalanche.models import MultiTaskModule
 from avalanche.training.plugins import SupervisedPlugin
 
-from replay_lcmat.buffers import derive_seed
-from replay_lcmat.continual import PROTOCOL_RETRAIN, TrainConfig, reinitialize
+from replay_lcmat.memory import ExperienceSeeds, retrain_on_memory
+from replay_lcmat.models import reinitialize
 from replay_lcmat.strategies.datasets import dataset_tensors
 from replay_lcmat.strategies.plugins import MemoryStateMixin, make_storage_policy
+from replay_lcmat.training import PROTOCOL_RETRAIN, TrainConfig
 
 
 class MemoryOnlyRetrainPlugin(MemoryStateMixin, SupervisedPlugin):
@@ -18,13 +18,14 @@ class MemoryOnlyRetrainPlugin(MemoryStateMixin, SupervisedPlugin):
     For experience ``k``:
 
     1. ``before_training_exp`` (when ``reset_model``): the strategy's model is re-initialised
-       (seed ``derive_seed(seed, k, 1)``) and its optimizer state cleared, so the strategy then
-       trains a *selection model* on experience ``k``'s data only.
+       (seed ``ExperienceSeeds(seed, k).selection_model``) and its optimizer state cleared, so
+       the strategy then trains a *selection model* on experience ``k``'s data only.
     2. ``after_training_exp``: the storage policy adds exemplars of the new classes (selected
-       with that model, or condensed), then a freshly initialised copy of the model (seed
-       ``derive_seed(seed, k, 3, 0)``) is trained on the whole memory only with ``retrain``
-       (sorted by class, seed ``derive_seed(seed, k, 4, 0)``), and its weights are copied into
-       the strategy's model, which Avalanche's evaluation then measures.
+       with that model, or condensed), then
+       :func:`replay_lcmat.memory.retrain_on_memory` trains a fresh copy of the model on the
+       whole memory only with ``retrain``, and its weights are copied into the strategy's
+       model, which Avalanche's evaluation then measures. This is the same core as
+       :func:`replay_lcmat.continual.memory_only_run`.
 
     With a policy that needs no model (uniform, condensation) train with ``train_epochs=0``.
 
@@ -33,7 +34,7 @@ class MemoryOnlyRetrainPlugin(MemoryStateMixin, SupervisedPlugin):
     starts; use :class:`LCMatReplayPlugin` for those.
 
     Args:
-        mem_per_class: exemplars per class.
+        per_class: exemplars per class.
         policy: memory policy name (see :func:`make_storage_policy`), ignored when
             ``storage_policy`` is given.
         storage_policy: a ready storage policy (any Avalanche ``ExemplarsBuffer``).
@@ -48,7 +49,7 @@ class MemoryOnlyRetrainPlugin(MemoryStateMixin, SupervisedPlugin):
 
     def __init__(
         self,
-        mem_per_class: int = 10,
+        per_class: int = 10,
         policy: str = "lcmat-s",
         *,
         storage_policy=None,
@@ -65,7 +66,7 @@ class MemoryOnlyRetrainPlugin(MemoryStateMixin, SupervisedPlugin):
             )
         if storage_policy is None:
             storage_policy = make_storage_policy(
-                policy, mem_per_class, seed=seed, progress=progress, **policy_options
+                policy, per_class, seed=seed, progress=progress, **policy_options
             )
         elif policy_options:
             raise ValueError("policy options apply when the plugin builds the storage policy.")
@@ -90,7 +91,7 @@ class MemoryOnlyRetrainPlugin(MemoryStateMixin, SupervisedPlugin):
         if not self.reset_model:
             return
         k = strategy.experience.current_experience
-        fresh = reinitialize(strategy.model, derive_seed(self.seed, k, 1))
+        fresh = reinitialize(strategy.model, ExperienceSeeds(self.seed, k).selection_model)
         strategy.model.load_state_dict(fresh.state_dict())
         strategy.optimizer.state.clear()  # no momentum carried over from the old weights
 
@@ -98,14 +99,13 @@ class MemoryOnlyRetrainPlugin(MemoryStateMixin, SupervisedPlugin):
         k = strategy.experience.current_experience
         self.storage_policy.post_adapt(strategy, strategy.experience)
         x, y, _ = dataset_tensors(self.storage_policy.buffer)
-        order = torch.sort(y, stable=True).indices
-        model = reinitialize(strategy.model, derive_seed(self.seed, k, 3, 0))
-        self.retrain.fit(
-            model,
-            x[order],
-            y[order],
+        model = retrain_on_memory(
+            strategy.model,
+            x,
+            y,
+            retrain=self.retrain,
+            seeds=ExperienceSeeds(self.seed, k),
             device=strategy.device,
-            seed=derive_seed(self.seed, k, 4, 0),
             progress=self.progress,
         )
         strategy.model.load_state_dict(model.state_dict())

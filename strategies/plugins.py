@@ -5,14 +5,17 @@ from __future__ import annotations
 import torch
 from avalanche.training.plugins import ReplayPlugin
 
-from replay_lcmat.buffers import policy_kind
+from replay_lcmat.memory import memory_policy
 from replay_lcmat.strategies.condensed_buffer import CondensedClassBuffer
-from replay_lcmat.strategies.selection_policy import SelectionBuffer, SelectorExemplarsStrategy
+from replay_lcmat.strategies.selection_policy import SelectionBuffer
+
+# The Avalanche storage policy of each kind of memory policy (replay_lcmat.memory).
+STORAGE_POLICIES = {"selection": SelectionBuffer, "condensation": CondensedClassBuffer}
 
 
 def make_storage_policy(
     policy: str,
-    mem_per_class: int,
+    per_class: int,
     *,
     seed: int = 0,
     iterations: int | None = None,
@@ -22,9 +25,10 @@ def make_storage_policy(
     stats: str | None = None,
     **options,
 ) -> SelectionBuffer | CondensedClassBuffer:
-    """The storage policy of ``policy``: a :class:`SelectionBuffer` for a selector name
-    (``"lcmat-s"``, ``"uniform"``, ...), a :class:`CondensedClassBuffer` for a condenser name
-    (``"lcmat-c"``, ``"dm"``, ...). Every option is checked here.
+    """The storage policy of ``policy`` (:data:`STORAGE_POLICIES` by the policy's kind): a
+    :class:`SelectionBuffer` for a selector name (``"lcmat-s"``, ``"uniform"``, ...), a
+    :class:`CondensedClassBuffer` for a condenser name (``"lcmat-c"``, ``"dm"``, ...). Every
+    option is checked here.
 
     Args:
         seed: seed of randomised selectors / of the condensation.
@@ -37,33 +41,16 @@ def make_storage_policy(
             :class:`SelectorExemplarsStrategy`).
         **options: selector or condenser options (e.g. ``eps=0.05``, ``network_options=...``).
     """
-    if policy_kind(policy) == "selection":
-        if iterations is not None:
-            raise ValueError(
-                f"iterations applies to condensation policies, not to the selector {policy!r}."
-            )
-        if device is not None:
-            raise ValueError(
-                f"device applies to condensation policies; the selector {policy!r} runs the "
-                "strategy's model on the strategy's device. Drop device=."
-            )
-        if stats is not None:
-            options["stats"] = stats
-        strategy = SelectorExemplarsStrategy(policy, seed=seed, batch_size=batch_size, **options)
-        return SelectionBuffer(mem_per_class, strategy)
-    if stats is not None:
-        raise ValueError(
-            f"stats applies to selection policies; the condenser {policy!r} trains its own "
-            "networks. Drop stats=."
-        )
-    return CondensedClassBuffer(
-        mem_per_class,
+    storage = STORAGE_POLICIES[memory_policy(policy).kind]
+    return storage.from_policy(
         policy,
+        per_class,
+        seed=seed,
         iterations=iterations,
         device=device,
-        seed=seed,
-        progress=True if progress is None else progress,
+        progress=progress,
         batch_size=batch_size,
+        stats=stats,
         **options,
     )
 
@@ -81,7 +68,7 @@ class MemoryStateMixin:
 
     def load_state_dict(self, state: dict, stream=None) -> None:
         """Restore :meth:`state_dict`; selection memories need ``stream`` (the train stream the
-        memory was built from). The plugin must have the saved policy and ``mem_per_class``;
+        memory was built from). The plugin must have the saved policy and ``per_class``;
         a memory that does not match ``stream`` is refused (see
         :meth:`SelectionBuffer.load_state_dict`)."""
         if not isinstance(state, dict) or "storage" not in state:
@@ -99,9 +86,9 @@ class LCMatReplayPlugin(MemoryStateMixin, ReplayPlugin):
 
     An Avalanche ``ReplayPlugin``: while training on an experience every mini-batch is the
     current data plus a mini-batch of memory (Avalanche's ``ReplayDataLoader``); after the
-    experience the storage policy adds ``mem_per_class`` exemplars of each new class. The memory
+    experience the storage policy adds ``per_class`` exemplars of each new class. The memory
     is ``plugin.storage_policy.buffer``; ``mem_size`` follows its capacity
-    (``mem_per_class`` x classes seen). Every option is checked here, before any training.
+    (``per_class`` x classes seen). Every option is checked here, before any training.
 
     Works with any Avalanche classifier (``SimpleMLP``, ``SimpleCNN``, torchvision models,
     ``IncrementalClassifier`` heads) and with multi-task models (``MTSimpleMLP``,
@@ -110,7 +97,7 @@ class LCMatReplayPlugin(MemoryStateMixin, ReplayPlugin):
 
     The storage policies also work with Avalanche's own ``ReplayPlugin``:
     ``ReplayPlugin(mem_size=buffer.max_size, storage_policy=buffer)`` with
-    ``buffer = SelectionBuffer(mem_per_class, "lcmat-s")`` (its capacity grows per class, so it
+    ``buffer = SelectionBuffer(per_class, "lcmat-s")`` (its capacity grows per class, so it
     has no fixed total to give as ``mem_size``); this plugin does that for you.
 
     Cost: selection policies take one forward pass over each experience (seconds on a CPU).
@@ -123,7 +110,7 @@ class LCMatReplayPlugin(MemoryStateMixin, ReplayPlugin):
     shown while condensing.
 
     Args:
-        mem_per_class: exemplars per class.
+        per_class: exemplars per class.
         policy: a selector name (real exemplars, ranked with the strategy's current model) or a
             condenser name (synthetic exemplars); see :func:`make_storage_policy`.
         batch_size, batch_size_mem, task_balanced_dataloader: as in ``ReplayPlugin``.
@@ -132,7 +119,7 @@ class LCMatReplayPlugin(MemoryStateMixin, ReplayPlugin):
 
     def __init__(
         self,
-        mem_per_class: int = 10,
+        per_class: int = 10,
         policy: str = "lcmat-s",
         *,
         batch_size: int | None = None,
@@ -151,7 +138,7 @@ class LCMatReplayPlugin(MemoryStateMixin, ReplayPlugin):
                 raise ValueError(f"{name} must be None or an integer >= 1; got {value!r}.")
         storage = make_storage_policy(
             policy,
-            mem_per_class,
+            per_class,
             seed=seed,
             iterations=iterations,
             device=device,
@@ -168,8 +155,8 @@ class LCMatReplayPlugin(MemoryStateMixin, ReplayPlugin):
         self.policy = policy
 
     @property
-    def mem_per_class(self) -> int:
-        return self.storage_policy.mem_per_class
+    def per_class(self) -> int:
+        return self.storage_policy.per_class
 
     def after_training_exp(self, strategy, **kwargs) -> None:
         self.storage_policy.post_adapt(strategy, strategy.experience)

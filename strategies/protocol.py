@@ -9,12 +9,12 @@ from avalanche.evaluation.metrics import accuracy_metrics, forgetting_metrics
 from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.supervised import Naive
 
-from replay_lcmat.buffers import policy_needs_model
-from replay_lcmat.continual import PROTOCOL_RETRAIN, TrainConfig
+from replay_lcmat.memory import ResultRow, memory_policy
 from replay_lcmat.models import make_model
 from replay_lcmat.seeding import seeded
 from replay_lcmat.strategies.memory_only import MemoryOnlyRetrainPlugin
 from replay_lcmat.strategies.plugins import LCMatReplayPlugin
+from replay_lcmat.training import PROTOCOL_RETRAIN, TrainConfig
 
 PROTOCOLS = ("paper", "replay")
 STREAM_ACCURACY = "Top1_Acc_Stream/eval_phase/test_stream"
@@ -38,7 +38,7 @@ def run_continual(
     model: str = "convnet",
     model_options: dict | None = None,
     protocol: str = "paper",
-    mem_per_class: int = 10,
+    per_class: int = 10,
     train_epochs: int = 10,
     lr: float = 0.01,
     train_mb_size: int = 128,
@@ -84,17 +84,17 @@ def run_continual(
         )
         if protocol == "paper":
             plugin = MemoryOnlyRetrainPlugin(
-                mem_per_class,
+                per_class,
                 policy,
                 retrain=retrain,
                 seed=seed,
                 progress=progress,
                 **policy_options,
             )
-            epochs = train_epochs if policy_needs_model(policy) else 0
+            epochs = train_epochs if memory_policy(policy).needs_model else 0
         else:
             plugin = LCMatReplayPlugin(
-                mem_per_class, policy, seed=seed, progress=progress, **policy_options
+                per_class, policy, seed=seed, progress=progress, **policy_options
             )
             epochs = train_epochs
         evaluator = EvaluationPlugin(
@@ -118,20 +118,17 @@ def run_continual(
             metrics = strategy.eval(benchmark.test_stream[: k + 1], num_workers=0)
             classes_seen += len(experience.classes_in_this_experience)
             forgetting = [v for n, v in metrics.items() if n.startswith("StreamForgetting")]
-            row = {
-                "seed": seed,
-                "policy": policy,
-                "per_class": mem_per_class,
-                "experience": k + 1,
-                "classes_seen": classes_seen,
-                "memory_size": len(plugin.storage_policy.buffer),
-                "accuracy": stream_accuracy(metrics),
-                "forgetting": float(forgetting[0]) if forgetting else float("nan"),
-            }
-            rows.append(row)
+            row = ResultRow(
+                seed=seed,
+                policy=policy,
+                per_class=per_class,
+                experience=k + 1,
+                classes_seen=classes_seen,
+                memory_size=len(plugin.storage_policy.buffer),
+                accuracy=stream_accuracy(metrics),
+                forgetting=float(forgetting[0]) if forgetting else float("nan"),
+            )
+            rows.append(row.as_dict())
             if log is not None:
-                log(
-                    f"seed {seed} experience {k + 1} {policy} ({protocol}, m={mem_per_class}/class, "
-                    f"memory {row['memory_size']}): accuracy {100 * row['accuracy']:.2f}%"
-                )
+                log(row.log_line(f"{protocol}, "))
     return rows

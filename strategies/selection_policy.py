@@ -2,11 +2,11 @@
 
 :class:`SelectorExemplarsStrategy` is an Avalanche ``ExemplarsSelectionStrategy``: it works inside
 Avalanche's own ``ParametricBuffer``. :class:`SelectionBuffer` is a ``ParametricBuffer`` that keeps
-``mem_per_class`` exemplars of every class seen so far and tells the strategy the budget, so a
+``per_class`` exemplars of every class seen so far and tells the strategy the budget, so a
 greedy selector picks only ``k`` samples and a group that already fits is never re-ranked.
 
 With Avalanche's own ``ReplayPlugin`` (which checks ``storage_policy.max_size == mem_size`` when
-it is built): a :class:`SelectionBuffer` has no fixed total (it grows by ``mem_per_class`` per
+it is built): a :class:`SelectionBuffer` has no fixed total (it grows by ``per_class`` per
 class seen, ``max_size`` is 0 before the first experience), so pass ``mem_size=buffer.max_size``::
 
     buffer = SelectionBuffer(10, "lcmat-s")
@@ -42,8 +42,14 @@ from avalanche.training.storage_policy import (
 )
 from torch import Tensor, nn
 
-from replay_lcmat.buffers import check_budget, policy_kind, select_exemplars, warn_small_class
-from replay_lcmat.selection import SELECTORS, extract_outputs, make_selector
+from replay_lcmat.memory import (
+    SelectionPolicy,
+    check_per_class,
+    memory_policy,
+    select_exemplars,
+    split_small_classes,
+)
+from replay_lcmat.selection import extract_outputs
 from replay_lcmat.selection.extract import DEFAULT_STATS, check_stats
 from replay_lcmat.strategies.datasets import dataset_tensors
 
@@ -90,7 +96,7 @@ class ReplayCapacity(int):
                 f"{self.hint} grows with the classes seen, so it has no fixed total to compare "
                 f"with {int(other)} (e.g. ReplayPlugin(mem_size={int(other)})). Pass "
                 "mem_size=buffer.max_size (ReplayPlugin only checks it), or use "
-                "LCMatReplayPlugin(mem_per_class=...); for a fixed total split over the classes "
+                "LCMatReplayPlugin(per_class=...); for a fixed total split over the classes "
                 "use Avalanche's ParametricBuffer(max_size, groupby='class', "
                 "selection_strategy=SelectorExemplarsStrategy(...))."
             )
@@ -171,13 +177,14 @@ class SelectorExemplarsStrategy(ExemplarsSelectionStrategy):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
         if isinstance(name_or_selector, str):
-            if policy_kind(name_or_selector) != "selection":
+            policy = memory_policy(name_or_selector)
+            if not isinstance(policy, SelectionPolicy):
                 raise ValueError(
-                    f"{name_or_selector!r} is a condensation policy; use CondensedClassBuffer "
+                    f"{name_or_selector!r} is a {policy.kind} policy; use CondensedClassBuffer "
                     "(or LCMatReplayPlugin(policy=...)) for synthetic exemplars."
                 )
-            make_selector(name_or_selector, **options)  # unknown or bad options fail here
-            needs = SELECTORS[name_or_selector].needs
+            policy.check_options(**options)  # unknown or bad options fail here
+            needs = policy.entry.factory.needs
         elif callable(getattr(name_or_selector, "select", None)):
             if options:
                 raise ValueError("options apply to a selector name; configure the selector.")
@@ -280,8 +287,7 @@ class _ClassExemplars(ExemplarsBuffer):
         """Merge new samples of the class and keep the best ``max_size`` of old + new."""
         if len(self.buffer):
             data, sources = self.buffer.concat(data), torch.cat([self.sources, sources])
-        if len(data) < self.max_size:
-            warn_small_class(self.label, len(data), self.max_size)
+        split_small_classes(torch.full((len(data),), self.label), self.max_size)  # warns
         self._keep(strategy, data, sources, self.max_size)
 
     def _keep(self, strategy, data: AvalancheDataset, sources: Tensor, k: int) -> None:
@@ -307,13 +313,13 @@ class _ClassExemplars(ExemplarsBuffer):
 
 
 class SelectionBuffer(ParametricBuffer):
-    """``mem_per_class`` real exemplars of every class seen so far, chosen by a selector.
+    """``per_class`` real exemplars of every class seen so far, chosen by a selector.
 
-    A ``ParametricBuffer`` grouped by class whose groups have a fixed size ``mem_per_class``
+    A ``ParametricBuffer`` grouped by class whose groups have a fixed size ``per_class``
     (Avalanche's own splits a fixed total over the groups). After each experience the new
-    samples of each class are merged with its exemplars and the best ``mem_per_class`` kept;
+    samples of each class are merged with its exemplars and the best ``per_class`` kept;
     the selection strategy is told that budget. A class with fewer samples is stored whole
-    with a warning. ``max_size`` is the current capacity, ``mem_per_class`` x classes seen
+    with a warning. ``max_size`` is the current capacity, ``per_class`` x classes seen
     (0 before the first experience).
 
     Groups are class labels, as in Avalanche's ``ParametricBuffer(groupby="class")``: in a
@@ -328,28 +334,53 @@ class SelectionBuffer(ParametricBuffer):
     stream is refused.
 
     Args:
-        mem_per_class: exemplars per class.
+        per_class: exemplars per class.
         selection_strategy: a selector name, a :class:`SelectorExemplarsStrategy`, or any
             Avalanche ``ExemplarsSelectionStrategy``.
         **selector_options: options of the selector when a name is given (e.g. ``seed=1``);
             checked here.
     """
 
-    def __init__(
-        self, mem_per_class: int, selection_strategy="lcmat-s", **selector_options
-    ) -> None:
-        check_budget(mem_per_class, "mem_per_class")
+    def __init__(self, per_class: int, selection_strategy="lcmat-s", **selector_options) -> None:
+        per_class = check_per_class(per_class)
         if isinstance(selection_strategy, str):
             selection_strategy = SelectorExemplarsStrategy(selection_strategy, **selector_options)
         elif selector_options:
             raise ValueError("selector options apply to a selector name only.")
         super().__init__(max_size=0, groupby="class", selection_strategy=selection_strategy)
-        self.mem_per_class = mem_per_class
-        self.max_size = ReplayCapacity(f"SelectionBuffer(mem_per_class={mem_per_class})")
+        self.per_class = per_class
+        self.max_size = ReplayCapacity(f"SelectionBuffer(per_class={per_class})")
         self.stream_name: str | None = None
 
+    @classmethod
+    def from_policy(
+        cls,
+        policy: str,
+        per_class: int,
+        *,
+        seed: int = 0,
+        iterations: int | None = None,
+        device=None,
+        progress: bool | None = None,
+        batch_size: int = 256,
+        stats: str | None = None,
+        **options,
+    ) -> SelectionBuffer:
+        """The buffer of a selection policy name (see
+        :func:`replay_lcmat.strategies.make_storage_policy`); refuses condensation-only options."""
+        for name, value in (("iterations", iterations), ("device", device)):
+            if value is not None:
+                raise ValueError(
+                    f"{name} applies to condensation policies; the selector {policy!r} runs the "
+                    f"strategy's model on the strategy's device. Drop {name}=."
+                )
+        if stats is not None:
+            options["stats"] = stats
+        strategy = SelectorExemplarsStrategy(policy, seed=seed, batch_size=batch_size, **options)
+        return cls(per_class, strategy)
+
     def get_group_lengths(self, num_groups: int) -> list[int]:
-        return [self.mem_per_class] * num_groups
+        return [self.per_class] * num_groups
 
     def post_adapt(self, agent, exp) -> None:
         data = exp.dataset
@@ -362,11 +393,11 @@ class SelectionBuffer(ParametricBuffer):
             sources = torch.stack([torch.full_like(idx, exp.current_experience), idx], dim=1)
             group = self.buffer_groups.get(label)
             if group is None:
-                group = _ClassExemplars(label, self.mem_per_class, self.selection_strategy)
+                group = _ClassExemplars(label, self.per_class, self.selection_strategy)
                 self.buffer_groups[label] = group
             group.add(agent, data.subset(idx), sources)
             self.seen_groups.add(label)
-        self.max_size = self.mem_per_class * len(self.buffer_groups)
+        self.max_size = self.per_class * len(self.buffer_groups)
 
     def _note_stream(self, exp) -> None:
         name = getattr(getattr(exp, "origin_stream", None), "name", None)
@@ -390,7 +421,7 @@ class SelectionBuffer(ParametricBuffer):
                 f"a total of {new_size} cannot hold one exemplar for each of {groups} classes; "
                 f"pass at least {groups}."
             )
-        self.mem_per_class = per_class
+        self.per_class = per_class
         for group in self.buffer_groups.values():
             group.resize(strategy, per_class)
         self.max_size = per_class * len(self.buffer_groups)
@@ -408,7 +439,7 @@ class SelectionBuffer(ParametricBuffer):
         return {
             "format": STATE_FORMAT,
             "version": STATE_VERSION,
-            "mem_per_class": self.mem_per_class,
+            "per_class": self.per_class,
             "stream": self.stream_name,
             "classes": classes,
             "sources": [g.sources.clone() for g in groups],
@@ -427,7 +458,7 @@ class SelectionBuffer(ParametricBuffer):
         a check fails.
 
         Raises:
-            ValueError: not a selection-buffer state; no stream; another ``mem_per_class``
+            ValueError: not a selection-buffer state; no stream; another ``per_class``
                 (build the buffer with the saved one, then :meth:`resize`); another stream.
         """
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
@@ -439,12 +470,12 @@ class SelectionBuffer(ParametricBuffer):
                 "a selection memory stores indices into the stream: pass stream=<the benchmark's "
                 "train_stream> to restore it."
             )
-        saved_per_class = state["mem_per_class"]
-        if saved_per_class != self.mem_per_class:
+        saved_per_class = state.get("per_class", state.get("mem_per_class"))  # <= 0.1 name
+        if saved_per_class != self.per_class:
             raise ValueError(
                 f"the saved memory keeps {saved_per_class} exemplars per class, this buffer "
-                f"{self.mem_per_class}; restore into a buffer (or plugin) built with "
-                f"mem_per_class={saved_per_class}, then resize it if you want another size."
+                f"{self.per_class}; restore into a buffer (or plugin) built with "
+                f"per_class={saved_per_class}, then resize it if you want another size."
             )
         saved_name, name = state.get("stream"), getattr(stream, "name", None)
         # a state without a stream name (older version) only refuses the test stream
@@ -476,7 +507,7 @@ class SelectionBuffer(ParametricBuffer):
         self.buffer_groups = groups
         self.seen_groups = set(groups)
         self.stream_name = saved_name if saved_name is not None else name
-        self.max_size = self.mem_per_class * len(groups)
+        self.max_size = self.per_class * len(groups)
 
 
 def image_fingerprint(data: AvalancheDataset) -> Tensor | None:

@@ -1,13 +1,28 @@
-"""Shared fixtures: the real CIFAR-10 archive beside the checkout, loaded once per session."""
+"""Shared fixtures: the real CIFAR-10 archive, loaded once per session.
+
+The archive is found through ``$REPLAY_LCMAT_CIFAR10_ARCHIVE`` (see
+``replay_lcmat.data.shared_cifar10_archive``); when it is unset and the project's build-machine
+copy ``../shared/data/cifar10-jpeg.tar.gz`` lies beside the checkout, the variable is set to it
+for this test run (subprocesses inherit it). Tests that need the archive skip without it.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from replay_lcmat.data import shared_cifar10_archive
+from replay_lcmat.data.folder import CIFAR10_ARCHIVE_VARIABLE
+
+BESIDE_CHECKOUT = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not os.environ.get(CIFAR10_ARCHIVE_VARIABLE, "").strip() and BESIDE_CHECKOUT.is_file():
+        os.environ[CIFAR10_ARCHIVE_VARIABLE] = str(BESIDE_CHECKOUT)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -23,7 +38,10 @@ def _few_threads():
 def cifar10_archive() -> Path:
     archive = shared_cifar10_archive()
     if archive is None:
-        pytest.skip("no CIFAR-10 archive at ../shared/data (set REPLAY_LCMAT_CIFAR10_ARCHIVE)")
+        pytest.skip(
+            f"no CIFAR-10 archive: set ${CIFAR10_ARCHIVE_VARIABLE} to cifar10-jpeg.tar.gz "
+            f"(looked for {BESIDE_CHECKOUT})"
+        )
     return archive
 
 

@@ -290,7 +290,7 @@ def test_restore_of_an_online_memory_with_another_online_split(bench):
         )
 
 
-def test_restore_into_another_mem_per_class_is_refused(bench, saved):
+def test_restore_into_another_per_class_is_refused(bench, saved):
     with pytest.raises(ValueError, match="keeps 2 exemplars per class, this buffer 5"):
         LCMatReplayPlugin(5, "uniform").load_state_dict(saved, stream=bench.train_stream)
     plugin = LCMatReplayPlugin(MEM, "dm", iterations=1, progress=False)
@@ -334,7 +334,7 @@ def test_condensation_shows_progress_with_time_left_by_default(bench, capsys):
 
 
 def test_paper_settings_on_a_cpu_warn_before_condensing(bench, monkeypatch):
-    import replay_lcmat.strategies.condensed_buffer as module
+    from replay_lcmat.memory import CondensationPolicy
 
     class Stop(Exception):
         pass
@@ -342,7 +342,7 @@ def test_paper_settings_on_a_cpu_warn_before_condensing(bench, monkeypatch):
     def stop(*args, **kwargs):
         raise Stop
 
-    monkeypatch.setattr(module, "condense_exemplars", stop)
+    monkeypatch.setattr(CondensationPolicy, "build", stop)
     plugin = LCMatReplayPlugin(MEM, "lcmat-c")
     with pytest.warns(UserWarning, match="paper settings.*1000 iterations.*iterations="):
         with pytest.raises(Stop):

@@ -10,12 +10,12 @@ import re
 import pytest
 import torch
 
-from replay_lcmat.buffers import ClassMemory
 from replay_lcmat.cli import main
 from replay_lcmat.cli.common import check_output_path
 from replay_lcmat.condensation import DSA, load_synthetic, make_condenser
 from replay_lcmat.condensation.storage import data_fingerprint, fingerprint_differences
 from replay_lcmat.data import CorruptDataError
+from replay_lcmat.memory import ClassMemory
 from replay_lcmat.models import ConvNet
 from replay_lcmat.validation import check_number
 
@@ -43,13 +43,12 @@ def _run(path=None, *, seed=0, data=None, method="dm", iterations=1, **extra):
     images, labels = _data() if data is None else data
     condenser = make_condenser(
         method,
-        ipc=2,
         iterations=iterations,
         seed=seed,
         checkpoint=path,
         **_options(method, **extra),
     )
-    return condenser.condense(images, labels)
+    return condenser.condense(images, labels, per_class=2)
 
 
 @pytest.fixture(autouse=True)
@@ -70,25 +69,25 @@ def test_resume_refuses_another_network(tmp_path):
     _run(path)
     mlp = TINY | {"network": "mlp", "network_options": {}}
     with pytest.raises(ValueError, match=r"cannot resume.*network: saved 'convnet', now 'mlp'"):
-        make_condenser("dm", ipc=2, iterations=2, **mlp).condense(*_data(), resume=path)
+        make_condenser("dm", iterations=2, **mlp).condense(*_data(), resume=path, per_class=2)
     with pytest.raises(ValueError, match=r"network_options: saved \{'width': 4"):
         make_condenser(
-            "dm", ipc=2, iterations=2, **(TINY | {"network_options": {"width": 8, "depth": 1}})
-        ).condense(*_data(), resume=path)
+            "dm", iterations=2, **(TINY | {"network_options": {"width": 8, "depth": 1}})
+        ).condense(*_data(), resume=path, per_class=2)
 
 
 def test_resume_refuses_other_data_of_the_same_shape(tmp_path):
     path = tmp_path / "run.pt"
     images, labels = _data()
     _run(path, data=(images, labels))
-    resumed = make_condenser("dm", ipc=2, iterations=2, **TINY)
+    resumed = make_condenser("dm", iterations=2, **TINY)
     with pytest.raises(ValueError, match=r"other data \(pixel values: same shape but other"):
-        resumed.condense(images + 0.5, labels, resume=path)
+        resumed.condense(images + 0.5, labels, resume=path, per_class=2)
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(1))
     with pytest.raises(ValueError, match="labels: the same count per class but in another order"):
-        resumed.condense(images, labels[order], resume=path)
+        resumed.condense(images, labels[order], resume=path, per_class=2)
     # the same data, another tensor: resumes
-    resumed.condense(images.clone(), labels.clone(), resume=path)
+    resumed.condense(images.clone(), labels.clone(), resume=path, per_class=2)
     assert load_synthetic(path).fingerprint == data_fingerprint(images, labels)
 
 
@@ -106,14 +105,14 @@ def test_fingerprint_is_cheap_and_tells_what_differs():
 
 def test_checkpoint_without_fingerprint_still_resumes_with_a_warning(tmp_path):
     path = tmp_path / "old.pt"
-    expected, _ = _run(iterations=2)
+    expected = _run(iterations=2).images
     _run(path)
     old = load_synthetic(path)
     old.fingerprint = {}  # as saved before the fingerprint existed
     old.save(path)
-    resumed = make_condenser("dm", ipc=2, iterations=2, checkpoint=path, **TINY)
+    resumed = make_condenser("dm", iterations=2, checkpoint=path, **TINY)
     with pytest.warns(UserWarning, match="predates the data fingerprint.*cannot be checked"):
-        got, _ = resumed.condense(*_data(), resume=path)
+        got = resumed.condense(*_data(), resume=path, per_class=2).images
     assert torch.equal(got, expected)
 
 
@@ -124,16 +123,16 @@ def _factory(**shape):
 def test_network_factory_is_recorded_without_memory_addresses(tmp_path):
     path = tmp_path / "run.pt"
     options = TINY | {"network": _factory, "network_options": None}
-    make_condenser("dm", ipc=2, iterations=1, checkpoint=path, **options).condense(*_data())
+    make_condenser("dm", iterations=1, checkpoint=path, **options).condense(*_data(), per_class=2)
     saved = load_synthetic(path)
     assert saved.options["network"].startswith("<function _factory") and "0x" not in str(saved)
     # a set saved before: repr with an address, no fingerprint
     saved.options["network"] = saved.options["network"][:-1] + " at 0x7f0012345678>"
     saved.fingerprint = {}
     saved.save(path)
-    resumed = make_condenser("dm", ipc=2, iterations=2, **options)
+    resumed = make_condenser("dm", iterations=2, **options)
     with pytest.warns(UserWarning, match="predates the data fingerprint"):
-        resumed.condense(*_data(), resume=path)
+        resumed.condense(*_data(), resume=path, per_class=2)
 
 
 # ------------------------------------------------- 2. a rerun does not overwrite another run
@@ -172,7 +171,8 @@ def test_checkpoint_that_is_a_directory(tmp_path):
 def test_cli_rerun_refuses_before_loading_data(tmp_path, monkeypatch, capsys):
     out = tmp_path / "syn.pt"
     base = ["condense", "--data", "digits", "--method", "dm", "--ipc", "1", "--iterations", "1"]
-    base += ["--width", "4", "--batch-real", "4", "--device", "cpu", "--no-progress"]
+    base += ["--option", 'network_options={"width":4}', "--option", "batch_real=4"]
+    base += ["--device", "cpu", "--no-progress"]
     base += ["--out", str(out)]
     assert main(base) == 0
     capsys.readouterr()
@@ -192,17 +192,18 @@ def test_ipc_larger_than_a_class_is_an_error_unless_allowed(method):
     images, labels = _data(per_class=3)
     opts = _options(method, init="noise")
     with pytest.raises(
-        ValueError, match=r"class 0 has 3 samples, fewer than ipc=4.*allow_small_classes=True"
+        ValueError, match=r"class 0 has 3 samples, fewer than .*allow_small_classes=True"
     ):
-        make_condenser(method, ipc=4, iterations=0, **opts).condense(images, labels)
-    condenser = make_condenser(method, ipc=4, iterations=0, allow_small_classes=True, **opts)
-    syn, syn_labels = condenser.condense(images, labels)
+        make_condenser(method, iterations=0, **opts).condense(images, labels, per_class=4)
+    condenser = make_condenser(method, iterations=0, allow_small_classes=True, **opts)
+    result = condenser.condense(images, labels, per_class=4)
+    syn, syn_labels = result.images, result.labels
     assert syn.shape == (8, 1, 8, 8) and syn_labels.tolist() == [0] * 4 + [1] * 4
     # real init still needs ipc distinct real images
-    with pytest.raises(ValueError, match="init='real' needs ipc=4"):
+    with pytest.raises(ValueError, match="init='real' needs "):
         make_condenser(
-            method, ipc=4, iterations=0, allow_small_classes=True, **(opts | {"init": "real"})
-        ).condense(images, labels)
+            method, iterations=0, allow_small_classes=True, **(opts | {"init": "real"})
+        ).condense(images, labels, per_class=4)
 
 
 # ------------------------------------------------ 4. corrupt checkpoint and memory files
@@ -230,7 +231,7 @@ def test_corrupt_synthetic_set_files(tmp_path):
             load_synthetic(path)
         assert str(path) in str(err.value) and "weights_only" not in str(err.value)
         with pytest.raises(ValueError, match="corrupt or not a replay-lcmat synthetic set"):
-            make_condenser("dm", ipc=2, iterations=1, **TINY).condense(*_data(), resume=path)
+            make_condenser("dm", iterations=1, **TINY).condense(*_data(), resume=path, per_class=2)
     incomplete = tmp_path / "incomplete.pt"
     torch.save({"format": "replay-lcmat/synthetic-set", "version": 1}, incomplete)
     with pytest.raises(CorruptDataError, match=r"incomplete.pt is a corrupt.*missing \['images'"):
@@ -317,14 +318,37 @@ def test_cli_select_creates_a_missing_output_folder(tmp_path):
         (["select", "--method", "uniform", "--per-class", "0"], "--per-class must be an integer"),
         (["select", "--method", "uniform", "--fraction", "1.5"], r"--fraction must be in \(0, 1\]"),
         (["select", "--method", "uniform", "--fraction", "nan"], r"--fraction must be in \(0, 1\]"),
-        (["condense", "--method", "dm", "--ipc", "0", "--iterations", "1"], "ipc .* >= 1"),
+        (
+            ["condense", "--method", "dm", "--per-class", "0", "--iterations", "1"],
+            "per_class .* >= 1",
+        ),
         (["condense", "--method", "dm", "--ipc", "1", "--iterations", "-1"], "iterations"),
         (
-            ["condense", "--method", "dm", "--ipc", "1", "--iterations", "1", "--lr-img", "nan"],
+            [
+                "condense",
+                "--method",
+                "dm",
+                "--ipc",
+                "1",
+                "--iterations",
+                "1",
+                "--option",
+                "lr_img=NaN",
+            ],
             "lr_img must be a finite real number > 0; got nan",
         ),
         (
-            ["condense", "--method", "dm", "--ipc", "1", "--iterations", "1", "--network", "cnn"],
+            [
+                "condense",
+                "--method",
+                "dm",
+                "--ipc",
+                "1",
+                "--iterations",
+                "1",
+                "--option",
+                "network=cnn",
+            ],
             "unknown network 'cnn'",
         ),
     ],
@@ -345,8 +369,6 @@ NAN, INF = math.nan, math.inf
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [
-        ("ipc", 2.5, r"^lcmat-c option ipc must be an int >= 1; got 2\.5 \(float\)"),
-        ("ipc", "2", r"lcmat-c option ipc must be an int >= 1; got '2' \(str\)"),
         ("iterations", -1, r"iterations must be an int >= 0; got -1 \(int\)"),
         ("iterations", 1.0, r"iterations must be an int >= 0; got 1\.0 \(float\)"),
         ("seed", 0.5, r"seed must be an int in \[0, \d+\]; got 0\.5"),
@@ -375,7 +397,7 @@ NAN, INF = math.nan, math.inf
 )
 def test_condenser_options_are_validated_at_construction(option, value, message):
     # every bad option value is a ValueError (a wrong type too): the CLI prints it in one line
-    options = {"ipc": 2, "iterations": 1} | {option: value}
+    options = {"iterations": 1} | {option: value}
     with pytest.raises(ValueError, match=message):
         make_condenser("lcmat-c", **options)
 

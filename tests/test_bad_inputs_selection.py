@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from replay_lcmat import submodular
-from replay_lcmat.buffers import ClassMemory
+from replay_lcmat.memory import ClassMemory
 from replay_lcmat.selection import SELECTORS, LCMatS, lcmat_s, make_selector
 from replay_lcmat.submodular import NotEnoughMemoryError, facility_location_peak_bytes
 from replay_lcmat.training import evaluate, train

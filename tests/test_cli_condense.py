@@ -12,10 +12,10 @@ BASE = [
     "digits",
     "--ipc",
     "2",
-    "--width",
-    "8",
-    "--batch-real",
-    "8",
+    "--option",
+    'network_options={"width": 8}',
+    "--option",
+    "batch_real=8",
     "--device",
     "cpu",
     "--no-progress",
@@ -35,7 +35,7 @@ def _one_thread():
 @pytest.mark.parametrize("method", ["dm", "lcmat-c"])
 def test_condense_writes_a_set_and_resumes_to_the_same_result(method, tmp_path, capsys):
     extra = ["--method", method] + (
-        ["--outer-loop", "1", "--inner-loop", "1"] if method != "dm" else []
+        ["--option", "outer_loop=1", "--option", "inner_loop=1"] if method != "dm" else []
     )
     full, part = tmp_path / "full.pt", tmp_path / "part.pt"
     assert main(BASE + extra + ["--iterations", "3", "--out", str(full)]) == 0
@@ -53,9 +53,11 @@ def test_condense_writes_a_set_and_resumes_to_the_same_result(method, tmp_path, 
 
 
 def test_condense_rejects_options_of_other_methods(tmp_path, capsys):
-    args = BASE + ["--method", "dsa", "--iterations", "1", "--out", str(tmp_path / "x.pt")]
-    assert main(args + ["--rho", "0.1"]) == 1
-    assert "--rho applies to lcmat-c only" in capsys.readouterr().err
+    args = BASE + ["--method", "dm", "--iterations", "1", "--out", str(tmp_path / "x.pt")]
+    assert main(args + ["--option", "rho=0.1"]) == 1
+    assert "unknown option(s) ['rho'] for condenser 'dm'" in capsys.readouterr().err
+    assert main(args + ["--option", "rho"]) == 1
+    assert "--option 'rho' is not KEY=VALUE" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(BASE + ["--method", "nope", "--iterations", "1", "--out", str(tmp_path / "x.pt")])
     assert (
@@ -65,4 +67,4 @@ def test_condense_rejects_options_of_other_methods(tmp_path, capsys):
         )
         == 1
     )
-    assert "ipc" in capsys.readouterr().err
+    assert "per_class must be an int >= 1" in capsys.readouterr().err

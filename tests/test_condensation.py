@@ -120,9 +120,9 @@ def test_lcmat_c_loss_adds_the_variance_gap_of_each_class():
     losses, nets = {}, {}
     for rho in (0.0, 0.3):
         condenser = make_condenser(
-            "lcmat-c", ipc=3, iterations=1, seed=4, rho=rho, augment=False, **_options("lcmat-c")
+            "lcmat-c", iterations=1, seed=4, rho=rho, augment=False, **_options("lcmat-c")
         )
-        task = condenser._make_task(images, labels)
+        task = condenser._make_task(images, labels, 3)
         syn = condenser._initialise(task)
         net, features, head = task.new_network()
         nets[rho] = (net, features, head)
@@ -141,11 +141,11 @@ def test_lcmat_c_loss_adds_the_variance_gap_of_each_class():
 
 # ------------------------------------------------------------------------- the condensers
 def test_registry():
-    assert available_condensers() == sorted(METHODS)
-    with pytest.raises(ValueError, match="unknown condenser 'nope'.*available.*lcmat-c"):
-        make_condenser("nope", ipc=1, iterations=1)
-    with pytest.raises(TypeError, match="unknown option.*'rhoo'.*accepted"):
-        make_condenser("lcmat-c", ipc=2, iterations=1, rhoo=0.1)
+    assert sorted(available_condensers()) == sorted(METHODS)
+    with pytest.raises(ValueError, match="unknown condenser 'nope'.*Known.*lcmat-c"):
+        make_condenser("nope", iterations=1)
+    with pytest.raises(ValueError, match="unknown option.*'rhoo'.*accepted"):
+        make_condenser("lcmat-c", iterations=1, rhoo=0.1)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -154,14 +154,14 @@ def test_output_shapes_label_balance_and_gradients_reach_pixels(method):
     made = {}
     for iterations in (0, 1):
         condenser = make_condenser(
-            method, ipc=2, iterations=iterations, seed=1, **_options(method, init="real")
+            method, iterations=iterations, seed=1, **_options(method, init="real")
         )
-        made[iterations] = condenser.condense(images, labels)
-    syn, syn_labels = made[1]
+        made[iterations] = condenser.condense(images, labels, per_class=2)
+    syn, syn_labels = made[1].images, made[1].labels
     assert syn.shape == (6, 3, 8, 8) and syn.dtype == images.dtype
     assert syn_labels.dtype == torch.long
     assert syn_labels.tolist() == [2, 2, 5, 5, 7, 7]
-    initial, _ = made[0]
+    initial = made[0].images
     # iterations=0 returns the initialisation: real images of the right class
     for image, label in zip(initial, syn_labels, strict=True):
         assert any(torch.equal(image, real) for real in images[labels == label])
@@ -175,9 +175,8 @@ def test_short_run_lowers_the_matching_loss(method):
     images, labels = _data(classes=(0, 1), per_class=16)
     # lcmat-c's paper lr (0.005) moves too little in a few iterations; the test checks descent
     options = _options(method, init="noise", batch_real=16, lr_img=0.1 if method != "dm" else 1.0)
-    condenser = make_condenser(method, ipc=2, iterations=24, seed=0, **options)
-    condenser.condense(images, labels)
-    losses = torch.tensor(condenser.losses_)
+    condenser = make_condenser(method, iterations=24, seed=0, **options)
+    losses = torch.tensor(condenser.condense(images, labels, per_class=2).losses)
     assert len(losses) == 24 and torch.isfinite(losses).all()
     assert losses[-6:].mean() < 0.9 * losses[:6].mean(), losses
 
@@ -186,9 +185,9 @@ def test_short_run_lowers_the_matching_loss(method):
 def test_same_seed_same_set_other_seed_other_set(method):
     images, labels = _data()
     runs = [
-        make_condenser(method, ipc=2, iterations=2, seed=s, **_options(method)).condense(
-            images, labels
-        )[0]
+        make_condenser(method, iterations=2, seed=s, **_options(method))
+        .condense(images, labels, per_class=2)
+        .images
         for s in (3, 3, 4)
     ]
     assert torch.equal(runs[0], runs[1])
@@ -200,7 +199,7 @@ def test_no_global_rng_side_effects():
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    make_condenser("lcmat-c", ipc=2, iterations=1, **GM_FAST).condense(images, labels)
+    make_condenser("lcmat-c", iterations=1, **GM_FAST).condense(images, labels, per_class=2)
     assert torch.equal(torch.rand(3), expected)
 
 
@@ -208,26 +207,26 @@ def test_callback_reports_each_iteration():
     images, labels = _data()
     seen = []
     condenser = make_condenser(
-        "dm", ipc=2, iterations=3, callback=lambda it, loss: seen.append((it, loss)), **FAST
+        "dm", iterations=3, callback=lambda it, loss: seen.append((it, loss)), **FAST
     )
-    condenser.condense(images, labels)
+    result = condenser.condense(images, labels, per_class=2)
     assert [it for it, _ in seen] == [1, 2, 3]
-    assert [loss for _, loss in seen] == condenser.losses_
+    assert [loss for _, loss in seen] == result.losses
 
 
 @pytest.mark.parametrize("method", ["dsa", "dm"])
 def test_save_load_round_trip(method, tmp_path):
     images, labels = _data()
     path = tmp_path / "syn.pt"
-    condenser = make_condenser(
-        method, ipc=2, iterations=2, seed=7, checkpoint=path, **_options(method)
-    )
-    syn, syn_labels = condenser.condense(images, labels)
+    condenser = make_condenser(method, iterations=2, seed=7, checkpoint=path, **_options(method))
+    result = condenser.condense(images, labels, per_class=2)
+    syn, syn_labels = result.images, result.labels
     saved = load_synthetic(path)
     assert torch.equal(saved.images, syn) and torch.equal(saved.labels, syn_labels)
     assert saved.method == method and saved.seed == 7 and saved.iteration == 2
-    assert saved.options["ipc"] == 2 and saved.options["batch_real"] == 8
-    assert saved.state["losses"] == condenser.losses_
+    assert saved.options["per_class"] == 2 and saved.options["batch_real"] == 8
+    assert saved.state["losses"] == result.losses
+    assert saved.options == result.options and saved.options["per_class"] == 2
 
 
 class _Interrupt(Exception):
@@ -238,8 +237,9 @@ class _Interrupt(Exception):
 def test_resumed_run_equals_uninterrupted_run(method, tmp_path):
     images, labels = _data()
     opts = _options(method, checkpoint_every=1)
-    full = make_condenser(method, ipc=2, iterations=4, seed=5, **opts)
-    expected, _ = full.condense(images, labels)
+    full = make_condenser(method, iterations=4, seed=5, **opts)
+    full_result = full.condense(images, labels, per_class=2)
+    expected = full_result.images
 
     def stop_at_three(iteration, loss):
         if iteration == 3:
@@ -247,91 +247,105 @@ def test_resumed_run_equals_uninterrupted_run(method, tmp_path):
 
     path = tmp_path / "run.pt"
     interrupted = make_condenser(
-        method, ipc=2, iterations=4, seed=5, checkpoint=path, callback=stop_at_three, **opts
+        method, iterations=4, seed=5, checkpoint=path, callback=stop_at_three, **opts
     )
     with pytest.raises(_Interrupt):
-        interrupted.condense(images, labels)
+        interrupted.condense(images, labels, per_class=2)
     # the iteration-3 callback raised after its checkpoint was due; file holds 3 or fewer
     assert load_synthetic(path).iteration <= 3
-    resumed = make_condenser(method, ipc=2, iterations=4, seed=5, checkpoint=path, **opts)
-    got, _ = resumed.condense(images, labels, resume=path)
-    assert torch.equal(got, expected)
-    assert resumed.losses_ == full.losses_
+    resumed = make_condenser(method, iterations=4, seed=5, checkpoint=path, **opts)
+    resumed_result = resumed.condense(images, labels, resume=path, per_class=2)
+    assert torch.equal(resumed_result.images, expected)
+    assert resumed_result.losses == full_result.losses
     assert load_synthetic(path).iteration == 4
 
     # extending a finished run: 2 iterations, then resume to 4 == 4 at once
     short = tmp_path / "short.pt"
-    make_condenser(method, ipc=2, iterations=2, seed=5, checkpoint=short, **opts).condense(
-        images, labels
+    make_condenser(method, iterations=2, seed=5, checkpoint=short, **opts).condense(
+        images, labels, per_class=2
     )
-    extended = make_condenser(method, ipc=2, iterations=4, seed=5, **opts)
-    assert torch.equal(extended.condense(images, labels, resume=short)[0], expected)
+    extended = make_condenser(method, iterations=4, seed=5, **opts)
+    assert torch.equal(
+        extended.condense(images, labels, resume=short, per_class=2).images, expected
+    )
 
 
 def test_resume_refuses_a_different_run(tmp_path):
     images, labels = _data()
     path = tmp_path / "run.pt"
-    make_condenser("dsa", ipc=2, iterations=1, seed=0, checkpoint=path, **GM_FAST).condense(
-        images, labels
+    make_condenser("dsa", iterations=1, seed=0, checkpoint=path, **GM_FAST).condense(
+        images, labels, per_class=2
     )
     with pytest.raises(ValueError, match="seed"):
-        make_condenser("dsa", ipc=2, iterations=2, seed=1, **GM_FAST).condense(
-            images, labels, resume=path
+        make_condenser("dsa", iterations=2, seed=1, **GM_FAST).condense(
+            images, labels, resume=path, per_class=2
         )
     with pytest.raises(ValueError, match="lr_img"):
-        make_condenser("dsa", ipc=2, iterations=2, lr_img=0.5, **GM_FAST).condense(
-            images, labels, resume=path
+        make_condenser("dsa", iterations=2, lr_img=0.5, **GM_FAST).condense(
+            images, labels, resume=path, per_class=2
         )
     with pytest.raises(ValueError, match="iterations >= 1"):
-        make_condenser("dsa", ipc=2, iterations=0, **GM_FAST).condense(images, labels, resume=path)
+        make_condenser("dsa", iterations=0, **GM_FAST).condense(
+            images, labels, resume=path, per_class=2
+        )
     with pytest.raises(FileNotFoundError, match="no synthetic set"):
         load_synthetic(tmp_path / "missing.pt")
 
 
 # -------------------------------------------------------------------------------- bad input
-@pytest.mark.parametrize("ipc", [0, -3, 1.5])
-def test_ipc_must_be_a_positive_integer(ipc):
-    with pytest.raises(ValueError, match="ipc"):
-        make_condenser("dsa", ipc=ipc, iterations=1)
+@pytest.mark.parametrize("per_class", [0, -3, 1.5])
+def test_per_class_must_be_a_positive_integer(per_class):
+    images, labels = _data()
+    with pytest.raises(ValueError, match="per_class must be an int >= 1"):
+        make_condenser("dsa", iterations=1, **GM_FAST).condense(images, labels, per_class=per_class)
+
+
+def test_the_old_ipc_option_is_refused_with_its_new_place():
+    with pytest.raises(ValueError, match="unknown option.*'ipc'"):
+        make_condenser("dsa", iterations=1, ipc=2)
 
 
 def test_lcmat_c_needs_two_images_per_class():
-    with pytest.raises(ValueError, match="ipc >= 2.*rho=0"):
-        make_condenser("lcmat-c", ipc=1, iterations=1)
-    make_condenser("lcmat-c", ipc=1, iterations=1, rho=0.0)  # plain matching is fine
+    images, labels = _data()
+    with pytest.raises(ValueError, match="per_class >= 2.*rho=0"):
+        make_condenser("lcmat-c", iterations=1, **GM_FAST).condense(images, labels, per_class=1)
+    # plain matching is fine
+    make_condenser("lcmat-c", iterations=0, rho=0.0, **GM_FAST).condense(
+        images, labels, per_class=1
+    )
     images, labels = _data(per_class=1)
     with pytest.raises(ValueError, match="class 0 has 1 samples.*at least 2"):
-        make_condenser("lcmat-c", ipc=2, iterations=1, **GM_FAST).condense(images, labels)
+        make_condenser("lcmat-c", iterations=1, **GM_FAST).condense(images, labels, per_class=2)
 
 
 def test_ipc_larger_than_a_class_with_real_init():
     images, labels = _data(per_class=4)
-    with pytest.raises(ValueError, match="class 0 has 4 samples.*ipc=5.*init='noise'"):
-        make_condenser("dm", ipc=5, iterations=1, **FAST).condense(images, labels)
+    with pytest.raises(ValueError, match="class 0 has 4 samples.*.*init='noise'"):
+        make_condenser("dm", iterations=1, **FAST).condense(images, labels, per_class=5)
 
 
 def test_bad_images_and_labels():
     images, labels = _data()
-    condenser = make_condenser("dm", ipc=2, iterations=1, **FAST)
+    condenser = make_condenser("dm", iterations=1, **FAST)
     with pytest.raises(ValueError, match="4-D"):
-        condenser.condense(images.flatten(1), labels)
+        condenser.condense(images.flatten(1), labels, per_class=2)
     with pytest.raises(TypeError, match="float"):
-        condenser.condense(images.to(torch.uint8), labels)
+        condenser.condense(images.to(torch.uint8), labels, per_class=2)
     with pytest.raises(ValueError, match="one label per image"):
-        condenser.condense(images, labels[:-1])
+        condenser.condense(images, labels[:-1], per_class=2)
     with pytest.raises(ValueError, match="empty"):
-        condenser.condense(images[:0], labels[:0])
+        condenser.condense(images[:0], labels[:0], per_class=2)
     bad = images.clone()
     bad[3, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
-        condenser.condense(bad, labels)
+        condenser.condense(bad, labels, per_class=2)
 
 
 def test_a_requested_class_with_no_samples():
     images, labels = _data(classes=(0, 1, 2))
-    condenser = make_condenser("dsa", ipc=2, iterations=1, classes=[0, 1, 5], **GM_FAST)
+    condenser = make_condenser("dsa", iterations=1, classes=[0, 1, 5], **GM_FAST)
     with pytest.raises(ValueError, match="class 5 has no samples"):
-        condenser.condense(images, labels)
+        condenser.condense(images, labels, per_class=2)
 
 
 class _NaNAfterFirst:
@@ -355,14 +369,13 @@ def test_nan_during_optimisation_stops_and_keeps_last_checkpoint(method, tmp_pat
     path = tmp_path / "syn.pt"
     condenser = make_condenser(
         method,
-        ipc=2,
         iterations=5,
         checkpoint=path,
         checkpoint_every=1,
         **_options(method, network=_NaNAfterFirst()),
     )
     with pytest.raises(FloatingPointError, match=r"iteration 2\b.*iteration 1\) is kept"):
-        condenser.condense(images, labels)
+        condenser.condense(images, labels, per_class=2)
     kept = load_synthetic(path)
     assert kept.iteration == 1 and torch.isfinite(kept.images).all()
 

@@ -11,7 +11,6 @@ import torch
 from torch import nn
 from torch.func import grad, hessian, vmap
 
-from replay_lcmat.buffers import ClassMemory
 from replay_lcmat.cli import main
 from replay_lcmat.condensation.storage import SyntheticSet
 from replay_lcmat.curvature import (
@@ -39,6 +38,7 @@ from replay_lcmat.diagnostics import (
     plot_memory_grid,
     write_bound_csv,
 )
+from replay_lcmat.memory import ClassMemory
 from replay_lcmat.models import ConvNet
 from replay_lcmat.seeding import make_generator
 
@@ -404,7 +404,7 @@ def test_inspect_cli_errors_name_the_fix(tmp_path, capsys):
     assert main(["inspect", "grid", "--selection", missing, "--out", out]) == 1
     assert "replay-lcmat select" in capsys.readouterr().err
     assert main(["inspect", "bounds", *MODEL, "--methods", "nope", "--fraction", "0.1", "--out", out]) == 1  # fmt: skip
-    assert "unknown method 'nope'" in capsys.readouterr().err
+    assert "unknown selection method 'nope'" in capsys.readouterr().err
     assert main(["inspect", "bounds", *MODEL, "--methods", "uniform", "--out", out]) == 1
     assert "needs a budget" in capsys.readouterr().err
     assert main(["inspect", "grid", "--memory", missing, "--out", out]) == 1

@@ -164,8 +164,8 @@ def _digits_bn_model():
 
 
 def test_build_memory_takes_a_model_and_its_stats():
-    from replay_lcmat.buffers import build_memory
     from replay_lcmat.data import load_digits
+    from replay_lcmat.memory import build_memory
 
     train, _ = load_digits()
     x, y = train.normalized()[:300], train.labels[:300]
@@ -187,8 +187,9 @@ def test_build_memory_takes_a_model_and_its_stats():
 
 def test_memory_only_run_extracts_once_per_stats_mode(monkeypatch):
     import replay_lcmat.selection as selection
-    from replay_lcmat.continual import TrainConfig, memory_only_run
+    from replay_lcmat.continual import memory_only_run
     from replay_lcmat.data import load_digits
+    from replay_lcmat.training import TrainConfig
 
     calls = []
     real = selection.extract_outputs

@@ -17,12 +17,14 @@ from avalanche.training.plugins import EvaluationPlugin, SupervisedPlugin  # noq
 from avalanche.training.storage_policy import ParametricBuffer  # noqa: E402
 from avalanche.training.supervised import Naive  # noqa: E402
 
-from replay_lcmat.buffers import derive_seed  # noqa: E402
 from replay_lcmat.condensation import DSA  # noqa: E402
-from replay_lcmat.continual import TrainConfig, memory_only_run  # noqa: E402
+from replay_lcmat.continual import memory_only_run  # noqa: E402
 from replay_lcmat.data import ImageData  # noqa: E402
 from replay_lcmat.models import MLP  # noqa: E402
-from replay_lcmat.seeding import seeded  # noqa: E402
+from replay_lcmat.seeding import (
+    derive_seed,  # noqa: E402
+    seeded,  # noqa: E402
+)
 from replay_lcmat.selection import lcmat_s  # noqa: E402
 from replay_lcmat.strategies import (  # noqa: E402
     CondensedClassBuffer,
@@ -34,7 +36,10 @@ from replay_lcmat.strategies import (  # noqa: E402
     run_continual,
     tensor_benchmark,
 )
-from replay_lcmat.training import train  # noqa: E402
+from replay_lcmat.training import (
+    TrainConfig,  # noqa: E402
+    train,  # noqa: E402
+)
 
 MEM = 3
 # Tiny settings of the condensation policy: one outer iteration of a one-block ConvNet.
@@ -255,7 +260,7 @@ def test_run_continual_reports_each_experience(bench):
         benchmark,
         policy="craig",
         protocol="replay",
-        mem_per_class=2,
+        per_class=2,
         train_epochs=1,
         model="mlp",
         model_options={"hidden": (16,)},
@@ -268,7 +273,7 @@ def test_run_continual_reports_each_experience(bench):
         benchmark,
         policy="craig",
         protocol="replay",
-        mem_per_class=2,
+        per_class=2,
         train_epochs=1,
         model="mlp",
         model_options={"hidden": (16,)},
@@ -400,7 +405,7 @@ def test_extraction_uses_eval_transforms_and_restores_the_model_mode(bench):
 def test_bad_inputs_name_the_problem(bench):
     with pytest.raises(ValueError, match="unknown memory policy 'nope'.*lcmat-s.*lcmat-c"):
         LCMatReplayPlugin(MEM, "nope")
-    with pytest.raises(ValueError, match="mem_per_class"):
+    with pytest.raises(ValueError, match="per_class"):
         SelectionBuffer(0)
     with pytest.raises(ValueError, match="selection policy"):
         CondensedClassBuffer(MEM, "lcmat-s")
@@ -460,7 +465,7 @@ def test_shrinking_the_memory_keeps_each_class_prefix(bench, policy, options):
     x, y, _ = _memory(plugin)
     plugin.storage_policy.resize(strategy, 4)  # Avalanche semantics: total over 2 classes
     x2, y2, _ = _memory(plugin)
-    assert plugin.storage_policy.max_size == 4 and plugin.mem_per_class == 2
+    assert plugin.storage_policy.max_size == 4 and plugin.per_class == 2
     for c in benchmark.train_stream[0].classes_in_this_experience:
         assert torch.equal(x2[y2 == c], x[y == c][:2])
     with pytest.raises(ValueError, match="cannot hold one"):
@@ -474,12 +479,12 @@ def test_growing_a_condensed_memory_warns_and_reports_what_it_holds(bench):
     strategy.train(benchmark.train_stream[0])
     with pytest.warns(UserWarning, match="keep their 3"):
         plugin.storage_policy.resize(strategy, 10)  # 5 per class for the 2 stored classes
-    assert plugin.mem_per_class == 5
+    assert plugin.per_class == 5
     assert plugin.storage_policy.max_size == len(plugin.storage_policy.buffer) == 2 * MEM
 
 
 def test_selector_strategy_takes_class_batch_statistics(bench):
-    from replay_lcmat.buffers import select_exemplars
+    from replay_lcmat.memory import select_exemplars
     from replay_lcmat.models import ConvNet
     from replay_lcmat.selection import extract_outputs
 

@@ -1,8 +1,9 @@
 """``replay-lcmat demo``: a one-minute class-incremental run, LCMat-S vs uniform replay memory.
 
-Offline, on real data found locally: the shared CIFAR-10 archive beside the checkout when
-present, else scikit-learn's digits. Five experiences; after each, a fresh model is trained on
-the memory only and tested on all classes seen so far (the LCMat paper's protocol, scaled down).
+Offline, on real data found locally: the CIFAR-10 archive named by
+``$REPLAY_LCMAT_CIFAR10_ARCHIVE`` when set, else scikit-learn's digits. Five experiences; after
+each, a fresh model is trained on the memory only and tested on all classes seen so far (the
+LCMat paper's protocol, scaled down).
 On CIFAR the networks are ConvNet-3s of width 16 with BatchNorm; the selection model is trained
 without augmentation and its outputs are taken with the default selection statistics
 (``DEFAULT_STATS``), the settings the committed benchmarks support (README, "What the
@@ -18,11 +19,13 @@ from pathlib import Path
 
 import torch
 
-from replay_lcmat.continual import TrainConfig, memory_only_run, per_class_subset
-from replay_lcmat.data import shared_cifar10_archive
+from replay_lcmat.continual import memory_only_run
+from replay_lcmat.data import per_class_subset, shared_cifar10_archive
+from replay_lcmat.devices import default_device
 from replay_lcmat.diagnostics import MemorySet, plot_memory_grid
-from replay_lcmat.reporting import comparison_text, results_markdown, write_results
+from replay_lcmat.reporting import command_line, comparison_text, results_markdown, write_results
 from replay_lcmat.selection.extract import DEFAULT_STATS, STATS
+from replay_lcmat.training import TrainConfig
 
 
 # ------------------------------------------------------------------------------ the demo
@@ -30,18 +33,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
         help="one-minute class-incremental run: LCMat-S vs uniform replay memory",
-        description="Five experiences of a class-incremental split of local real data (the shared "
-        "CIFAR-10 archive when present, else scikit-learn digits). After each experience a "
-        "memory of --mem-per-class exemplars per new class is built by each policy, a fresh "
-        "model is trained on the memory only and tested on every class seen so far.",
+        description="Five experiences of a class-incremental split of local real data (the "
+        "CIFAR-10 archive named by $REPLAY_LCMAT_CIFAR10_ARCHIVE when set, else scikit-learn "
+        "digits). After each experience a memory of --per-class exemplars per new class "
+        "is built by each policy, a fresh model is trained on the memory only and tested on "
+        "every class seen so far.",
     )
     parser.add_argument(
         "--data",
         default="auto",
-        help="auto (shared CIFAR-10 archive, else digits) | digits | path to an ImageFolder / .tar.gz",
+        help="auto ($REPLAY_LCMAT_CIFAR10_ARCHIVE when set, else digits) | digits | path to an "
+        "ImageFolder / .tar.gz",
     )
     parser.add_argument("--policies", nargs="+", default=["lcmat-s", "uniform"])
-    parser.add_argument("--mem-per-class", type=int, default=10)
+    parser.add_argument("--per-class", "--mem-per-class", dest="per_class", type=int, default=10)
     parser.add_argument(
         "--train-per-class", type=int, default=200, help="training images kept per class"
     )
@@ -63,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="ConvNet normalisation on CIFAR-like data",
     )
     parser.add_argument("--out", default="runs/demo", help="output folder (CSV, table, plot)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=default_device())
     parser.add_argument(
         "--threads",
         type=int,
@@ -106,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     augment = "crop-flip" if size >= 32 else "none"
     print(
         f"demo: {name}, {train.num_classes} classes in 5 experiences, {len(train)} training / "
-        f"{len(test)} test images, memory {args.mem_per_class} per class, policies "
+        f"{len(test)} test images, memory {args.per_class} per class, policies "
         f"{', '.join(args.policies)}, model {model} {options}, {epochs} retraining epochs, "
         f"selection statistics {args.stats}, seeds {args.seeds}"
     )
@@ -118,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
             train,
             test,
             policies=args.policies,
-            per_class=args.mem_per_class,
+            per_class=args.per_class,
             model=model,
             model_options=options,
             n_experiences=5,
@@ -145,11 +150,7 @@ def run(args: argparse.Namespace) -> int:
             "(README, 'What the measurements show')."
         )
         print(verdict)
-    command = "replay-lcmat demo " + " ".join(
-        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-        for k, v in vars(args).items()
-        if k not in ("func", "command", "progress") and v is not None
-    )
+    command = command_line("replay-lcmat demo", _settings_argv(args))
     paths = write_results(
         rows,
         args.out,
@@ -162,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     plot_memory_grid(
         [
             MemorySet.from_class_memory(
-                memories[p, args.mem_per_class],
+                memories[p, args.per_class],
                 name=p,
                 mean=train.mean,
                 std=train.std,
@@ -178,3 +179,15 @@ def run(args: argparse.Namespace) -> int:
         f"({time.perf_counter() - start:.0f} s)"
     )
     return 0
+
+
+def _settings_argv(args: argparse.Namespace) -> list[str]:
+    """Every setting of this run as command-line arguments (defaults included), so the command
+    written into the results reruns it even if a default changes."""
+    argv = []
+    for key, value in vars(args).items():
+        if key in ("func", "command", "progress") or value is None:
+            continue
+        argv.append(f"--{key.replace('_', '-')}")
+        argv += [str(v) for v in value] if isinstance(value, list) else [str(value)]
+    return argv

@@ -15,6 +15,7 @@ from replay_lcmat.cli.common import (
     check_output_path,
     selection_model_outputs,
 )
+from replay_lcmat.devices import default_device
 
 PICTURES = ("grid", "bounds", "contours", "spectrum")
 
@@ -64,7 +65,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser)
     add_selection_model_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="seeds θ, selections, directions")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=default_device())
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -284,11 +285,7 @@ def _check_subset_arguments(args: argparse.Namespace, required: bool) -> list:
     selectors = []
     for spec in args.methods:
         name, options = parse_policy(spec)
-        if name not in SELECTORS:
-            raise ValueError(
-                f"unknown method {name!r} in {spec!r}; known methods: {', '.join(SELECTORS)}."
-            )
-        if SELECTORS[name].takes_seed:
+        if SELECTORS.entry(name).accepts("seed"):
             options.setdefault("seed", args.seed)
         selectors.append((spec, make_selector(name, **options)))
     for path in args.selection:

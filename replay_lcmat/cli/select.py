@@ -7,8 +7,7 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
+from replay_lcmat import distributed
 from replay_lcmat.cli.common import (
     add_data_arguments,
     add_selection_model_arguments,
@@ -17,6 +16,7 @@ from replay_lcmat.cli.common import (
     selection_model_outputs,
 )
 from replay_lcmat.data import load_dataset
+from replay_lcmat.devices import default_device
 from replay_lcmat.selection import (
     SELECTORS,
     make_selector,
@@ -51,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", required=True, help="JSON file for the selection")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=default_device())
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(func=run)
 
@@ -60,10 +60,10 @@ def run(args: argparse.Namespace) -> int:
     check_output_path(args.out)  # before any work: no pretraining for a path we cannot write
     check_budget_arguments(args.per_class, args.fraction)
     options = parse_options(args.option)
-    if SELECTORS[args.method].takes_seed:
+    if SELECTORS.entry(args.method).accepts("seed"):
         options.setdefault("seed", args.seed)
     selector = make_selector(args.method, **options)  # fail on bad options before any training
-    progress = not args.no_progress
+    progress = not args.no_progress and distributed.is_writer()  # one bar under torchrun
     train_data, _ = load_dataset(
         args.data, root=args.data_root, download=args.download, cache_dir=args.cache_dir
     )
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     record = {
         "data": str(args.data),
         "method": args.method,
-        "options": {k: v for k, v in vars(selector).items() if not k.startswith("_")},
+        "options": selector.get_params(),
         "take_all": args.take_all,
         "fraction": args.fraction,
         "per_class": args.per_class,
@@ -114,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
         "by_class": by_class,
         "seconds": {"pretrain_and_extract": pretrain_seconds, "select": select_seconds},
     }
+    if not distributed.is_writer():
+        return 0  # under torchrun every rank holds the result; rank 0 writes it
     Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
     print(
         f"{args.method}: {len(result.indices)} of {len(train_data)} samples "

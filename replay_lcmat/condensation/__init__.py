@@ -4,11 +4,12 @@ Example::
 
     from replay_lcmat.condensation import make_condenser
 
-    condenser = make_condenser("lcmat-c", ipc=10, iterations=1000, device="cuda", seed=0)
-    syn_images, syn_labels = condenser.condense(images, labels)  # normalised [n,C,H,W], int64
+    condenser = make_condenser("lcmat-c", iterations=1000, device="cuda", seed=0)
+    result = condenser.condense(images, labels, per_class=10)  # normalised [n,C,H,W], int64
+    result.images, result.labels, result.losses; result.synthetic.save("syn.pt")
 """
 
-from replay_lcmat.condensation.base import Condenser
+from replay_lcmat.condensation.base import CONDENSERS, CondensationResult, Condenser
 from replay_lcmat.condensation.distribution_matching import DistributionMatchingCondenser
 from replay_lcmat.condensation.dsa import DSA, DSAParams
 from replay_lcmat.condensation.gradient_matching import GradientMatchingCondenser, default_loops
@@ -18,22 +19,19 @@ from replay_lcmat.condensation.objectives import (
     layerwise_distance,
     mean_embedding_loss,
 )
-from replay_lcmat.condensation.registry import (
-    available_condensers,
-    condenser_options,
-    make_condenser,
-)
+from replay_lcmat.condensation.registry import available_condensers, make_condenser
 from replay_lcmat.condensation.storage import SyntheticSet, load_synthetic
 
 __all__ = [
+    "CONDENSERS",
     "DSA",
+    "CondensationResult",
     "Condenser",
     "DSAParams",
     "DistributionMatchingCondenser",
     "GradientMatchingCondenser",
     "SyntheticSet",
     "available_condensers",
-    "condenser_options",
     "default_loops",
     "gradient_variance_gap",
     "head_variance_gap",

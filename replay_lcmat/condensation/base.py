@@ -1,5 +1,5 @@
-"""Shared machinery of the condensers: input checks, initialisation, the outer loop,
-checkpoints, resume and NaN handling. Methods only implement :meth:`Condenser._step`."""
+"""Shared machinery of the condensers: the registry, input checks, initialisation, the outer
+loop, checkpoints, resume and NaN handling. Methods only implement :meth:`Condenser._step`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import re
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from replay_lcmat import distributed
 from replay_lcmat.condensation.dsa import DSA
 from replay_lcmat.condensation.storage import (
     SyntheticSet,
@@ -25,6 +26,7 @@ from replay_lcmat.condensation.storage import (
     load_synthetic,
 )
 from replay_lcmat.models import MODEL_NAMES, make_model, split_head
+from replay_lcmat.registry import Registry, get_params
 from replay_lcmat.seeding import seeded
 from replay_lcmat.validation import (
     check_choice,
@@ -38,8 +40,19 @@ NetworkFactory = Callable[..., nn.Module]
 """Called as ``factory(in_channels=C, num_classes=k, image_size=H)``; returns a model whose last
 module is an ``nn.Linear`` head (see :func:`replay_lcmat.models.split_head`)."""
 
+CONDENSERS = Registry("condenser")
+"""Every condenser by name, with its paper's defaults (registered next to each class)."""
+
 # options that do not change the result: they may differ between a run and its rerun
-_RERUN_DIFFERENCES = {"device", "checkpoint", "checkpoint_every", "allow_small_classes"}
+_RERUN_DIFFERENCES = {
+    "device",
+    "checkpoint",
+    "checkpoint_every",
+    "allow_small_classes",
+    "overwrite",
+    "progress",
+    "callback",
+}
 # ... and between a run and its resumption, which may also run longer
 _RESUMABLE_DIFFERENCES = _RERUN_DIFFERENCES | {"iterations"}
 
@@ -48,8 +61,9 @@ _RESUMABLE_DIFFERENCES = _RERUN_DIFFERENCES | {"iterations"}
 class Task:
     """The data one :meth:`Condenser.condense` call works on.
 
-    Class ``j`` of the synthetic set is original label ``classes[j]``; the matching networks see
-    labels ``0..k-1``. ``by_class[j]`` indexes ``images`` (which may stay on the CPU).
+    Class ``j`` of the synthetic set is original label ``classes[j]`` and holds ``per_class``
+    images (rows ``j * per_class`` to ``(j + 1) * per_class``); the matching networks see labels
+    ``0..k-1``. ``by_class[j]`` indexes ``images`` (which may stay on the CPU).
     ``fingerprint`` is :func:`data_fingerprint` of the images and labels (saved, checked on
     resume).
     """
@@ -57,6 +71,7 @@ class Task:
     images: Tensor
     by_class: list[Tensor]
     classes: Tensor
+    per_class: int
     generator: torch.Generator
     device: torch.device
     network: NetworkFactory
@@ -66,11 +81,15 @@ class Task:
     def num_classes(self) -> int:
         return len(self.by_class)
 
+    def real_indices(self, j: int, size: int) -> Tensor:
+        """Indices into ``images`` of up to ``size`` distinct random real images of class ``j``
+        (one draw from the generator, whether or not the images are then used)."""
+        idx = self.by_class[j]
+        return idx[torch.randperm(len(idx), generator=self.generator)[:size]]
+
     def real_batch(self, j: int, size: int) -> Tensor:
         """Up to ``size`` distinct random real images of class ``j``, on the device."""
-        idx = self.by_class[j]
-        pick = torch.randperm(len(idx), generator=self.generator)[:size]
-        return self.images[idx[pick]].to(self.device)
+        return self.images[self.real_indices(j, size)].to(self.device)
 
     def real_mixed_batch(self, size: int) -> tuple[Tensor, Tensor]:
         """Up to ``size`` random real images of all classes and their labels ``0..k-1``."""
@@ -92,15 +111,37 @@ class Task:
         return net, features, head
 
 
-class Condenser(ABC):
-    """Learns ``ipc`` synthetic images per class; configure here, then call :meth:`condense`.
+@dataclass(frozen=True)
+class CondensationResult:
+    """Output of :meth:`Condenser.condense`.
 
-    Every option is checked here (type, finiteness, range), before any work.
+    Attributes:
+        images: float ``[k * per_class, C, H, W]`` on the condenser's device, sorted by class,
+            ``per_class`` images of each of the ``k`` condensed classes.
+        labels: int64 ``[k * per_class]`` original class labels, aligned with ``images``.
+        losses: the matching loss of every outer iteration run by this call (after a resume:
+            of the whole run).
+        options: the options of the run (plain values, as saved; includes ``per_class``).
+        synthetic: the same set as a :class:`SyntheticSet` (on the CPU, with the resume state
+            and the data fingerprint): ``result.synthetic.save(path)``.
+    """
+
+    images: Tensor
+    labels: Tensor
+    losses: list[float]
+    options: dict[str, Any]
+    synthetic: SyntheticSet
+
+
+class Condenser(ABC):
+    """Learns synthetic images per class; configure here, then call :meth:`condense`.
+
+    Every option is checked here (type, finiteness, range), before any work; the budget is
+    given to :meth:`condense`. Options are keyword arguments of ``__init__``, each stored under
+    its own name (:meth:`get_params`); they are saved with the set and compared on resume.
+    Subclasses are registered with ``@CONDENSERS.register(name, paper=..., defaults=...)``.
 
     Args:
-        ipc: synthetic images per class (>= 1). A class with fewer real images than ``ipc`` is
-            an error (as a selection budget larger than a class is), unless
-            ``allow_small_classes``.
         iterations: outer iterations (a fresh network each); 0 returns the initialisation.
         device: where networks and synthetic images live.
         seed: the only source of randomness (init, batches, networks, augmentation).
@@ -127,8 +168,7 @@ class Condenser(ABC):
     def __init__(
         self,
         *,
-        ipc: int,
-        iterations: int,
+        iterations: int = 1000,
         device: str | torch.device = "cpu",
         seed: int = 0,
         method: str = "condenser",
@@ -150,7 +190,6 @@ class Condenser(ABC):
         if not isinstance(method, str) or not method:
             raise option_error("condenser", "method", "a non-empty name", method)
         owner = method
-        self.ipc = check_number(owner, "ipc", ipc, integer=True, minimum=1)
         self.iterations = check_number(owner, "iterations", iterations, integer=True, minimum=0)
         self.seed = check_seed(owner, seed)
         self.init = check_choice(owner, "init", init, ("noise", "real"))
@@ -197,27 +236,43 @@ class Condenser(ABC):
             )
         self.method = method
         self.device = torch.device(device)
-        self.augment = DSA() if augment is True else (augment or None)
-        if self.augment is not None and not isinstance(self.augment, DSA):
+        if not (isinstance(augment, bool) or isinstance(augment, DSA)):
             raise option_error(owner, "augment", "True, False or a DSA instance", augment)
+        self.augment = augment
         if network_options and not isinstance(network, str):
             raise ValueError("network_options apply to a model name; put them in your factory.")
         self.network, self.network_options = network, dict(network_options or {})
         self.classes = classes
         self.checkpoint, self.callback = checkpoint, callback
-        self.losses_: list[float] = []
+
+    @property
+    def augmentation(self) -> DSA | None:
+        """The DSA transform applied to real and synthetic batches (``None``: none)."""
+        return DSA() if self.augment is True else (self.augment or None)
 
     # ----------------------------------------------------------------- subclass interface
-    def class_batches(self, syn: Tensor, task: Task) -> Iterator[tuple[int, Tensor, Tensor]]:
+    def class_batches(
+        self, syn: Tensor, task: Task, classes: Container[int] | None = None
+    ) -> Iterator[tuple[int, Tensor, Tensor]]:
         """``(j, real, synthetic)`` for every class ``j``: a real batch of ``batch_real`` images
-        and the class's ``ipc`` synthetic images, both under one shared DSA draw (if any)."""
+        and the class's ``per_class`` synthetic images, both under one shared DSA draw (if any).
+
+        With ``classes`` (class positions ``j``, e.g. this rank's share under torch.distributed)
+        only those are yielded, but the random draws of every class are made, so the generator
+        ends where a pass over all classes leaves it."""
         size = (syn.shape[-2], syn.shape[-1])
+        augment, m = self.augmentation, task.per_class
         for j in range(task.num_classes):
+            if classes is not None and j not in classes:
+                task.real_indices(j, self.batch_real)
+                if augment is not None:
+                    augment.sample(size, task.generator)
+                continue
             real = task.real_batch(j, self.batch_real)
-            fake = syn[j * self.ipc : (j + 1) * self.ipc]
-            if self.augment is not None:
-                params = self.augment.sample(size, task.generator)
-                real, fake = self.augment.apply(real, params), self.augment.apply(fake, params)
+            fake = syn[j * m : (j + 1) * m]
+            if augment is not None:
+                params = augment.sample(size, task.generator)
+                real, fake = augment.apply(real, params), augment.apply(fake, params)
             yield j, real, fake
 
     @abstractmethod
@@ -228,24 +283,28 @@ class Condenser(ABC):
     def _min_real_per_class(self) -> int:
         return 1
 
-    def options(self) -> dict[str, Any]:
-        """Plain-value options, saved with the set and compared on resume."""
-        return {
-            "ipc": self.ipc,
-            "iterations": self.iterations,
-            "device": str(self.device),
-            "init": self.init,
-            "lr_img": self.lr_img,
-            "momentum_img": self.momentum_img,
-            "batch_real": self.batch_real,
-            "augment": None if self.augment is None else repr(self.augment),
-            "network": _describe_network(self.network),
-            "network_options": self.network_options,
-            "classes": self.classes,
-            "allow_small_classes": self.allow_small_classes,
-            "checkpoint": None if self.checkpoint is None else str(self.checkpoint),
-            "checkpoint_every": self.checkpoint_every,
+    def check_budget(self, per_class: object) -> int:
+        """``per_class`` as an int, after checking it (an int >= 1, plus the method's own
+        limits); called by :meth:`condense`, and by the CLI before it loads any data.
+
+        Raises:
+            ValueError: a bad budget; the message names the fix.
+        """
+        return int(check_number(self.method, "per_class", per_class, integer=True, minimum=1))
+
+    def get_params(self) -> dict[str, Any]:
+        """The options of ``__init__`` and their values (see :func:`replay_lcmat.registry.get_params`)."""
+        return get_params(self)
+
+    def saved_options(self, per_class: int) -> dict[str, Any]:
+        """:meth:`get_params` as plain values (saved with the set, compared on resume), plus
+        ``per_class``; ``method`` and ``seed`` are saved beside them."""
+        plain = {
+            key: _plain(value)
+            for key, value in self.get_params().items()
+            if key not in ("method", "seed")
         }
+        return {"per_class": per_class} | plain
 
     # ----------------------------------------------------------------------- the verb
     def condense(
@@ -253,32 +312,34 @@ class Condenser(ABC):
         images: Tensor,
         labels: Tensor,
         *,
+        per_class: int,
         resume: str | os.PathLike | SyntheticSet | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """Learn the synthetic set.
+    ) -> CondensationResult:
+        """Learn ``per_class`` synthetic images of every class.
 
         Args:
             images: float ``[n, C, H, W]``, already normalised (any device).
             labels: int64 ``[n]``.
+            per_class: synthetic images per class (>= 1). A class with fewer real images is
+                an error (as a selection budget larger than a class is), unless
+                ``allow_small_classes``.
             resume: a checkpoint (path or :class:`SyntheticSet`) of a run of this condenser
-                with the same seed, options and network, on the same data (checked against
-                its fingerprint); continues from its iteration and gives the same result as an
-                uninterrupted run.
+                with the same seed, options, budget and network, on the same data (checked
+                against its fingerprint); continues from its iteration and gives the same
+                result as an uninterrupted run.
 
         Returns:
-            ``(syn_images [k*ipc, C, H, W] on the device, syn_labels [k*ipc])``, sorted by
-            class, ``ipc`` images of each of the ``k`` condensed classes. Also stored as
-            ``self.synthetic_`` (a :class:`SyntheticSet`); per-iteration losses in
-            ``self.losses_``.
+            :class:`CondensationResult`.
         """
+        per_class = self.check_budget(per_class)
         _check_inputs(images, labels)
-        task = self._make_task(images, labels)
-        self.check_checkpoint(resume, fingerprint=task.fingerprint)
+        task = self._make_task(images, labels, per_class)
+        self.check_checkpoint(resume, fingerprint=task.fingerprint, per_class=per_class)
         syn = self._initialise(task).requires_grad_(True)
         optimizer = torch.optim.SGD([syn], lr=self.lr_img, momentum=self.momentum_img)
-        start, self.losses_ = 0, []
+        start, losses = 0, []
         if resume is not None:
-            start = self._restore(resume, syn, optimizer, task)
+            start, losses = self._restore(resume, syn, optimizer, task)
 
         bar = tqdm(
             total=self.iterations, initial=start, desc=self.method, disable=not self.progress
@@ -302,21 +363,28 @@ class Condenser(ABC):
                         f"non-finite at iteration {it + 1}; {kept}. Lower lr_img or check the "
                         "input images for extreme values."
                     )
-                self.losses_.append(loss)
+                losses.append(loss)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4g}")
                 if self.callback is not None:
                     self.callback(it + 1, loss)
                 done = it + 1 == self.iterations
-                if self.checkpoint is not None and ((it + 1) % self.checkpoint_every == 0 or done):
-                    self._snapshot(syn, optimizer, task, it + 1).save(self.checkpoint)
+                due = (it + 1) % self.checkpoint_every == 0 or done
+                if self.checkpoint is not None and due and distributed.is_writer():
+                    self._snapshot(syn, optimizer, task, it + 1, losses).save(self.checkpoint)
                     last_saved = it + 1
         finally:
             bar.close()
-        self.synthetic_ = self._snapshot(syn, optimizer, task, max(start, self.iterations))
-        if self.checkpoint is not None and self.iterations == start:
-            self.synthetic_.save(self.checkpoint)
-        return syn.detach().clone(), self.synthetic_.labels.to(self.device)
+        synthetic = self._snapshot(syn, optimizer, task, max(start, self.iterations), losses)
+        if self.checkpoint is not None and self.iterations == start and distributed.is_writer():
+            synthetic.save(self.checkpoint)
+        return CondensationResult(
+            images=syn.detach().clone(),
+            labels=synthetic.labels.to(self.device),
+            losses=list(losses),
+            options=synthetic.options,
+            synthetic=synthetic,
+        )
 
     # ------------------------------------------------------------------------ helpers
     def _network_factory(self) -> NetworkFactory:
@@ -329,7 +397,7 @@ class Condenser(ABC):
 
         return build
 
-    def _make_task(self, images: Tensor, labels: Tensor) -> Task:
+    def _make_task(self, images: Tensor, labels: Tensor, per_class: int) -> Task:
         present = torch.unique(labels.cpu()).tolist()
         classes = present if self.classes is None else self.classes
         labels_cpu = labels.cpu()
@@ -348,24 +416,26 @@ class Condenser(ABC):
                     "real images per class (an unbiased variance of its real gradients); pass "
                     "rho=0 or provide more images of that class."
                 )
-            if len(idx) < self.ipc and self.init == "real":
+            if len(idx) < per_class and self.init == "real":
                 raise ValueError(
-                    f"class {c} has {len(idx)} samples but init='real' needs ipc={self.ipc} "
-                    f"distinct real images; lower ipc to at most {len(idx)}, use init='noise' "
+                    f"class {c} has {len(idx)} samples but init='real' needs per_class={per_class} "
+                    f"distinct real images; lower per_class to at most {len(idx)}, use init='noise' "
                     "with allow_small_classes=True, or provide more images of that class."
                 )
-            if len(idx) < self.ipc and not self.allow_small_classes:
+            if len(idx) < per_class and not self.allow_small_classes:
                 raise ValueError(
-                    f"class {c} has {len(idx)} samples, fewer than ipc={self.ipc}: the synthetic "
-                    "set would hold more images of it than the data does. Lower ipc to at most "
+                    f"class {c} has {len(idx)} samples, fewer than per_class={per_class}: the "
+                    "synthetic set would hold more images of it than the data does. Lower per_class "
+                    "to at most "
                     f"{len(idx)}, or pass allow_small_classes=True (CLI: --allow-small-classes) "
-                    f"to learn {self.ipc} images from {len(idx)} anyway."
+                    f"to learn {per_class} images from {len(idx)} anyway."
                 )
             by_class.append(idx)
         return Task(
             images=images,
             by_class=by_class,
             classes=torch.tensor(classes, dtype=torch.long),
+            per_class=per_class,
             generator=torch.Generator().manual_seed(self.seed),
             device=self.device,
             network=self._network_factory(),
@@ -375,25 +445,30 @@ class Condenser(ABC):
     def _initialise(self, task: Task) -> Tensor:
         _, channels, height, width = task.images.shape
         if self.init == "noise":
-            shape = (task.num_classes * self.ipc, channels, height, width)
+            shape = (task.num_classes * task.per_class, channels, height, width)
             syn = torch.randn(shape, generator=task.generator, dtype=task.images.dtype)
             return syn.to(self.device)
-        return torch.cat([task.real_batch(j, self.ipc) for j in range(task.num_classes)])
+        return torch.cat([task.real_batch(j, task.per_class) for j in range(task.num_classes)])
 
     def _snapshot(
-        self, syn: Tensor, optimizer: torch.optim.Optimizer, task: Task, iteration: int
+        self,
+        syn: Tensor,
+        optimizer: torch.optim.Optimizer,
+        task: Task,
+        iteration: int,
+        losses: list[float],
     ) -> SyntheticSet:
         return SyntheticSet(
             images=syn.detach().cpu().clone(),
-            labels=task.classes.repeat_interleave(self.ipc),
+            labels=task.classes.repeat_interleave(task.per_class),
             method=self.method,
-            options=self.options(),
+            options=self.saved_options(task.per_class),
             seed=self.seed,
             iteration=iteration,
             state={
                 "generator": task.generator.get_state(),
                 "optimizer": optimizer.state_dict(),
-                "losses": list(self.losses_),
+                "losses": list(losses),
             },
             fingerprint=task.fingerprint,
         )
@@ -403,6 +478,7 @@ class Condenser(ABC):
         resume: str | os.PathLike | SyntheticSet | None = None,
         *,
         fingerprint: dict[str, Any] | None = None,
+        per_class: int | None = None,
     ) -> None:
         """Refuse, before any work, to overwrite a ``checkpoint`` file that holds another run.
 
@@ -440,7 +516,7 @@ class Condenser(ABC):
                 f"({err}) To keep it, choose another checkpoint file (CLI: --out); to replace "
                 "it, pass overwrite=True (CLI: --overwrite)."
             ) from None
-        found = self._differences(saved, _RERUN_DIFFERENCES)
+        found = self._differences(saved, _RERUN_DIFFERENCES, per_class)
         if fingerprint is not None and saved.fingerprint:
             found += fingerprint_differences(saved.fingerprint, fingerprint)
         if found:
@@ -458,7 +534,9 @@ class Condenser(ABC):
                 stacklevel=3,
             )
 
-    def _differences(self, saved: SyntheticSet, ignore: set[str]) -> list[str]:
+    def _differences(
+        self, saved: SyntheticSet, ignore: set[str], per_class: int | None
+    ) -> list[str]:
         """``"key: saved X, now Y"`` for method, seed and each option not in ``ignore``."""
         found = [
             f"{key}: saved {old!r}, now {new!r}"
@@ -468,8 +546,14 @@ class Condenser(ABC):
             )
             if old != new
         ]
-        for key, new in self.options().items():
-            old = saved.options.get(key)
+        old_options = dict(saved.options)
+        if "ipc" in old_options and "per_class" not in old_options:  # sets saved before 0.2
+            old_options["per_class"] = old_options.pop("ipc")
+        options = self.saved_options(per_class)
+        if per_class is None:  # options only: the budget is not known yet
+            ignore = ignore | {"per_class"}
+        for key, new in options.items():
+            old = old_options.get(key)
             if key == "network" and isinstance(old, str):
                 old = _without_addresses(old)  # sets saved before the description was stable
             if key not in ignore and old != new:
@@ -482,10 +566,10 @@ class Condenser(ABC):
         syn: Tensor,
         optimizer: torch.optim.Optimizer,
         task: Task,
-    ) -> int:
+    ) -> tuple[int, list[float]]:
         saved = resume if isinstance(resume, SyntheticSet) else load_synthetic(resume)
         source = "the given set" if isinstance(resume, SyntheticSet) else str(resume)
-        found = self._differences(saved, _RESUMABLE_DIFFERENCES)
+        found = self._differences(saved, _RESUMABLE_DIFFERENCES, task.per_class)
         if found:
             raise ValueError(
                 f"cannot resume from {source}: it was made by {saved.method!r} with seed "
@@ -523,7 +607,7 @@ class Condenser(ABC):
                 "new run (overwrite=True, CLI: --overwrite)."
             )
         if saved.images.shape != syn.shape or not torch.equal(
-            saved.labels, task.classes.repeat_interleave(self.ipc)
+            saved.labels, task.classes.repeat_interleave(task.per_class)
         ):
             raise ValueError(
                 f"the checkpoint holds images {tuple(saved.images.shape)} of classes "
@@ -534,18 +618,26 @@ class Condenser(ABC):
             syn.copy_(saved.images.to(syn.device))
         optimizer.load_state_dict(saved.state["optimizer"])
         task.generator.set_state(saved.state["generator"])
-        self.losses_ = list(saved.state["losses"])
-        return saved.iteration
+        return saved.iteration, list(saved.state["losses"])
 
 
 def _without_addresses(text: str) -> str:
     return re.sub(r" at 0x[0-9a-fA-F]+", "", text)
 
 
-def _describe_network(network: str | NetworkFactory) -> str:
-    """The model name, or a description of a factory that is the same in every process (its
-    repr without memory addresses), saved with the set and compared on resume."""
-    return network if isinstance(network, str) else _without_addresses(repr(network))
+def _plain(value: Any) -> Any:
+    """An option as a plain value that ``torch.load(weights_only=True)`` reads back and that is
+    the same in every process: devices and paths as strings, other objects (a network
+    factory, a DSA instance, a callback) as their repr without memory addresses."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, torch.device | os.PathLike):
+        return str(value)
+    return _without_addresses(repr(value))
 
 
 def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:

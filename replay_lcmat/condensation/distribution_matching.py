@@ -3,17 +3,30 @@
 Each iteration draws a fresh, randomly initialised and frozen network; per class, the loss is
 ``||mean embed(real) − mean embed(syn)||²`` on its penultimate features (same DSA transform on
 both sides); the images take one SGD step on the sum over classes. No bi-level loop.
+
+Under ``torch.distributed`` every rank draws the same network and random batches, computes the
+loss of its share of the classes, and the gradients are summed (:mod:`replay_lcmat.distributed`),
+so every rank holds the single-process synthetic set.
 """
 
 from __future__ import annotations
 
+from collections.abc import Container
+
 import torch
 from torch import Tensor
 
-from replay_lcmat.condensation.base import Condenser, Task
+from replay_lcmat import distributed
+from replay_lcmat.condensation.base import CONDENSERS, Condenser, Task
 from replay_lcmat.condensation.objectives import mean_embedding_loss
 
 
+@CONDENSERS.register(
+    "dm",
+    paper="Zhao & Bilen 2023, Dataset Condensation with Distribution Matching",
+    summary="Matching of mean embeddings under randomly initialised networks",
+    defaults={"iterations": 20000, "augment": True, "init": "real", "lr_img": 1.0},
+)
 class DistributionMatchingCondenser(Condenser):
     """DM; all options are :class:`Condenser`'s."""
 
@@ -21,16 +34,29 @@ class DistributionMatchingCondenser(Condenser):
         net, features, _ = task.new_network()
         net.train()
         net.requires_grad_(False)
-        loss = self.matching_loss(syn, task, features)
-        optimizer.zero_grad()
-        loss.backward()
+        # under torch.distributed each rank matches its share of the classes (same network,
+        # same random draws); the summed gradient gives every rank the same step
+        mine = set(distributed.shard(range(task.num_classes)))
+        with distributed.phase(f"{self.method} distribution matching"):
+            loss = self.matching_loss(syn, task, features, classes=mine)
+            optimizer.zero_grad()
+            if loss.requires_grad:  # False on a rank without classes
+                loss.backward()
+        total = distributed.sum_gradient_(syn, loss)
         optimizer.step()
-        return loss.item()
+        return total
 
-    def matching_loss(self, syn: Tensor, task: Task, features: torch.nn.Module) -> Tensor:
-        """Sum over classes of the mean-embedding gap; differentiable in ``syn``."""
+    def matching_loss(
+        self,
+        syn: Tensor,
+        task: Task,
+        features: torch.nn.Module,
+        classes: Container[int] | None = None,
+    ) -> Tensor:
+        """Sum over classes (or those positions in ``classes``) of the mean-embedding gap;
+        differentiable in ``syn``."""
         loss = syn.new_zeros(())
-        for _, real, fake in self.class_batches(syn, task):
+        for _, real, fake in self.class_batches(syn, task, classes):
             with torch.no_grad():
                 real_embedding = features(real)
             loss = loss + mean_embedding_loss(real_embedding, features(fake))

@@ -1,4 +1,4 @@
-"""Class subsetting and seeded class orders for class-incremental splits."""
+"""Class subsetting, per-class subsamples and seeded class orders for class-incremental splits."""
 
 from __future__ import annotations
 
@@ -58,3 +58,15 @@ def select_classes(data: ImageData, classes: Sequence[int], *, relabel: bool = F
         labels = mapping[labels]
         names = tuple(data.classes[c] for c in wanted)
     return ImageData(images, labels, names, data.mean, data.std)
+
+
+def per_class_subset(data: ImageData, n: int | None, seed: int) -> ImageData:
+    """At most ``n`` random samples of every class (all when ``n`` is None), index order kept."""
+    if n is None:
+        return data
+    gen = torch.Generator().manual_seed(int(seed))
+    keep = []
+    for c in range(data.num_classes):
+        idx = data.class_indices(c)
+        keep.append(idx[torch.randperm(len(idx), generator=gen)[:n]])
+    return data.subset(torch.cat(keep).sort().values)

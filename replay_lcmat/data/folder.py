@@ -67,16 +67,34 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "replay-lcmat"
 
 
-def shared_cifar10_archive() -> Path | None:
-    """The CIFAR-10 JPEG archive of this project's build machines, if present.
+CIFAR10_ARCHIVE_VARIABLE = "REPLAY_LCMAT_CIFAR10_ARCHIVE"
 
-    ``$REPLAY_LCMAT_CIFAR10_ARCHIVE`` when set, else ``../shared/data/cifar10-jpeg.tar.gz``
-    relative to a source checkout's root (where the demo, benchmarks and tests look for it).
+
+def shared_cifar10_archive() -> Path | None:
+    """The local CIFAR-10 JPEG archive named by ``$REPLAY_LCMAT_CIFAR10_ARCHIVE``, if set.
+
+    This variable is the one setting through which the demo (``--data auto``), the benchmarks'
+    CIFAR-10 presets and the tests find the archive (an ImageFolder ``.tar.gz``, see
+    :func:`load_image_folder`); nothing else is searched (the tests' ``conftest.py`` sets it to
+    the project's build-machine copy when unset; README, "Data").
+
+    Returns:
+        The path, or None when the variable is unset or empty.
+
+    Raises:
+        FileNotFoundError: the variable is set but names no file (the message says which
+            variable to fix).
     """
-    env = os.environ.get("REPLAY_LCMAT_CIFAR10_ARCHIVE")
-    checkout = Path(__file__).resolve().parents[2]
-    path = Path(env) if env else checkout.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
-    return path if path.is_file() else None
+    value = os.environ.get(CIFAR10_ARCHIVE_VARIABLE, "").strip()
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"${CIFAR10_ARCHIVE_VARIABLE} is {value!r}, which is not a file. Set it to the path "
+            "of the CIFAR-10 ImageFolder archive (e.g. cifar10-jpeg.tar.gz), or unset it."
+        )
+    return path
 
 
 class _Entry(NamedTuple):

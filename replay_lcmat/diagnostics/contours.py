@@ -125,7 +125,7 @@ def loss_surface(
             (the same for every grid point); ``None``: all samples.
         batch_size: samples per forward pass.
     """
-    from replay_lcmat.buffers import derive_seed
+    from replay_lcmat.seeding import derive_seed
 
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1 or steps % 2 == 0:
         raise ValueError(

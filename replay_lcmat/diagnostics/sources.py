@@ -88,7 +88,7 @@ class MemorySet:
         std: Sequence[float],
         classes: Sequence[str] | None = None,
     ) -> MemorySet:
-        """The exemplars of a :class:`replay_lcmat.buffers.ClassMemory` (normalised with the
+        """The exemplars of a :class:`replay_lcmat.memory.ClassMemory` (normalised with the
         dataset's ``mean``/``std``), classes ascending, each in rank order."""
         images, labels = memory.tensors()
         return cls(name, images, labels, tuple(mean), tuple(std), _names(classes))
@@ -218,9 +218,9 @@ def load_class_memory(
     classes: Sequence[str] | None = None,
     name: str | None = None,
 ) -> MemorySet:
-    """A memory saved with :meth:`replay_lcmat.buffers.ClassMemory.save` (e.g. by an Avalanche
+    """A memory saved with :meth:`replay_lcmat.memory.ClassMemory.save` (e.g. by an Avalanche
     plugin); ``mean``/``std``/``classes`` of its dataset; ``name`` defaults to the file stem."""
-    from replay_lcmat.buffers import ClassMemory
+    from replay_lcmat.memory import ClassMemory
 
     memory = ClassMemory.load(path)
     return MemorySet.from_class_memory(

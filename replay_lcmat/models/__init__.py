@@ -7,12 +7,22 @@ from torch import nn
 
 from replay_lcmat.models.convnet import ConvNet
 from replay_lcmat.models.mlp import MLP
+from replay_lcmat.models.reinit import reinitialize
 from replay_lcmat.models.resnet import ResNet18
 from replay_lcmat.models.split import ModelFeatures, split_head
 
 MODEL_NAMES = ("convnet", "resnet18", "mlp")
 
-__all__ = ["MLP", "MODEL_NAMES", "ConvNet", "ModelFeatures", "ResNet18", "make_model", "split_head"]
+__all__ = [
+    "MLP",
+    "MODEL_NAMES",
+    "ConvNet",
+    "ModelFeatures",
+    "ResNet18",
+    "make_model",
+    "reinitialize",
+    "split_head",
+]
 
 
 def make_model(

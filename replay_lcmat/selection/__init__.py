@@ -7,13 +7,13 @@ result.indices, result.weights
 """
 
 from replay_lcmat.selection.base import SelectionResult, Selector, class_budgets
+from replay_lcmat.selection.distances import lcmat_dissimilarity
 from replay_lcmat.selection.extract import ModelOutputs, extract_outputs, pretrain_selection_model
 from replay_lcmat.selection.facility import (
     AdaCore,
     Craig,
     FacilityLocationSelector,
     LCMatS,
-    lcmat_dissimilarity,
     lcmat_s,
 )
 from replay_lcmat.selection.registry import SELECTORS, available_selectors, make_selector

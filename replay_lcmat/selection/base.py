@@ -1,4 +1,5 @@
-"""What every selector shares: input checks, class budgets, the per-class loop, the result."""
+"""What every selector shares: the registry, input checks, class budgets, the per-class loop,
+the result."""
 
 from __future__ import annotations
 
@@ -6,12 +7,25 @@ import math
 import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor
 
+from replay_lcmat import distributed
+from replay_lcmat.registry import Registry, get_params
+
 Budget = int | Mapping[int, int]
+S = TypeVar("S", bound=type)
+
+SELECTORS = Registry("selection method")
+"""Every selector by name (filled by :func:`registered` in the family modules)."""
+
+
+def registered(cls: S) -> S:
+    """Class decorator: register a :class:`Selector` subclass under its ``name`` and ``paper``."""
+    SELECTORS.register(cls.name, paper=cls.paper)(cls)
+    return cls
 
 
 @dataclass(frozen=True)
@@ -171,14 +185,15 @@ def class_budgets(
 class Selector:
     """Base of every selector: validates, splits by class, calls :meth:`select_class`.
 
-    Subclasses set ``name``, ``paper`` (one line), ``needs`` and ``takes_seed``, and implement
-    :meth:`select_class`. Options are set in ``__init__``; :meth:`select` does the work.
+    Subclasses set ``name``, ``paper`` (one line) and ``needs``, implement :meth:`select_class`,
+    and are registered with :func:`registered`. Options are keyword arguments of ``__init__``,
+    each stored under its own name (:meth:`get_params` reads them back, as scikit-learn does);
+    a selector with randomness takes ``seed``. :meth:`select` does the work.
     """
 
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     needs: ClassVar[tuple[str, ...]] = ()
-    takes_seed: ClassVar[bool] = False  # whether __init__ accepts seed=...
 
     def select(
         self,
@@ -200,12 +215,15 @@ class Selector:
 
         Returns:
             :class:`SelectionResult` (indices on the CPU).
+
+        Under ``torch.distributed`` (:mod:`replay_lcmat.distributed`) call it with the same
+        inputs on every rank: each rank selects its share of the classes and every rank returns
+        the whole result, identical to one process's.
         """
         features, logits, labels = check_inputs(features, logits, labels, self.needs)
         budgets = class_budgets(labels, per_class=per_class, fraction=fraction, take_all=take_all)
-        self.start()
-        indices, weights = [], []
-        for label, budget in budgets.items():
+
+        def one_class(label: int) -> tuple[Tensor, Tensor | None, bool]:
             members = torch.nonzero(labels == label).flatten()
             part = ClassInputs(
                 label=label,
@@ -213,27 +231,48 @@ class Selector:
                 logits=None if logits is None else logits[members],
                 labels=labels[members],
             )
-            picks, w = self.select_class(part, budget)
-            indices.append(members[picks.to(members.device)].cpu())
-            weights.append(w)
+            before = self._generator_states()
+            picks, w = self.select_class(part, budgets[label])
+            after = self._generator_states()
+            drew = len(before) != len(after) or any(
+                not torch.equal(a, b) for a, b in zip(before, after, strict=True)
+            )
+            return members[picks.to(members.device)].cpu(), w, drew
+
+        # Under torch.distributed each rank selects its share of the classes (cost ~ n_c²).
+        # A selector that drew from a generator carried from class to class (uniform, k-center,
+        # stochastic greedy) depends on the classes before, so it reruns every class in order.
+        self.start()
+        sizes = [int((labels == label).sum()) ** 2 for label in budgets]
+        results = distributed.map_classes(
+            one_class, list(budgets), weights=sizes, what=f"{self.name} selection"
+        )
+        if distributed.is_distributed() and any(drew for _, _, drew in results):
+            self.start()
+            results = [one_class(label) for label in budgets]
+        indices = [picks for picks, _, _ in results]
+        weights = [w for _, w, _ in results]
         has_weights = all(w is not None for w in weights)
         return SelectionResult(
             indices=torch.cat(indices),
             weights=torch.cat([w.cpu() for w in weights]) if has_weights else None,
         )
 
-    @property
-    def uses_seed(self) -> bool:
-        """Whether the picks depend on the seed with the current options."""
-        return self.takes_seed
+    def get_params(self) -> dict[str, Any]:
+        """The options of ``__init__`` and their values (see :func:`replay_lcmat.registry.get_params`)."""
+        return get_params(self)
 
     def start(self) -> None:
         """Reset per-call state (e.g. a random generator) before the classes are visited."""
+
+    def _generator_states(self) -> list[Tensor]:
+        """States of the random generators among this selector's attributes (``[]`` if none)."""
+        return [g.get_state() for g in vars(self).values() if isinstance(g, torch.Generator)]
 
     def select_class(self, inputs: ClassInputs, budget: int) -> tuple[Tensor, Tensor | None]:
         """Pick ``budget`` samples of one class: local int64 indices in pick order, weights."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
-        options = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        options = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({options})"

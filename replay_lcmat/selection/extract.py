@@ -10,6 +10,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from replay_lcmat import distributed
+
 # How a selection model's normalisation layers see the data while its outputs are taken.
 STATS = ("running", "class-batch", "class-center")
 # The default of every selection path, chosen from benchmarks/results/coreset_cpu-bn.md and
@@ -126,6 +128,11 @@ def extract_outputs(
     For a model without batch-dependent normalisation (instance norm, GroupNorm, LayerNorm, no
     norm) ``"running"`` and ``"class-batch"`` give identical outputs.
 
+    Under ``torch.distributed`` (:mod:`replay_lcmat.distributed`) every rank calls this with the
+    same model and data: rank 0's weights are broadcast (as DistributedDataParallel does), each
+    rank runs its share of the batches above (whole batches, so each is computed as in one
+    process) and every rank returns the full outputs, in the order of ``data``.
+
     Args:
         model: the selection model.
         data: an :class:`replay_lcmat.data.ImageData` (normalised batch by batch) or a float
@@ -173,31 +180,39 @@ def extract_outputs(
             module.momentum = 0.0  # the copy's running statistics stay those of the model
     else:
         batches = list(torch.arange(n).split(batch_size))
-        net = model
+        # several ranks: a copy, into which rank 0's weights are broadcast
+        net = copy.deepcopy(model.to(device)).eval() if distributed.is_distributed() else model
     was_training = model.training
     if net is model:
         model.to(device).eval()
+    distributed.broadcast_module_(net)  # no-op in one process
+    # under torch.distributed each rank runs its share of the batches (each batch as in one
+    # process); rows of the other ranks stay zero until merge_rows sums them in
+    mine = distributed.shard(batches, [len(idx) for idx in batches])
     feats = logits = None
     try:
-        # verified on (part of) the first batch: a model from elsewhere may not split where it
-        # seems to (inside try: a failed check leaves the caller's model mode as it was)
-        features_of, head = split_head(net, example=batch_of(batches[0][:VERIFY_SAMPLES]))
-        with torch.no_grad():
-            for idx in tqdm(batches, desc="extract", disable=not progress):
-                if class_batch:
-                    # batch statistics; a class of one sample has none, so it falls back to
-                    # the running statistics
-                    for module in batch_norms:
-                        module.train(len(idx) > 1)
-                h = features_of(batch_of(idx)).flatten(1)
-                z = head(h).float().cpu()
-                h = h.float().cpu()
-                if feats is None:
-                    feats = torch.empty(n, h.shape[1])
-                    logits = torch.empty(n, z.shape[1])
-                feats[idx], logits[idx] = h, z
-            if stats == "class-center":
-                logits = class_centered_logits(feats, labels, head, device)
+        with distributed.phase("feature extraction"):
+            # verified on (part of) the first batch: a model from elsewhere may not split where
+            # it seems to (inside try: a failed check leaves the caller's model mode as it was)
+            features_of, head = split_head(net, example=batch_of(batches[0][:VERIFY_SAMPLES]))
+            with torch.no_grad():
+                quiet = not progress or not distributed.is_writer()  # one bar: rank 0
+                for idx in tqdm(mine, desc="extract", disable=quiet):
+                    if class_batch:
+                        # batch statistics; a class of one sample has none, so it falls back
+                        # to the running statistics
+                        for module in batch_norms:
+                            module.train(len(idx) > 1)
+                    h = features_of(batch_of(idx)).flatten(1)
+                    z = head(h).float().cpu()
+                    h = h.float().cpu()
+                    if feats is None:
+                        feats = torch.zeros(n, h.shape[1])
+                        logits = torch.zeros(n, z.shape[1])
+                    feats[idx], logits[idx] = h, z
+        feats, logits = distributed.merge_rows(feats, n), distributed.merge_rows(logits, n)
+        if stats == "class-center":
+            logits = class_centered_logits(feats, labels, head, device)
     finally:
         model.train(was_training)
     return ModelOutputs(feats, logits, labels)

@@ -3,165 +3,50 @@
 Per class, ``s_ij = C - d_ij`` and ``F(S) = sum_i max(0, max_{j in S} s_ij)`` is maximised greedily
 (:mod:`replay_lcmat.submodular`). ``C`` is ``offset``: ``"max"`` takes the largest ``d_ij`` of the
 class (nothing is clipped, picks do not depend on ``C``), a float is used as is.
+
+``d`` is held whole (dense, ``n x n``) or computed row by row when needed (streamed,
+:class:`StreamedSimilarity`, memory ``O(n (c + d + K))``). Every entry comes from exact
+inner products (:func:`exact_split`, :class:`ClassDistances`), a function of its two samples
+only, so both paths pick the same samples with the same gains and weights, bit for bit.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 
 import torch
 from torch import Tensor
 
 from replay_lcmat import submodular
-from replay_lcmat.curvature import (
-    _check_head_inputs,
-    diag_hessian_columns,
-    gram_to_distances,
-    last_layer_diag_hessians,
-    last_layer_grads,
-    softmax_residuals,
-    top_variance_coordinates,
+from replay_lcmat.selection.base import ClassInputs, Selector, registered
+from replay_lcmat.selection.distances import (
+    POINT_BLOCK,
+    STREAM_BLOCK_ROWS,
+    ClassDistances,
+    GradientDistances,
+    PreconditionedDistances,
+    StreamedSimilarity,
+    format_bytes,
+    offset_and_check,
 )
-from replay_lcmat.selection.base import ClassInputs, Selector
 from replay_lcmat.submodular import (
+    FACILITY_PEAK_FACTOR,
     OPTIMIZERS,
     FacilityLocation,
     NotEnoughMemoryError,
     facility_location_peak_bytes,
     maximize,
+    streamed_peak_bytes,
 )
 from replay_lcmat.validation import check_choice, check_flag, check_number, check_seed
 
-# Rows per block when building an [n, n] dissimilarity: the temporaries are a few [BLOCK_ROWS, n]
-# blocks, so the result is the only n x n allocation.
-BLOCK_ROWS = 128
-
-
-def _l1_rows(x: Tensor, x_t: Tensor, start: int, stop: int, out: Tensor, scratch: Tensor) -> Tensor:
-    """``out[i, j] = sum_k |x[start + i, k] - x[start + j, k]|``: rows ``start:stop`` of the L1
-    distances from their diagonal on (columns ``start:``); ``k`` is summed in order, from 0.
-
-    One subtract, abs and add over the block per coordinate (torch has no fused kernel for it).
-    ``x_t`` is ``x.T.contiguous()``; ``out`` and ``scratch`` are ``[stop - start, n - start]``.
-    """
-    out.zero_()
-    columns = x[start:stop].T.unsqueeze(2).unbind(0)  # K views [rows, 1], made in one call
-    rows = x_t[:, None, start:].unbind(0)  # K views [1, n - start]
-    for column, row in zip(columns, rows, strict=True):
-        torch.sub(column, row, out=scratch)
-        out.add_(scratch.abs_())
-    return out
-
-
-def _mirror_rows(out: Tensor, start: int, stop: int) -> None:
-    """Copy the block rows ``start:stop`` above the diagonal into the columns below it.
-
-    The diagonal block is made exactly symmetric from its upper triangle (adding zeros: exact).
-    """
-    square = out[start:stop, start:stop]
-    square.copy_(torch.triu(square).add_(torch.triu(square, 1).T))
-    out[stop:, start:stop] = out[start:stop, stop:].T
-
-
-def l1_distances(x: Tensor, *, block_rows: int = BLOCK_ROWS) -> Tensor:
-    """``||x_i - x_j||_1`` for all pairs, ``[n, n]``; bit-identical to ``torch.cdist(x, x, p=1)``
-    on CPU (on CUDA cdist reduces in another order: equal up to float rounding).
-
-    Exact: like the CPU kernel of ``torch.cdist``, each pair sums ``|x_ik - x_jk|`` over
-    ``k = 0, 1, ...`` in order starting from 0, and ``|a - b| = |b - a|`` in floating point, so
-    only blocks of rows on and above the diagonal are computed and the rest is mirrored (half
-    the work of the full matrix). Temporaries: two ``[block_rows, n]`` blocks.
-
-    Args:
-        x: ``[n, k]``.
-    """
-    n = x.shape[0]
-    out = x.new_empty(n, n)
-    x_t = x.T.contiguous()
-    scratch = x.new_empty(min(block_rows, n) * n)
-    for start in range(0, n, block_rows):
-        stop = min(start + block_rows, n)
-        diff = scratch[: (stop - start) * (n - start)].view(stop - start, n - start)
-        _l1_rows(x, x_t, start, stop, out[start:stop, start:], diff)
-        _mirror_rows(out, start, stop)
-    return out
-
-
-def _size(n_bytes: float) -> str:
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n_bytes >= scale:
-            return f"{n_bytes / scale:.1f} {unit}"
-    return f"{int(n_bytes)} bytes"
-
-
-def lcmat_dissimilarity(
-    features: Tensor,
-    logits: Tensor,
-    labels: Tensor,
-    *,
-    eps: float,
-    k_dims: int,
-    block_rows: int = BLOCK_ROWS,
-) -> Tensor:
-    """``d_ij = ||g_i - g_j||_2 + eps ||lambda_{i,K} - lambda_{j,K}||_1`` of one class, ``[n, n]``.
-
-    ``g`` are last-layer gradients (Gram identity, never built), ``lambda_K`` the ``k_dims``
-    diagonal-Hessian coordinates of largest variance over the class (from moments).
-
-    Built in blocks of ``block_rows`` rows on and above the diagonal, the rest mirrored: about
-    half the arithmetic of the full matrix, exactly symmetric, zero diagonal; the temporaries
-    are a few ``[block_rows, n]`` blocks. Per entry the operations are those of
-    :func:`~replay_lcmat.curvature.pairwise_grad_distances` plus ``eps`` times
-    :func:`l1_distances` (same values up to the rounding of the blocked matrix products).
-    """
-    _check_head_inputs(features, logits)
-    n = features.shape[0]
-    lam = lam_t = scratch = None
-    if eps != 0:  # first: its float64 [n, d] moments are freed before the [n, n] result exists
-        coords = top_variance_coordinates(features, logits, k_dims)
-        lam = diag_hessian_columns(features, logits, coords)
-        lam_t = lam.T.contiguous()
-    e = softmax_residuals(logits, labels)
-    out = features.new_empty(n, n)
-    # Gram g_i . g_j = (e_i . e_j)(h_i . h_j + 1) on and above the diagonal; twice as many rows
-    # per matrix product (closer to its peak), as much temporary memory as the L1 pass below
-    for start in range(0, n, 2 * block_rows):
-        stop = min(start + 2 * block_rows, n)
-        upper = out[start:stop, start:]
-        torch.mm(features[start:stop], features[start:].T, out=upper)
-        upper.add_(1.0).mul_(e[start:stop] @ e[start:].T)
-    sq_norms = out.diagonal().clone()
-    if lam is not None:
-        scratch = features.new_empty(2, min(block_rows, n) * n)
-    for start in range(0, n, block_rows):
-        stop = min(start + block_rows, n)
-        upper = out[start:stop, start:]  # ||g_i - g_j||^2 = G_ii + G_jj - 2 G_ij, clamped at 0
-        upper.mul_(-2.0).add_(sq_norms[start:]).add_(sq_norms[start:stop, None])
-        upper.clamp_(min=0.0).sqrt_()
-        upper[:, : stop - start].fill_diagonal_(0.0)
-        if lam is not None:
-            size = (stop - start) * (n - start)
-            l1, diff = (part[:size].view(stop - start, n - start) for part in scratch)
-            upper.add_(_l1_rows(lam, lam_t, start, stop, l1, diff), alpha=eps)
-        _mirror_rows(out, start, stop)
-    return out
-
-
-def preconditioned_grad_distances(
-    features: Tensor, logits: Tensor, labels: Tensor, *, damping: float
-) -> Tensor:
-    """``||u_i - u_j||_2`` with ``u = g / (lambda + damping)`` (AdaCore), ``[n, n]``.
-
-    The element-wise preconditioning does not factorise, so ``u`` is built: ``[n, c*(d+1)]``.
-    """
-    u = last_layer_grads(features, logits, labels)
-    u.div_(last_layer_diag_hessians(features, logits).add_(damping))
-    return gram_to_distances(u @ u.T)
+SIMILARITIES = ("auto", "dense", "streamed")
 
 
 class FacilityLocationSelector(Selector):
-    """Shared greedy facility-location machinery; subclasses define :meth:`dissimilarity`.
+    """Shared greedy facility-location machinery; subclasses define :meth:`distances`.
 
     Args:
         offset: the constant C of ``s = C - d``: ``"max"`` (largest d of the class) or a float.
@@ -169,10 +54,25 @@ class FacilityLocationSelector(Selector):
         weighted: return ``gamma_j`` (points represented by pick j) as weights; default True
             for Craig / AdaCore, False for LCMat-S.
         stochastic_epsilon: accuracy of stochastic greedy; seed: its random draws.
+        similarity: how the ``[n, n]`` similarity of a class is held. ``"dense"``: built whole
+            (about :func:`~replay_lcmat.submodular.facility_location_peak_bytes`, 1.2 n^2
+            itemsize bytes; refused with :class:`NotEnoughMemoryError` when that does not fit).
+            ``"streamed"``: never built; a row costs ``O(n (c + d + K))`` (AdaCore:
+            ``O(n c d)``) and memory stays ``O(n (c + d + K))`` plus blocks of rows. One pass
+            over all rows makes ``C = "max"``, one more the first gains, then the lazy greedy
+            recomputes single rows (kept in a small cache). The same picks, gains and weights
+            as ``"dense"``, bit for bit. ``"auto"`` (default): dense where its estimate fits in
+            the available memory (it is the faster path at any size that fits), else streamed.
+        partitions: ``p >= 1``. ``1`` (default): the exact greedy above. ``p > 1``: the
+            two-round distributed greedy (GreeDi, Mirzasoleiman et al. 2013), an
+            APPROXIMATION: the class is split into ``p`` parts by position (part ``r`` holds
+            the class's samples ``r, r + p, r + 2p, ...`` in index order), each part picks the
+            class budget greedily on its own samples, then a greedy over the union of those
+            picks (candidates) covering the whole class gives the answer. A ``p`` larger than
+            the class is lowered to the class size with a warning.
     """
 
     needs = ("features", "logits")
-    takes_seed = True  # used by greedy="stochastic" only
     always_weighted = True
 
     def __init__(
@@ -183,6 +83,8 @@ class FacilityLocationSelector(Selector):
         weighted: bool | None = None,
         stochastic_epsilon: float = 0.1,
         seed: int = 0,
+        similarity: str = "auto",
+        partitions: int = 1,
     ) -> None:
         self.offset = check_number(self.name, "offset", offset, words=("max",))
         self.greedy = check_choice(self.name, "greedy", greedy, OPTIMIZERS)
@@ -196,31 +98,47 @@ class FacilityLocationSelector(Selector):
             exclusive_maximum=1,
         )
         self.seed = check_seed(self.name, seed)
+        self.similarity = check_choice(self.name, "similarity", similarity, SIMILARITIES)
+        self.partitions = check_number(self.name, "partitions", partitions, integer=True, minimum=1)
 
-    @property
-    def uses_seed(self) -> bool:
-        return self.greedy == "stochastic"
+    def distances(self, inputs: ClassInputs) -> ClassDistances:
+        """The class's dissimilarity rows (nothing ``n x n`` is built)."""
+        raise NotImplementedError
 
     def dissimilarity(self, inputs: ClassInputs) -> Tensor:
-        """``[n_c, n_c]`` non-negative dissimilarities of the class's samples."""
-        raise NotImplementedError
+        """``[n_c, n_c]`` non-negative dissimilarities of the class's samples (the dense path)."""
+        return self.distances(inputs).dense()
 
     def start(self) -> None:
         self._generator = torch.Generator().manual_seed(self.seed)
 
     def peak_bytes(self, n: int, d: int, c: int, itemsize: int) -> int:
-        """Estimated peak memory of :meth:`select_class` on a class of ``n`` samples."""
+        """Estimated peak memory of the dense path on a class of ``n`` samples."""
         return facility_location_peak_bytes(n, itemsize)
 
-    def check_memory(self, inputs: ClassInputs) -> None:
+    def streamed_peak_bytes(self, n: int, d: int, c: int, itemsize: int) -> int:
+        """Estimated peak memory of the streamed path: ``O(n (c + d + K))``, no ``n^2`` term."""
+        return streamed_peak_bytes(n, self._per_point(d, c), STREAM_BLOCK_ROWS, itemsize)
+
+    def _per_point(self, d: int, c: int) -> int:
+        """Values kept per sample by the streamed path: the inputs, their float64 slices (two
+        values of float32 each), per-sample vectors."""
+        return 3 * (d + c) + 8
+
+    def _shape(self, inputs: ClassInputs) -> tuple[int, int, int, int]:
+        (n, d), c = inputs.features.shape, inputs.logits.shape[1]
+        return n, d, c, inputs.features.element_size()
+
+    def check_memory(self, inputs: ClassInputs, *, streamed_too: bool = False) -> None:
         """Refuse a class whose ``[n, n]`` similarity would not fit, before building it.
 
         Raises:
             NotEnoughMemoryError: the estimated peak (:meth:`peak_bytes`) exceeds the memory
                 available on the inputs' device; nothing is checked when that is unknown.
+                ``streamed_too``: the message also says the streamed path does not fit.
         """
-        (n, d), c = inputs.features.shape, inputs.logits.shape[1]
-        itemsize, device = inputs.features.element_size(), inputs.features.device
+        n, d, c, itemsize = self._shape(inputs)
+        device = inputs.features.device
         needed = self.peak_bytes(n, d, c, itemsize)
         available = submodular.available_memory_bytes(device)
         if available is None or needed <= available:
@@ -236,35 +154,77 @@ class FacilityLocationSelector(Selector):
             f"parts of at most {low} samples" if low > 1 else "smaller parts after freeing memory"
         )
         halve = " float32 inputs would halve the estimate." if itemsize > 4 else ""
+        streamed = format_bytes(self.streamed_peak_bytes(n, d, c, itemsize))
+        remedy = (
+            f" The streamed similarity (about {streamed}) does not fit either."
+            if streamed_too
+            else f' Or pass similarity="streamed": the streamed similarity avoids the n x n '
+            f"matrix (about {streamed} here)."
+        )
         raise NotEnoughMemoryError(
-            f"{self.name} on class {inputs.label} ({n} samples) needs about {_size(needed)} at "
+            f"{self.name} on class {inputs.label} ({n} samples) needs about {format_bytes(needed)} at "
             f"its peak (the {n} x {n} {inputs.features.dtype} similarity and temporaries) "
-            f"but only {_size(available)} is available on {device}. Split the class into "
+            f"but only {format_bytes(available)} is available on {device}. Split the class into "
             f"{split} and select from each with a share of the budget (e.g. several calls with "
-            "the same fraction on disjoint parts), or use the streamed similarity once "
-            f"available, which avoids the n x n matrix.{halve}"
+            f"the same fraction on disjoint parts), or use partitions=p.{remedy}{halve}"
         )
 
+    def _streamed_fits(self, inputs: ClassInputs) -> bool:
+        available = submodular.available_memory_bytes(inputs.features.device)
+        return available is None or self.streamed_peak_bytes(*self._shape(inputs)) <= available
+
+    def path(self, inputs: ClassInputs) -> str:
+        """``"dense"`` or ``"streamed"``: what :meth:`select_class` runs on this class.
+
+        Raises:
+            NotEnoughMemoryError: the chosen path (``"auto"``: both) does not fit.
+        """
+        if self.similarity == "dense":
+            self.check_memory(inputs)
+            return "dense"
+        if self.similarity == "auto":
+            n, d, c, itemsize = self._shape(inputs)
+            available = submodular.available_memory_bytes(inputs.features.device)
+            if available is None or self.peak_bytes(n, d, c, itemsize) <= available:
+                return "dense"
+            if not self._streamed_fits(inputs):
+                self.check_memory(inputs, streamed_too=True)
+            return "streamed"
+        if not self._streamed_fits(inputs):
+            n, d, c, itemsize = self._shape(inputs)
+            available = submodular.available_memory_bytes(inputs.features.device)
+            raise NotEnoughMemoryError(
+                f"{self.name} on class {inputs.label} ({n} samples): the streamed similarity "
+                f"needs about {format_bytes(self.streamed_peak_bytes(n, d, c, itemsize))} (inputs and "
+                f"blocks of rows) but only {format_bytes(available)} is available on "
+                f"{inputs.features.device}. Split the class into parts, or free memory."
+            )
+        return "streamed"
+
     def select_class(self, inputs: ClassInputs, budget: int) -> tuple[Tensor, Tensor | None]:
-        self.check_memory(inputs)
+        if self.partitions > 1:
+            return self._select_partitioned(inputs, budget)
+        return self._select_exact(inputs, budget, self.weighted)
+
+    def _select_exact(
+        self, inputs: ClassInputs, budget: int, weighted: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        if self.path(inputs) == "streamed":
+            source = StreamedSimilarity(
+                self.distances(inputs), self.offset, owner=(self.name, inputs.label)
+            )
+            return self._greedy(FacilityLocation(source), budget, weighted)
         sim = self.dissimilarity(inputs)
         # One pass that C = "max" needs anyway doubles as the finiteness check of the matrix
-        # (min and max propagate NaN): no n x n mask. The inputs were checked finite already,
-        # so a non-finite d can only be an overflow.
+        # (min and max propagate NaN): no n x n mask.
         low, high = torch.aminmax(sim)
-        c = high if self.offset == "max" else sim.new_tensor(float(self.offset))
-        extreme = max(abs(float(c - low)), abs(float(c - high)))
-        if not (math.isfinite(float(low)) and math.isfinite(float(high))) or (
-            len(sim) * extreme >= torch.finfo(sim.dtype).max
-        ):
-            raise ValueError(
-                f"{self.name} on class {inputs.label}: the {sim.dtype} dissimilarities "
-                f"(range [{float(low):.3g}, {float(high):.3g}]) or their sums over "
-                f"{len(sim)} samples overflow; the inputs are finite but too large. Scale the "
-                "features or logits down, or pass float64 inputs."
-            )
+        c = offset_and_check(self.name, inputs.label, self.offset, low, high, len(sim))
         torch.sub(c, sim, out=sim)  # s = C - d, in place
-        fn = FacilityLocation(sim, check_finite=False)  # checked above
+        return self._greedy(FacilityLocation(sim, check_finite=False), budget, weighted)
+
+    def _greedy(
+        self, fn: FacilityLocation, budget: int, weighted: bool
+    ) -> tuple[Tensor, Tensor | None]:
         result = maximize(
             fn,
             budget,
@@ -272,10 +232,41 @@ class FacilityLocationSelector(Selector):
             epsilon=self.stochastic_epsilon,
             generator=self._generator,
         )
-        weights = fn.weights(result.ranking.to(sim.device)) if self.weighted else None
+        weights = fn.weights(result.ranking.to(fn.device)) if weighted else None
         return result.ranking, weights
 
+    def _select_partitioned(self, inputs: ClassInputs, budget: int) -> tuple[Tensor, Tensor | None]:
+        n = len(inputs.labels)
+        p = self.partitions
+        if p > n:
+            warnings.warn(
+                f"{self.name} on class {inputs.label}: partitions={p} is more than the class's "
+                f"{n} samples; using {n} parts of one sample.",
+                stacklevel=4,
+            )
+            p = n
+        device = inputs.labels.device
+        picks = []
+        for r in range(p):  # round 1: each part on its own samples, the class budget
+            part = torch.arange(r, n, p, device=device)
+            sub = ClassInputs(
+                label=inputs.label,
+                features=inputs.features[part],
+                logits=inputs.logits[part],
+                labels=inputs.labels[part],
+            )
+            local, _ = self._select_exact(sub, min(budget, len(part)), weighted=False)
+            picks.append(part[local.to(device)])
+        union = torch.cat(picks).sort().values
+        # round 2: greedy over the union, covering every sample of the class
+        source = StreamedSimilarity(
+            self.distances(inputs), self.offset, candidates=union, owner=(self.name, inputs.label)
+        )
+        ranking, weights = self._greedy(FacilityLocation(source), budget, self.weighted)
+        return union[ranking.to(device)], weights
 
+
+@registered
 class LCMatS(FacilityLocationSelector):
     """LCMat-S: facility location on gradient distances plus a Hessian L1 term (curvature)."""
 
@@ -288,23 +279,34 @@ class LCMatS(FacilityLocationSelector):
         self.eps = check_number(self.name, "eps", eps, minimum=0)
         self.k_dims = check_number(self.name, "k_dims", k_dims, integer=True, minimum=1)
 
-    def dissimilarity(self, inputs: ClassInputs) -> Tensor:
-        return lcmat_dissimilarity(
+    def _per_point(self, d: int, c: int) -> int:
+        k = min(self.k_dims, c * (d + 1)) if self.eps != 0 else 0
+        return super()._per_point(d, c) + 2 * k
+
+    def streamed_peak_bytes(self, n: int, d: int, c: int, itemsize: int) -> int:
+        # plus the float64 moments of the Hessian variances (two [n, d] float64 arrays)
+        moments = math.ceil(FACILITY_PEAK_FACTOR * 16 * n * d) if self.eps != 0 else 0
+        return super().streamed_peak_bytes(n, d, c, itemsize) + moments
+
+    def distances(self, inputs: ClassInputs) -> ClassDistances:
+        return GradientDistances(
             inputs.features, inputs.logits, inputs.labels, eps=self.eps, k_dims=self.k_dims
         )
 
 
+@registered
 class Craig(FacilityLocationSelector):
     """Craig: facility location on last-layer gradient distances (LCMat-S with eps = 0)."""
 
     name = "craig"
     paper = "Mirzasoleiman et al. 2020, Coresets for Data-efficient Training of ML Models"
 
-    def dissimilarity(self, inputs: ClassInputs) -> Tensor:
-        # LCMat-S's builder with eps = 0: the very same distances (eps = 0 gives Craig exactly)
-        return lcmat_dissimilarity(inputs.features, inputs.logits, inputs.labels, eps=0, k_dims=1)
+    def distances(self, inputs: ClassInputs) -> ClassDistances:
+        # LCMat-S's distances with eps = 0: the very same values (eps = 0 gives Craig exactly)
+        return GradientDistances(inputs.features, inputs.logits, inputs.labels, eps=0, k_dims=1)
 
 
+@registered
 class AdaCore(FacilityLocationSelector):
     """AdaCore: facility location on Hessian-preconditioned last-layer gradients."""
 
@@ -321,8 +323,14 @@ class AdaCore(FacilityLocationSelector):
         gradients = 3 * n * c * (d + 1) * itemsize
         return max(super().peak_bytes(n, d, c, itemsize), gradients)
 
-    def dissimilarity(self, inputs: ClassInputs) -> Tensor:
-        return preconditioned_grad_distances(
+    def streamed_peak_bytes(self, n: int, d: int, c: int, itemsize: int) -> int:
+        # plus blocks of preconditioned gradients (built, split to float64): a point block and
+        # a block of rows, about five copies each
+        blocks = 5 * (POINT_BLOCK + STREAM_BLOCK_ROWS) * c * (d + 1) * itemsize
+        return super().streamed_peak_bytes(n, d, c, itemsize) + blocks
+
+    def distances(self, inputs: ClassInputs) -> ClassDistances:
+        return PreconditionedDistances(
             inputs.features, inputs.logits, inputs.labels, damping=self.damping
         )
 
@@ -338,6 +346,8 @@ def lcmat_s(
     offset: float | str = "max",
     greedy: str = "lazy",
     take_all: bool = False,
+    similarity: str = "auto",
+    partitions: int = 1,
 ) -> Tensor:
     """LCMat-S selection (spec section 3), class-balanced.
 
@@ -351,12 +361,21 @@ def lcmat_s(
         offset: the constant C of ``s = C - d``: ``"max"`` or a float.
         greedy: ``"lazy"`` (default), ``"naive"`` (same picks, slower) or ``"stochastic"``.
         take_all: a budget larger than its class keeps the whole class instead of raising.
+        similarity / partitions: see :class:`FacilityLocationSelector` (``"streamed"``: no
+            ``n x n`` matrix, same picks; ``partitions > 1``: approximate).
 
     Returns:
         int64 ``[m]`` indices: classes ascending, each in greedy pick order. Computed in the
         dtype of the inputs (float64 stays float64).
     """
-    selector = LCMatS(eps=eps, k_dims=k_dims, offset=offset, greedy=greedy)
+    selector = LCMatS(
+        eps=eps,
+        k_dims=k_dims,
+        offset=offset,
+        greedy=greedy,
+        similarity=similarity,
+        partitions=partitions,
+    )
     return selector.select(
         features=features, logits=logits, labels=labels, per_class=per_class, take_all=take_all
     ).indices

@@ -8,16 +8,16 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from replay_lcmat.selection.base import ClassInputs, Selector
+from replay_lcmat.selection.base import ClassInputs, Selector, registered
 from replay_lcmat.validation import check_seed
 
 
+@registered
 class Uniform(Selector):
     """Uniform random sampling per class (seeded); the order is the random order."""
 
     name = "uniform"
     paper = "the random baseline of every coreset paper"
-    takes_seed = True
 
     def __init__(self, *, seed: int = 0) -> None:
         self.seed = check_seed(self.name, seed)
@@ -48,6 +48,7 @@ def herding_order(features: Tensor, budget: int) -> Tensor:
     return torch.tensor(picks, dtype=torch.long)
 
 
+@registered
 class Herding(Selector):
     """Herding on penultimate features: match the class mean greedily."""
 
@@ -80,13 +81,13 @@ def kcenter_order(distance_to: Callable[[int], Tensor], n: int, budget: int, fir
     return torch.tensor(picks, dtype=torch.long)
 
 
+@registered
 class KCenter(Selector):
     """k-Center Greedy on penultimate features; the first center is drawn from the seed."""
 
     name = "kcenter"
     paper = "Sener & Savarese 2018, Active Learning for CNNs: A Core-Set Approach"
     needs = ("features",)
-    takes_seed = True
 
     def __init__(self, *, seed: int = 0) -> None:
         self.seed = check_seed(self.name, seed)
@@ -104,6 +105,7 @@ class KCenter(Selector):
         ), None
 
 
+@registered
 class ContextualDiversity(KCenter):
     """k-Center Greedy under the symmetric KL divergence of the predicted class probabilities."""
 

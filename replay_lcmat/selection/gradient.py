@@ -12,7 +12,7 @@ from scipy.optimize import nnls
 from torch import Tensor
 
 from replay_lcmat.curvature import last_layer_grad_gram, softmax_residuals
-from replay_lcmat.selection.base import ClassInputs, Selector
+from replay_lcmat.selection.base import ClassInputs, Selector, registered
 from replay_lcmat.validation import check_number
 
 
@@ -68,6 +68,7 @@ def gradmatch_order(gram: Tensor, budget: int, ridge: float) -> tuple[Tensor, Te
     return torch.tensor(picks, dtype=torch.long), w
 
 
+@registered
 class GradMatch(Selector):
     """GradMatch: OMP matching the class gradient sum with non-negative weights.
 
@@ -122,6 +123,7 @@ def glister_order(
     return torch.tensor(picks, dtype=torch.long)
 
 
+@registered
 class Glister(Selector):
     """Glister: greedy validation-gradient alignment with a Taylor-updated last layer.
 

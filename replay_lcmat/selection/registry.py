@@ -1,53 +1,29 @@
-"""Selectors by name."""
+"""Selectors by name: the registry filled by the family modules, and the two verbs on it.
+
+A new family module is imported here once; its classes register themselves (``@registered``).
+"""
 
 from __future__ import annotations
 
-from replay_lcmat.selection.base import Selector
-from replay_lcmat.selection.facility import AdaCore, Craig, LCMatS
-from replay_lcmat.selection.geometry import ContextualDiversity, Herding, KCenter, Uniform
-from replay_lcmat.selection.gradient import Glister, GradMatch
-from replay_lcmat.selection.uncertainty import Entropy, LeastConfidence, Margin
-
-SELECTORS: dict[str, type[Selector]] = {
-    cls.name: cls
-    for cls in (
-        Uniform,
-        Herding,
-        KCenter,
-        ContextualDiversity,
-        LeastConfidence,
-        Entropy,
-        Margin,
-        Craig,
-        GradMatch,
-        Glister,
-        AdaCore,
-        LCMatS,
-    )
-}
+from replay_lcmat.selection import (  # noqa: F401 (importing a family registers its selectors)
+    facility,
+    geometry,
+    gradient,
+    uncertainty,
+)
+from replay_lcmat.selection.base import SELECTORS, Selector
 
 
 def available_selectors() -> dict[str, str]:
     """``{name: "one-line description (source paper)"}`` of every selector, in registry order."""
-    return {
-        name: f"{cls.__doc__.strip().splitlines()[0]} ({cls.paper})"
-        for name, cls in SELECTORS.items()
-    }
+    return SELECTORS.describe()
 
 
 def make_selector(name: str, **options) -> Selector:
     """Build the selector ``name`` with its options, e.g. ``make_selector("lcmat-s", eps=0.05)``.
 
     Raises:
-        ValueError: unknown name (the message lists the known ones) or unknown option.
+        ValueError: unknown name (the message lists the known ones and the closest) or an
+            option the selector does not take (the message lists the accepted ones).
     """
-    if name not in SELECTORS:
-        raise ValueError(
-            f"unknown selection method {name!r}; known methods: {', '.join(SELECTORS)}."
-        )
-    try:
-        return SELECTORS[name](**options)
-    except TypeError as err:
-        raise ValueError(
-            f"bad options for {name!r}: {err}. See help(replay_lcmat.selection.SELECTORS[{name!r}])."
-        ) from None
+    return SELECTORS.build(name, **options)

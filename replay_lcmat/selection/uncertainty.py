@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from replay_lcmat.selection.base import ClassInputs, Selector
+from replay_lcmat.selection.base import ClassInputs, Selector, registered
 
 
 def uncertainty_scores(logits: Tensor, kind: str) -> Tensor:
@@ -37,6 +37,7 @@ class _Uncertainty(Selector):
         return order[:budget], None
 
 
+@registered
 class LeastConfidence(_Uncertainty):
     """Least confidence: lowest top-class probability first."""
 
@@ -44,6 +45,7 @@ class LeastConfidence(_Uncertainty):
     paper = "Coleman et al. 2020, Selection via Proxy: Efficient Data Selection for Deep Learning"
 
 
+@registered
 class Entropy(_Uncertainty):
     """Entropy: highest predictive entropy first."""
 
@@ -51,6 +53,7 @@ class Entropy(_Uncertainty):
     paper = "Coleman et al. 2020, Selection via Proxy: Efficient Data Selection for Deep Learning"
 
 
+@registered
 class Margin(_Uncertainty):
     """Margin: smallest gap between the two most probable classes first."""
 

@@ -5,21 +5,21 @@ from __future__ import annotations
 import pytest
 import torch
 
-from replay_lcmat.buffers import (
+from replay_lcmat.continual import memory_only_run
+from replay_lcmat.data import load_digits, per_class_subset
+from replay_lcmat.memory import (
     ClassMemory,
     build_memory,
     condense_exemplars,
-    derive_seed,
-    policy_kind,
-    policy_needs_model,
+    memory_policies,
+    memory_policy,
     select_exemplars,
 )
-from replay_lcmat.continual import TrainConfig, memory_only_run, per_class_subset, reinitialize
-from replay_lcmat.data import load_digits
-from replay_lcmat.models import MLP, ConvNet
-from replay_lcmat.seeding import seeded
+from replay_lcmat.models import MLP, ConvNet, reinitialize
+from replay_lcmat.seeding import derive_seed, seeded
 from replay_lcmat.selection import extract_outputs, make_selector
 from replay_lcmat.selection.geometry import herding_order
+from replay_lcmat.training import TrainConfig
 
 TINY_DM = dict(iterations=2, network_options={"width": 4, "depth": 1}, batch_real=16)
 
@@ -63,11 +63,21 @@ def test_class_memory_store_truncate_and_round_trip(tmp_path):
 
 
 def test_policy_names_are_checked():
-    assert policy_kind("lcmat-s") == "selection" and policy_kind("lcmat-c") == "condensation"
-    assert policy_needs_model("lcmat-s") and not policy_needs_model("uniform")
-    assert not policy_needs_model("dm")
+    assert memory_policy("lcmat-s").kind == "selection"
+    assert memory_policy("LCMat-C").kind == "condensation"
+    assert memory_policy("lcmat-s").needs_model and not memory_policy("uniform").needs_model
+    assert not memory_policy("dm").needs_model
+    assert memory_policy("dm").defaults["iterations"] == 20000
+    assert memory_policy("lcmat-c").defaults["iterations"] == 1000
     with pytest.raises(ValueError, match="unknown memory policy 'nope'.*uniform.*dm"):
-        policy_kind("nope")
+        memory_policy("nope")
+    with pytest.raises(ValueError, match="Did you mean 'lcmat-s'"):
+        memory_policy("lcmat_s")
+    from replay_lcmat.condensation import CONDENSERS
+    from replay_lcmat.selection import SELECTORS
+
+    # every registered method is a policy, with no list kept by hand
+    assert list(memory_policies()) == list(SELECTORS) + list(CONDENSERS)
     with pytest.raises(ValueError, match="condensation policy"):
         select_exemplars("dm", labels=torch.zeros(3, dtype=torch.long), per_class=1)
 
