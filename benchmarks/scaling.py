@@ -38,6 +38,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -78,10 +79,30 @@ def _status_kib(field: str) -> int:
     return 0
 
 
+HEARTBEAT_S = 10.0
+
+
+def _heartbeat(path: str, started: float) -> None:
+    """Every :data:`HEARTBEAT_S`, the elapsed time and VmHWM so far into ``path`` (read by the
+    parent when the point is stopped by ``--point-timeout``)."""
+    while True:
+        status = {
+            "elapsed": time.perf_counter() - started,
+            "peak_rss_mib": _status_kib("VmHWM") / 1024,
+        }
+        Path(path).write_text(json.dumps(status))
+        time.sleep(HEARTBEAT_S)
+
+
 def child(spec: dict) -> dict:
     """One point, in this (fresh) process: make the inputs, time ``select``, read VmHWM."""
+    import threading
+
     from replay_lcmat.selection import make_selector
 
+    if spec.get("status"):
+        beat = (spec["status"], time.perf_counter())
+        threading.Thread(target=_heartbeat, args=beat, daemon=True).start()
     torch.set_num_threads(spec["threads"])
     h, z, y = one_class_inputs(spec["n"], c=spec.get("c", C))
     before = _status_kib("VmRSS")
@@ -99,13 +120,24 @@ def child(spec: dict) -> dict:
 
 def run_point(spec: dict, timeout: float | None) -> dict:
     """``child(spec)`` in a fresh interpreter; ``{"error": ...}`` when it fails or times out."""
-    command = [sys.executable, "-m", f"{__package__}.scaling", "--child", json.dumps(spec)]
-    try:
-        done = subprocess.run(
-            command, capture_output=True, text=True, timeout=timeout, cwd=Path.cwd()
-        )
-    except subprocess.TimeoutExpired:
-        return {"error": f"stopped after {timeout:.0f} s (--point-timeout)"}
+    with tempfile.TemporaryDirectory() as scratch:
+        status = Path(scratch) / "status.json"
+        spec = dict(spec, status=str(status))
+        command = [sys.executable, "-m", f"{__package__}.scaling", "--child", json.dumps(spec)]
+        try:
+            done = subprocess.run(
+                command, capture_output=True, text=True, timeout=timeout, cwd=Path.cwd()
+            )
+        except subprocess.TimeoutExpired:
+            last = json.loads(status.read_text()) if status.is_file() else {}
+            error = {"error": f"stopped after {timeout:.0f} s (--point-timeout), not finished"}
+            if last:
+                error["peak_rss_mib_so_far"] = last["peak_rss_mib"]
+                error["error"] += (
+                    f"; peak RSS until then {last['peak_rss_mib']:.0f} MiB "
+                    f"(sampled every {HEARTBEAT_S:.0f} s)"
+                )
+            return error
     if done.returncode != 0:
         return {"error": done.stderr.strip().splitlines()[-1] if done.stderr else "failed"}
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -148,6 +180,10 @@ def part_streamed(sizes, threads: int, timeout: float | None, log) -> dict:
             got = run_point(spec, timeout)
             if "error" in got:
                 row["result"] = got["error"]
+                if "peak_rss_mib_so_far" in got:
+                    row["peak RSS MiB"] = round(got["peak_rss_mib_so_far"])
+                    within = got["peak_rss_mib_so_far"] * 2**20 <= 4e9
+                    row["within 4 GB"] = "so far" if within else "no"
             else:
                 row.update(
                     seconds=round(got["seconds"], 2),
