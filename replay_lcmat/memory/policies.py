@@ -101,6 +101,24 @@ class MemoryPolicy:
         **options: Any,
     ) -> ClassMemory:
         """The memory of the classes in ``labels``; see :func:`build_memory`."""
+        ranked_with = {"outputs": outputs, "model": model, "stats": stats}
+        return self._fill(
+            images, labels, check_per_class(per_class), ranked_with, seed, device, progress, options
+        )
+
+    def _fill(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        per_class: int,
+        ranked_with: dict[str, Any],
+        seed: int,
+        device: torch.device | str,
+        progress: bool,
+        options: dict[str, Any],
+    ) -> ClassMemory:
+        """:meth:`build` of one kind; ``ranked_with``: the ``outputs``, ``model`` and ``stats``
+        given (selection policies that rank with a model use them)."""
         raise NotImplementedError
 
 
@@ -123,20 +141,8 @@ class SelectionPolicy(MemoryPolicy):
 
         make_selector(self.name, **options)
 
-    def build(
-        self,
-        images: Tensor,
-        labels: Tensor,
-        *,
-        per_class: int,
-        outputs=None,
-        model=None,
-        stats: str | None = None,
-        seed: int = 0,
-        device: torch.device | str = "cpu",
-        progress: bool = False,
-        **options: Any,
-    ) -> ClassMemory:
+    def _fill(self, images, labels, per_class, ranked_with, seed, device, progress, options):
+        outputs, model, stats = (ranked_with[k] for k in ("outputs", "model", "stats"))
         if outputs is not None and (model is not None or stats is not None):
             raise ValueError(
                 "pass either outputs=... or model=... (with stats=...), not both: the outputs "
@@ -190,21 +196,8 @@ class CondensationPolicy(MemoryPolicy):
 
         make_condenser(self.name, **options)
 
-    def build(
-        self,
-        images: Tensor,
-        labels: Tensor,
-        *,
-        per_class: int,
-        outputs=None,
-        model=None,
-        stats: str | None = None,
-        seed: int = 0,
-        device: torch.device | str = "cpu",
-        progress: bool = False,
-        **options: Any,
-    ) -> ClassMemory:
-        if model is not None or stats is not None or outputs is not None:
+    def _fill(self, images, labels, per_class, ranked_with, seed, device, progress, options):
+        if any(value is not None for value in ranked_with.values()):
             raise ValueError(
                 f"{self.name!r} is a condensation policy: it trains its own networks, so "
                 "outputs=, model= and stats= do not apply; drop them."
@@ -430,7 +423,7 @@ def build_memory(
     return memory_policy(policy).build(
         images,
         labels,
-        per_class=check_per_class(per_class),
+        per_class=per_class,
         outputs=outputs,
         model=model,
         stats=stats,
