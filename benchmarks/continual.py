@@ -32,7 +32,11 @@ an interrupted run keeps the seeds it finished).
 from __future__ import annotations
 
 import argparse
+import csv
+import os
+import statistics
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,12 +45,19 @@ import torch
 
 from replay_lcmat.continual import memory_only_run
 from replay_lcmat.data import load_dataset, per_class_subset
-from replay_lcmat.reporting import results_markdown, write_results
+from replay_lcmat.reporting import FIELDS, command_markdown, results_markdown, summarize
 from replay_lcmat.selection.extract import STATS
-from replay_lcmat.specs import expand_stats
+from replay_lcmat.specs import expand_stats, parse_policy
 from replay_lcmat.training import TrainConfig
 
-from ._common import ARCHIVE, RESULTS, add_device_argument, command_line, resolve_data
+from ._common import (
+    ARCHIVE,
+    RESULTS,
+    add_device_argument,
+    command_line,
+    resolve_data,
+    write_markdown,
+)
 
 
 @dataclass
@@ -67,6 +78,7 @@ class Preset:
     selection_augment: bool = True  # crop + flip while the selection model trains
     stats: list[str] = field(default_factory=lambda: ["running"])  # one run per mode
     notes: list[str] = field(default_factory=list)
+    experiences: list[int] = field(default_factory=lambda: [5])  # task shapes: experiences per run
 
 
 ALL = ["uniform", "herding", "kcenter", "craig", "adacore", "lcmat-s", "dsa", "dm", "lcmat-c"]
@@ -162,6 +174,36 @@ PRESETS = {
             "evaluation per seed (paper 3).",
         ],
     ),
+    "evidence": Preset(
+        data=ARCHIVE,
+        policies=["uniform", "herding", "craig", "lcmat-s[eps=0.1]"],
+        per_class=[10, 20],
+        seeds=[0, 1, 2, 3, 4],
+        model_options={"width": 16, "norm": "batch"},
+        selection_epochs=10,
+        selection_lr=0.05,
+        selection_augment=False,
+        stats=["class-batch"],
+        retrain=TrainConfig(
+            epochs=50, lr=0.02, batch_size=32, schedule="step", augment="crop-flip"
+        ),
+        iterations={},
+        policy_options={},
+        train_per_class=500,
+        test_per_class=300,
+        experiences=[5, 2],
+        notes=[
+            "Does an LCMat memory beat herding? The cpu-bn regime (BatchNorm ConvNet-3 of width "
+            "16, selection model trained 10 epochs without augmentation, outputs in class-batch "
+            "statistics as the LCMat reference code) in two task shapes: 5 experiences of 2 "
+            "classes and 2 experiences of 5 classes (closer to the paper's 20-class "
+            "experiences), memory 10 and 20 per class, 5 seeds.",
+            "Reduced for 2 CPU cores (1 torch thread): 500 training and 300 test images per "
+            "class (fixed random subsets); memory retrained 50 epochs (paper 1000) with lr "
+            "0.02, batch 32, x0.1 at the halfway epoch, random crop + flip instead of DSA; one "
+            "evaluation per seed (paper 3).",
+        ],
+    ),
     "digits": Preset(
         data="digits",
         policies=["uniform", "herding", "craig", "lcmat-s"],
@@ -207,6 +249,147 @@ def load(preset: Preset, args: argparse.Namespace):
     return train, test
 
 
+# ---------------------------------------------------------------------------------------------
+# The results CSV is the run's state: one cell = (experiences, per_class, policy, seed), its rows
+# appended once all its experiences are done; a rerun skips the cells already there.
+
+CELL_FIELDS = ("experiences", *FIELDS)
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of a results CSV (``[]`` when there is none); a file from before task shapes
+    were recorded (no ``experiences`` column) holds 5-experience runs."""
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for r in rows:
+        r.setdefault("experiences", 5)
+        for key in (
+            "experiences",
+            "seed",
+            "per_class",
+            "experience",
+            "classes_seen",
+            "memory_size",
+        ):
+            r[key] = int(r[key])
+        r["accuracy"] = float(r["accuracy"])
+    return rows
+
+
+def finished_cells(rows: list[dict]) -> set[tuple[int, int, str, int]]:
+    """Cells ``(experiences, per_class, policy, seed)`` with a row for every experience."""
+    count = Counter((r["experiences"], r["per_class"], r["policy"], r["seed"]) for r in rows)
+    return {cell for cell, n in count.items() if n >= cell[0]}
+
+
+def append_rows(path: Path, rows: list[dict]) -> None:
+    """Append ``rows`` to the CSV (header first when the file is new), flushed to disk."""
+    new = not path.is_file() or path.stat().st_size == 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CELL_FIELDS, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _named(rows: list[dict], name: str) -> str | None:
+    """The first policy spec of ``rows`` whose method is ``name`` (e.g. ``herding[stats=...]``)."""
+    return next((r["policy"] for r in rows if parse_policy(r["policy"])[0] == name), None)
+
+
+def last_experience_table(rows: list[dict]) -> str:
+    """Accuracy after the last experience per policy and budget (mean ± std over seeds), with
+    the per-seed paired difference against herding and against uniform where both ran."""
+    lines = []
+    herding, uniform = _named(rows, "herding"), _named(rows, "uniform")
+    last = max(r["experience"] for r in rows)
+    final = [r for r in rows if r["experience"] == last]
+    for budget in sorted({r["per_class"] for r in final}):
+        part = [r for r in final if r["per_class"] == budget]
+        lines += [
+            f"Memory {budget} per class, after the last experience ({part[0]['classes_seen']} "
+            "classes): accuracy (%) mean ± std over seeds; paired differences in points, "
+            "same seed",
+            "",
+            "| policy | seeds | accuracy | − herding | − uniform |",
+            "|---|---|---|---|---|",
+        ]
+        for policy in dict.fromkeys(r["policy"] for r in part):
+            acc = {r["seed"]: r["accuracy"] for r in part if r["policy"] == policy}
+            mean, std = _mean_std(list(acc.values()))
+            cells = [policy, str(len(acc)), f"{100 * mean:.2f} ± {100 * std:.2f}"]
+            for base in (herding, uniform):
+                ref = {r["seed"]: r["accuracy"] for r in part if r["policy"] == base}
+                diffs = [acc[s] - ref[s] for s in acc if s in ref]
+                if base is None or base == policy or not diffs:
+                    cells.append("")
+                else:
+                    m, s = _mean_std(diffs)
+                    cells.append(f"{100 * m:+.2f} ± {100 * s:.2f}")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def plot_shapes(rows: list[dict], path: Path, title: str) -> None:
+    """One panel per (task shape, budget): accuracy vs classes seen, mean ± std over seeds."""
+    from matplotlib.figure import Figure
+
+    shapes = sorted({r["experiences"] for r in rows}, reverse=True)
+    budgets = sorted({r["per_class"] for r in rows})
+    fig = Figure(figsize=(5.5 * len(budgets), 4.2 * len(shapes)))
+    for i, shape in enumerate(shapes):
+        for j, budget in enumerate(budgets):
+            ax = fig.add_subplot(len(shapes), len(budgets), i * len(budgets) + j + 1)
+            part = [r for r in rows if r["experiences"] == shape and r["per_class"] == budget]
+            seen = {r["experience"]: r["classes_seen"] for r in part}
+            for (policy, _), stats in summarize(part).items():
+                x = [seen[e] for e in sorted(seen)][: len(stats)]
+                ax.errorbar(
+                    x,
+                    [100 * m for m, _, _ in stats],
+                    yerr=[100 * s for _, s, _ in stats],
+                    marker="o",
+                    capsize=3,
+                    label=policy,
+                )
+            ax.set_title(f"{shape} experiences, memory {budget} per class", fontsize=10)
+            ax.set_xlabel("classes seen")
+            ax.set_ylabel("test accuracy on seen classes (%)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def write_report(rows: list[dict], out_dir: Path, stem: str, title: str, notes: list[str]) -> Path:
+    """``<stem>.md`` (per-experience tables and the last-experience comparison per task shape)
+    and ``<stem>.png`` from every row of the CSV."""
+    text = [f"# {title}", ""] + [n + "\n" for n in notes]
+    for shape in sorted({r["experiences"] for r in rows}, reverse=True):
+        part = [r for r in rows if r["experiences"] == shape]
+        per_exp = part[0]["classes_seen"] // part[0]["experience"]
+        text += [
+            f"## {shape} experiences of {per_exp} classes",
+            "",
+            last_experience_table(part),
+            results_markdown(part),
+        ]
+    md = write_markdown(out_dir / f"{stem}.md", text)
+    plot_shapes(rows, out_dir / f"{stem}.png", title)
+    return md
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), required=True)
@@ -215,6 +398,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", default=None, help="torchvision root for CIFAR")
     parser.add_argument("--policies", nargs="+", default=None, help="subset of the preset's")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the seeds")
+    parser.add_argument(
+        "--per-class", type=int, nargs="+", default=None, help="override the memory budgets"
+    )
+    parser.add_argument(
+        "--experiences",
+        type=int,
+        nargs="+",
+        default=None,
+        help="task shapes: the dataset's classes split into this many experiences (e.g. 5 2)",
+    )
     parser.add_argument(
         "--selection-epochs", type=int, default=None, help="override the preset's selection epochs"
     )
@@ -228,40 +421,65 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tag", default="", help="suffix of the result files")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--note", default="", help="what else ran on the machine (written into the results)"
+    )
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     preset = PRESETS[args.preset]
     policies = expand_stats(args.policies or preset.policies, args.stats or preset.stats)
     seeds = args.seeds or preset.seeds
+    budgets = args.per_class or preset.per_class
+    shapes = args.experiences or preset.experiences
     selection_epochs = (
         preset.selection_epochs if args.selection_epochs is None else args.selection_epochs
     )
     stem = f"continual_{args.preset}" + (f"_{args.tag}" if args.tag else "")
+    csv_path = args.out_dir / f"{stem}.csv"
     command = command_line("continual", argv)
     start = time.perf_counter()
-    train, test = load(preset, args)
-    model = "mlp" if preset.data == "digits" else "convnet"
+    rows = read_rows(csv_path)
+    done = finished_cells(rows)
+    todo = [
+        (
+            shape,
+            seed,
+            [p for p in policies if any((shape, b, p, seed) not in done for b in budgets)],
+        )
+        for seed in seeds
+        for shape in shapes
+    ]
+    todo = [(shape, seed, pending) for shape, seed, pending in todo if pending]
     print(
-        f"continual/{args.preset}: {preset.data}, {len(train)} train / {len(test)} test images, "
-        f"policies {policies}, memory {preset.per_class}/class, seeds {seeds}, selection model "
-        f"{selection_epochs} epochs",
+        f"continual/{args.preset}: policies {policies}, memory {budgets}/class, seeds {seeds}, "
+        f"task shapes {shapes} experiences, selection model {selection_epochs} epochs; "
+        f"{len(done)} cell(s) already in {csv_path}, {len(todo)} (shape, seed) run(s) to go",
         flush=True,
     )
+    if todo:
+        train, test = load(preset, args)
+        model = "mlp" if preset.data == "digits" else "convnet"
 
     def log(line: str) -> None:
         print(f"[{time.perf_counter() - start:7.0f} s] {line}", flush=True)
 
-    rows: list[dict] = []
-    for seed in seeds:
-        rows += memory_only_run(
+    title = f"Continual learning with memory replay, preset {args.preset} ({preset.data})"
+    for shape, seed, pending in todo:
+        if train.num_classes % shape:
+            raise ValueError(
+                f"{train.num_classes} classes do not split into {shape} equal experiences; "
+                "pick a divisor with --experiences."
+            )
+        log(f"{shape} experiences, seed {seed}: {pending}")
+        new = memory_only_run(
             train,
             test,
-            policies=policies,
-            per_class=preset.per_class,
+            policies=pending,
+            per_class=budgets,
             model=model,
             model_options=preset.model_options,
-            n_experiences=5,
+            n_experiences=shape,
             seed=seed,
             selection_epochs=selection_epochs,
             selection_lr=preset.selection_lr,
@@ -274,26 +492,30 @@ def main(argv: list[str] | None = None) -> int:
             progress=args.progress,
             log=log,
         )
-        minutes = (time.perf_counter() - start) / 60
-        notes = "\n\n".join(
-            preset.notes
-            + [
-                f"Selection model: {selection_epochs} epochs per experience, "
-                f"{'with' if preset.selection_augment else 'without'} crop + flip. Wall time: {minutes:.1f} min for seeds {sorted({r['seed'] for r in rows})} "
-                f"on {args.device} ({args.threads} torch thread(s)), machine shared with other work."
-            ]
-        )
-        paths = write_results(
-            rows,
-            args.out_dir,
-            stem,
-            title=f"Continual learning with memory replay, preset {args.preset} ({preset.data})",
-            command=command,
-            notes=notes,
-        )
-    print()
-    print(results_markdown(rows))
-    print(f"wrote {paths['md']}, {paths['csv']} and {paths['png']}")
+        new = [
+            {"experiences": shape, **r}
+            for r in new
+            if (shape, r["per_class"], r["policy"], r["seed"]) not in done
+        ]
+        append_rows(csv_path, new)
+        rows += new
+        done = finished_cells(rows)
+        notes = preset.notes + [
+            f"Selection model: {selection_epochs} epochs per experience, "
+            f"{'with' if preset.selection_augment else 'without'} crop + flip. Each cell (task "
+            "shape, budget, policy, seed) is appended to the CSV when it finishes and skipped "
+            f"on a rerun. Last session: {(time.perf_counter() - start) / 60:.1f} min on "
+            f"{args.device} ({args.threads} torch thread(s)).",
+            f"Machine: {args.note or 'not stated (--note)'}.",
+            command_markdown(command, "repository root"),
+        ]
+        write_report(rows, args.out_dir, stem, title, notes)
+    if rows:
+        print()
+        for shape in sorted({r["experiences"] for r in rows}, reverse=True):
+            print(f"{shape} experiences:")
+            print(last_experience_table([r for r in rows if r["experiences"] == shape]))
+        print(f"results in {csv_path} (and .md, .png)")
     return 0
 
 
