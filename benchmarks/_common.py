@@ -15,23 +15,27 @@ from pathlib import Path
 from replay_lcmat.data import shared_cifar10_archive
 from replay_lcmat.data.folder import CIFAR10_ARCHIVE_VARIABLE
 from replay_lcmat.devices import default_device
-from replay_lcmat.reporting import command_line as _command_line
 from replay_lcmat.reporting import (
+    append_csv,
     command_markdown,
     markdown_table,
+    read_csv,
     write_csv,
     write_markdown,
 )
+from replay_lcmat.reporting import command_line as _command_line
 
 __all__ = [
     "ARCHIVE",
     "REPO",
     "RESULTS",
     "add_device_argument",
+    "append_csv",
     "cifar10_archive",
     "command_line",
     "command_markdown",
     "markdown_table",
+    "read_csv",
     "resolve_data",
     "write_csv",
     "write_markdown",

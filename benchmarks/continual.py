@@ -32,8 +32,6 @@ an interrupted run keeps the seeds it finished).
 from __future__ import annotations
 
 import argparse
-import csv
-import os
 import statistics
 import time
 from collections import Counter
@@ -54,7 +52,9 @@ from ._common import (
     ARCHIVE,
     RESULTS,
     add_device_argument,
+    append_csv,
     command_line,
+    read_csv,
     resolve_data,
     write_markdown,
 )
@@ -259,21 +259,12 @@ CELL_FIELDS = ("experiences", *FIELDS)
 def read_rows(path: Path) -> list[dict]:
     """The rows of a results CSV (``[]`` when there is none); a file from before task shapes
     were recorded (no ``experiences`` column) holds 5-experience runs."""
-    if not path.is_file():
-        return []
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = read_csv(path)
     for r in rows:
         r.setdefault("experiences", 5)
-        for key in (
-            "experiences",
-            "seed",
-            "per_class",
-            "experience",
-            "classes_seen",
-            "memory_size",
-        ):
+        for key in ("experiences", "seed", "per_class", "experience", "classes_seen"):
             r[key] = int(r[key])
+        r["memory_size"] = int(r["memory_size"])
         r["accuracy"] = float(r["accuracy"])
     return rows
 
@@ -282,19 +273,6 @@ def finished_cells(rows: list[dict]) -> set[tuple[int, int, str, int]]:
     """Cells ``(experiences, per_class, policy, seed)`` with a row for every experience."""
     count = Counter((r["experiences"], r["per_class"], r["policy"], r["seed"]) for r in rows)
     return {cell for cell, n in count.items() if n >= cell[0]}
-
-
-def append_rows(path: Path, rows: list[dict]) -> None:
-    """Append ``rows`` to the CSV (header first when the file is new), flushed to disk."""
-    new = not path.is_file() or path.stat().st_size == 0
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CELL_FIELDS, extrasaction="ignore")
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 def _named(rows: list[dict], name: str) -> str | None:
@@ -497,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
             for r in new
             if (shape, r["per_class"], r["policy"], r["seed"]) not in done
         ]
-        append_rows(csv_path, new)
+        append_csv(csv_path, new, CELL_FIELDS)
         rows += new
         done = finished_cells(rows)
         notes = preset.notes + [

@@ -22,6 +22,7 @@ from replay_lcmat.memory import (
     memory_policy,
     retrain_on_memory,
 )
+from replay_lcmat.memory.holdout import AUTO_EPS, choose_on_holdout
 from replay_lcmat.models import make_model
 from replay_lcmat.specs import parse_policy
 from replay_lcmat.training import PROTOCOL_RETRAIN, TrainConfig, evaluate
@@ -71,7 +72,13 @@ def memory_only_run(
         policies: memory policies (see :func:`replay_lcmat.memory.memory_policies`), or policy specs with options,
             e.g. ``"lcmat-s[eps=0.05,stats=class-batch]"`` (:func:`replay_lcmat.specs.parse_policy`);
             a spec's ``stats`` overrides ``selection_stats`` for that policy, and the spec as
-            written is the ``policy`` of its rows.
+            written is the ``policy`` of its rows. ``weight_power=a`` (selection policies
+            with weights: Craig, AdaCore, LCMat-S facility) retrains on the memory with loss
+            weights ``gamma_j ** a`` scaled to mean 1 per class (1: cluster sizes, 0.5:
+            tempered; sets ``weighted=True``). ``eps=auto`` (LCMat-S) chooses eps from
+            :data:`~replay_lcmat.memory.holdout.AUTO_EPS` at every experience and budget on
+            a held-out fifth of the experience's data (:func:`~replay_lcmat.memory.holdout.
+            choose_on_holdout`), never on ``test_data``.
         per_class: exemplars per class, or several budgets (each gets its own memory).
         model, model_options: network for :func:`replay_lcmat.models.make_model`
             (``"convnet"`` = ConvNet-3; e.g. ``{"width": 32}``).
@@ -103,6 +110,13 @@ def memory_only_run(
         policy = memory_policy(name)
         options = {**policy_options.get(p, policy_options.get(name, {})), **options}
         stats = options.pop("stats", None)
+        power = float(options.pop("weight_power", 0))
+        if power < 0:
+            raise ValueError(f"{p!r}: weight_power must be >= 0 (0: unweighted replay).")
+        if power and policy.kind != "selection":
+            raise ValueError(f"{p!r}: weight_power applies to selection policies.")
+        if power:  # replay each pick with the size of its cluster, to the power
+            options.setdefault("weighted", True)
         if policy.needs_model:
             stats = check_stats(stats or selection_stats or DEFAULT_STATS)
         elif stats is not None:
@@ -112,7 +126,7 @@ def memory_only_run(
         )
         if wanted is not None and policy.kind == "condensation":
             options.setdefault("iterations", wanted)
-        specs[p] = (policy, options, stats)
+        specs[p] = (policy, options, stats, power)
     channels, height, _ = train_data.shape
     template = make_model(
         model,
@@ -134,7 +148,7 @@ def memory_only_run(
         stage = select_classes(train_data, classes)
         x, y = stage.normalized(), stage.labels
         outputs: dict[str | None, object] = {None: None}
-        if any(stats is not None for _, _, stats in specs.values()):
+        if any(stats is not None for _, _, stats, _ in specs.values()):
             from replay_lcmat.selection import extract_outputs, pretrain_selection_model
 
             selector_model = pretrain_selection_model(
@@ -148,15 +162,34 @@ def memory_only_run(
                 seed=seeds.selection_model,
                 progress=progress,
             )
-            for stats in {s for _, _, s in specs.values() if s is not None}:
+            for stats in {s for _, _, s, _ in specs.values() if s is not None}:
                 outputs[stats] = extract_outputs(
                     selector_model, x, labels=y, stats=stats, device=device
                 )
         test = select_classes(test_data, seen)
         test_x, test_y = test.normalized(), test.labels
         for p in policies:
-            policy, options, stats = specs[p]
+            policy, options, stats, power = specs[p]
             for b in budgets:
+                chosen = options
+                if options.get("eps") == "auto":  # chosen on held-out experience data
+                    chosen, scores = choose_on_holdout(
+                        policy.name,
+                        x,
+                        y,
+                        outputs=outputs[stats],
+                        per_class=b,
+                        candidates=[{**options, "eps": e} for e in AUTO_EPS],
+                        template=template,
+                        retrain=retrain,
+                        seeds=seeds,
+                        device=device,
+                    )
+                    if log is not None:
+                        tried = ", ".join(
+                            f"{e}: {100 * a:.1f}%" for e, a in zip(AUTO_EPS, scores, strict=True)
+                        )
+                        log(f"{p} m={b}: eps {chosen['eps']} chosen on held-out data ({tried})")
                 memories[p, b].update(
                     policy.build(
                         x,
@@ -166,10 +199,11 @@ def memory_only_run(
                         seed=policy.experience_seed(seed, k),
                         device=device,
                         progress=progress,
-                        **options,
+                        **chosen,
                     )
                 )
                 mem_x, mem_y = memories[p, b].tensors()
+                weights = memories[p, b].sample_weights(power) if power else None
                 scores = [
                     evaluate(
                         retrain_on_memory(
@@ -181,6 +215,7 @@ def memory_only_run(
                             evaluation=e,
                             device=device,
                             progress=progress,
+                            weights=weights,
                         ),
                         test_x,
                         test_y,

@@ -66,6 +66,31 @@ def write_csv(
     return path
 
 
+def append_csv(path: str | os.PathLike, rows: Sequence[dict], fields: Sequence[str]) -> Path:
+    """Append ``rows`` to a CSV of columns ``fields`` (the header first when the file is new)
+    and flush them to disk, so that a run stopped after this call keeps them."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.is_file() or path.stat().st_size == 0
+    with path.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(fields), extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return path
+
+
+def read_csv(path: str | os.PathLike) -> list[dict]:
+    """The rows of a CSV with a header, as dicts of strings (``[]`` when there is no file)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
 def write_markdown(path: str | os.PathLike, lines: str | Iterable[str]) -> Path:
     """Write ``lines`` (joined with newlines) ending with one newline; the parent folder is
     created."""

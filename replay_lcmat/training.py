@@ -57,6 +57,7 @@ def train(
     device: torch.device | str = "cpu",
     seed: int = 0,
     progress: bool = True,
+    weights: Tensor | None = None,
 ) -> nn.Module:
     """Train ``model`` with SGD + momentum + weight decay on ``(images, labels)``; returns it.
 
@@ -70,8 +71,20 @@ def train(
             (e.g. :class:`replay_lcmat.data.RandomCropFlip`).
         seed: seeds the shuffling and the augmentation (model init is the caller's).
         progress: show a tqdm bar over epochs with the running loss.
+        weights: float ``[N]`` > 0, per-sample loss weights (a batch's loss is the mean of
+            ``weight * cross-entropy``; scale them to mean 1 to keep the learning rate's
+            meaning); None: unweighted.
     """
     _check_pair(images, labels)
+    if weights is not None:
+        weights = torch.as_tensor(weights, dtype=torch.float32)
+        if weights.shape != (len(labels),) or not bool(torch.isfinite(weights).all()):
+            raise ValueError(
+                f"weights must be {len(labels)} finite numbers, one per image; got shape "
+                f"{tuple(weights.shape)}."
+            )
+        if bool((weights < 0).any()):
+            raise ValueError("weights must be >= 0; a negative weight would ascend the loss.")
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}.")
     if epochs < 0 or batch_size < 1:
@@ -86,7 +99,7 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_factor(schedule, epochs, steps_per_epoch)
     )
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = nn.CrossEntropyLoss(reduction="none" if weights is not None else "mean")
     was_training = model.training
     model.train()
     bar = tqdm(range(epochs), desc="train", disable=not progress, leave=False)
@@ -100,6 +113,8 @@ def train(
             if augment is not None:
                 x = augment(x, gen)
             loss = loss_fn(model(x), y)
+            if weights is not None:
+                loss = (loss * weights[idx].to(loss.device)).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -184,8 +199,11 @@ class TrainConfig:
         device: torch.device | str = "cpu",
         seed: int = 0,
         progress: bool = False,
+        weights: Tensor | None = None,
     ) -> nn.Module:
-        """Train ``model`` in place on float normalised ``images [N, C, H, W]``; returns it."""
+        """Train ``model`` in place on float normalised ``images [N, C, H, W]``; returns it.
+
+        ``weights``: optional per-sample loss weights ``[N]`` (see :func:`train`)."""
         return train(
             model,
             images,
@@ -200,6 +218,7 @@ class TrainConfig:
             device=device,
             seed=seed,
             progress=progress,
+            weights=weights,
         )
 
 

@@ -119,14 +119,16 @@ def test_demo_runs_offline_on_digits(tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "| lcmat-s |" in out and "| uniform |" in out and "exp 5 (10 cl.)" in out
-    assert (
-        "lcmat-s minus uniform" in out
-        and "lcmat-s minus uniform" in (tmp_path / "demo.md").read_text()
-    )
+    assert "| herding |" in out
+    md = (tmp_path / "demo.md").read_text()
+    for text in ("lcmat-s minus uniform", "lcmat-s minus herding", "Verdict: lcmat-s beats"):
+        assert text in out and text in md
+    # the verdict names the data and sizes of this run, not fixed text
+    assert "Setting: digits, 10 classes in 5 experiences, 40 training images per class" in out
     with (tmp_path / "demo.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 10
-    assert {r["policy"] for r in rows} == {"lcmat-s", "uniform"}
+    assert len(rows) == 15
+    assert {r["policy"] for r in rows} == {"lcmat-s", "herding", "uniform"}
     assert [int(r["memory_size"]) for r in rows if r["policy"] == "uniform"] == [
         20,
         40,
@@ -138,6 +140,28 @@ def test_demo_runs_offline_on_digits(tmp_path, capsys):
     assert all(float(r["accuracy"]) > 0.5 for r in rows)
     assert (tmp_path / "demo.png").is_file() and (tmp_path / "demo.md").is_file()
     assert (tmp_path / "demo_memory.png").stat().st_size > 1000
+
+
+def test_demo_verdict_comes_from_the_numbers():
+    from replay_lcmat.cli.demo import verdict_text
+
+    def rows(acc):  # {policy: [accuracy per experience]}, one seed
+        return [
+            {"seed": 0, "policy": p, "per_class": 10, "experience": e + 1, "accuracy": a}
+            for p, values in acc.items()
+            for e, a in enumerate(values)
+        ]
+
+    policies = ["lcmat-s[eps=0.1]", "herding", "uniform"]
+    mixed = rows({"lcmat-s[eps=0.1]": [0.8, 0.5], "herding": [0.7, 0.6], "uniform": [0.6, 0.4]})
+    text = verdict_text(mixed, policies, "Setting: x.")
+    assert text.startswith("Setting: x.")
+    assert "lcmat-s[eps=0.1] beats uniform but NOT herding" in text
+    assert "-10.0 points vs herding, +10.0 vs uniform" in text
+    ahead = rows({"lcmat-s[eps=0.1]": [0.8, 0.7], "herding": [0.7, 0.6], "uniform": [0.6, 0.4]})
+    assert "beats both herding and uniform" in verdict_text(ahead, policies, "")
+    behind = rows({"lcmat-s[eps=0.1]": [0.5, 0.3], "herding": [0.7, 0.6], "uniform": [0.6, 0.4]})
+    assert "beats neither herding nor uniform" in verdict_text(behind, policies, "")
 
 
 def test_demo_names_a_missing_data_path(tmp_path, capsys):

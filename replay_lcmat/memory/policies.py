@@ -165,20 +165,23 @@ class SelectionPolicy(MemoryPolicy):
                 f"outputs cover {len(outputs.labels)} samples but there are {len(labels)} images; "
                 "extract them from the same images."
             )
-        picks = select_exemplars(
+        picks, weights = select_exemplars(
             self.name,
             labels=labels,
             features=None if outputs is None else outputs.features,
             logits=None if outputs is None else outputs.logits,
             per_class=per_class,
             seed=seed,
+            with_weights=True,
             **options,
         )
         memory = ClassMemory()
         picked_labels = torch.as_tensor(labels).cpu()[picks]
         for c in torch.unique(picked_labels).tolist():
-            idx = picks[picked_labels == c]
-            memory.put(c, images[idx.to(images.device)], sources=idx)
+            mine = picked_labels == c
+            idx = picks[mine]
+            w = None if weights is None else weights[mine]
+            memory.put(c, images[idx.to(images.device)], sources=idx, weights=w)
         return memory
 
 
@@ -257,8 +260,9 @@ def select_exemplars(
     per_class: int,
     seed: int = 0,
     rank_small: bool = False,
+    with_weights: bool = False,
     **options,
-) -> Tensor:
+) -> Tensor | tuple[Tensor, Tensor | None]:
     """Class-balanced real exemplars picked by a selector.
 
     Each class is ranked on its own. With a policy name, every class gets a fresh selector,
@@ -276,9 +280,13 @@ def select_exemplars(
             :func:`replay_lcmat.selection.extract_outputs`), for selectors that use them.
         per_class: exemplars per class.
         options: selector options for a policy name (e.g. ``eps=0.05`` for LCMat-S).
+        with_weights: also return the selector's sample weights.
 
     Returns:
         int64 ``[m]`` indices into the inputs: classes ascending, each in rank (greedy) order.
+        ``with_weights``: ``(indices, weights)``, weights float ``[m]`` aligned with them when
+        the selector gives weights (e.g. ``weighted=True``: cluster sizes, a class kept whole
+        gets 1 per sample), else ``None``.
     """
     from replay_lcmat.selection import make_selector
 
@@ -310,24 +318,33 @@ def select_exemplars(
     else:
         ranked, whole = split_small_classes(labels, per_class)
 
-    def one_class(label: int) -> Tensor:
+    def one_class(label: int) -> tuple[Tensor, Tensor | None]:
         members = torch.nonzero(labels == label).flatten()
         if label in whole or len(members) == 1:
-            return members
+            return members, None
         result = selector_for(label).select(
             labels=labels[members],
             features=None if features is None else features[members],
             logits=None if logits is None else logits[members],
             per_class=min(per_class, len(members)),
         )
-        return members[result.indices]
+        w = None if result.weights is None else result.weights.double()
+        return members[result.indices], w
 
     keys = sorted(ranked + whole)
     if not isinstance(policy, str):  # one selector shared by the classes may carry state
-        return torch.cat([one_class(label) for label in keys])
-    sizes = [int((labels == label).sum()) ** 2 for label in keys]  # greedy cost ~ n^2
-    picks = distributed.map_classes(one_class, keys, weights=sizes, what="memory selection")
-    return torch.cat(picks)
+        parts = [one_class(label) for label in keys]
+    else:
+        sizes = [int((labels == label).sum()) ** 2 for label in keys]  # greedy cost ~ n^2
+        parts = distributed.map_classes(one_class, keys, weights=sizes, what="memory selection")
+    picks = torch.cat([p for p, _ in parts])
+    if not with_weights:
+        return picks
+    if all(w is None for _, w in parts):
+        return picks, None
+    # a class kept whole stands for itself: weight 1 per sample
+    weights = [torch.ones(len(p), dtype=torch.float64) if w is None else w for p, w in parts]
+    return picks, torch.cat(weights)
 
 
 def condense_exemplars(

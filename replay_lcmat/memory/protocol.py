@@ -50,10 +50,14 @@ def retrain_on_memory(
     evaluation: int = 0,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    weights: Tensor | None = None,
 ) -> nn.Module:
     """A fresh copy of ``template`` (seed ``seeds.retrain_init(evaluation)``) trained on the
     memory only: ``images [M, C, H, W]`` (normalised), ``labels int64 [M]``, visited sorted by
-    class (stable) so the result does not depend on how the memory was stored."""
+    class (stable) so the result does not depend on how the memory was stored.
+
+    ``weights``: optional per-exemplar loss weights ``[M]``
+    (:meth:`replay_lcmat.memory.ClassMemory.sample_weights`)."""
     order = torch.sort(labels.cpu(), stable=True).indices
     model = reinitialize(template, seeds.retrain_init(evaluation))
     retrain.fit(
@@ -63,6 +67,7 @@ def retrain_on_memory(
         device=device,
         seed=seeds.retrain_order(evaluation),
         progress=progress,
+        weights=None if weights is None else weights[order.to(weights.device)],
     )
     return model
 

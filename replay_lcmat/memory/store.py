@@ -21,14 +21,23 @@ class ClassMemory:
 
     For every class label: ``images`` float ``[k, C, H, W]`` (normalised, detached, on the CPU)
     and optional ``sources`` int64 ``[k]`` or ``[k, m]`` saying where each exemplar came from
-    (e.g. its index in the training set; ``None`` for synthetic images).
+    (e.g. its index in the training set; ``None`` for synthetic images), and optional
+    ``weights`` float ``[k]``: how many samples of the class each exemplar stands for (the
+    cluster sizes ``gamma_j`` of a facility-location selection; see :meth:`sample_weights`).
     """
 
     def __init__(self) -> None:
         self._images: dict[int, Tensor] = {}
         self._sources: dict[int, Tensor | None] = {}
+        self._weights: dict[int, Tensor | None] = {}
 
-    def put(self, label: int, images: Tensor, sources: Tensor | None = None) -> None:
+    def put(
+        self,
+        label: int,
+        images: Tensor,
+        sources: Tensor | None = None,
+        weights: Tensor | None = None,
+    ) -> None:
         """Store (or replace) the exemplars of class ``label``."""
         if not isinstance(images, Tensor) or images.dim() < 2 or not images.is_floating_point():
             raise ValueError(
@@ -59,8 +68,16 @@ class ClassMemory:
                     f"class {label}: {len(images)} images but {len(sources)} sources; give one "
                     "source per image (or none)."
                 )
+        if weights is not None:
+            weights = torch.as_tensor(weights).detach().cpu().double()
+            if weights.shape != (len(images),) or not bool((weights > 0).all()):
+                raise ValueError(
+                    f"class {label}: weights must be {len(images)} positive numbers, one per "
+                    f"image; got shape {tuple(weights.shape)}. Pass weights=None for unweighted."
+                )
         self._images[int(label)] = images.detach().cpu().clone()
         self._sources[int(label)] = sources
+        self._weights[int(label)] = weights
 
     def classes(self) -> list[int]:
         """Stored class labels, ascending."""
@@ -71,6 +88,9 @@ class ClassMemory:
 
     def sources(self, label: int) -> Tensor | None:
         return self._sources[int(label)]
+
+    def weights(self, label: int) -> Tensor | None:
+        return self._weights[int(label)]
 
     def counts(self) -> dict[int, int]:
         """``{label: number of exemplars}``, labels ascending."""
@@ -85,7 +105,7 @@ class ClassMemory:
     def update(self, other: ClassMemory) -> None:
         """Add (or replace) every class of ``other``."""
         for c in other.classes():
-            self.put(c, other.images(c), other.sources(c))
+            self.put(c, other.images(c), other.sources(c), other.weights(c))
 
     def truncate(self, per_class: int) -> None:
         """Keep the first ``per_class`` exemplars of every class (the top of each ranking)."""
@@ -95,6 +115,8 @@ class ClassMemory:
             self._images[c] = self._images[c][:per_class]
             if self._sources[c] is not None:
                 self._sources[c] = self._sources[c][:per_class]
+            if self._weights[c] is not None:  # the kept picks' clusters: no longer a partition
+                self._weights[c] = self._weights[c][:per_class]
 
     def tensors(self) -> tuple[Tensor, Tensor]:
         """``(images [M, C, H, W], labels int64 [M])``: classes ascending, each in rank order."""
@@ -102,6 +124,23 @@ class ClassMemory:
             raise ValueError("the memory is empty; build it first (build_memory or put).")
         labels = [torch.full((len(self._images[c]),), c, dtype=torch.int64) for c in self.classes()]
         return torch.cat([self._images[c] for c in self.classes()]), torch.cat(labels)
+
+    def sample_weights(self, power: float = 1.0) -> Tensor | None:
+        """Replay weights aligned with :meth:`tensors`, or ``None`` if a class has none.
+
+        Each class's weights are raised to ``power`` (1: the cluster sizes, 0.5: tempered, 0:
+        uniform) and scaled to mean 1 inside the class, so weighting moves emphasis between
+        the exemplars of a class and never between classes.
+        """
+        if not self._images:
+            raise ValueError("the memory is empty; build it first (build_memory or put).")
+        if any(self._weights[c] is None for c in self.classes()):
+            return None
+        parts = []
+        for c in self.classes():
+            w = self._weights[c].pow(power)
+            parts.append(w / w.mean())
+        return torch.cat(parts).float()
 
     def state_dict(self) -> dict:
         """Plain tensors, ints and strings (loadable with ``torch.load(weights_only=True)``)."""
@@ -112,6 +151,7 @@ class ClassMemory:
             "classes": classes,
             "images": [self._images[c] for c in classes],
             "sources": [self._sources[c] for c in classes],
+            "weights": [self._weights[c] for c in classes],
         }
 
     @classmethod
@@ -135,10 +175,11 @@ class ClassMemory:
                 "'sources' of equal length; write it again with ClassMemory.save."
             )
         memory = cls()
-        for c, images, sources in zip(
-            state["classes"], state["images"], state["sources"], strict=True
+        weights = state.get("weights") or [None] * len(state["classes"])
+        for c, images, sources, w in zip(
+            state["classes"], state["images"], state["sources"], weights, strict=True
         ):
-            memory.put(c, images, sources)
+            memory.put(c, images, sources, w)
         return memory
 
     def save(self, path: str | os.PathLike) -> None:

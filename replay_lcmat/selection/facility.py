@@ -31,6 +31,7 @@ from replay_lcmat.selection.distances import (
     format_bytes,
     offset_and_check,
 )
+from replay_lcmat.selection.matching import GAPS, bound_order, joint_order
 from replay_lcmat.submodular import (
     FACILITY_PEAK_FACTOR,
     OPTIMIZERS,
@@ -43,6 +44,7 @@ from replay_lcmat.submodular import (
 from replay_lcmat.validation import check_choice, check_flag, check_number, check_seed
 
 SIMILARITIES = ("auto", "dense", "streamed")
+OBJECTIVES = ("facility", "bound", "joint")
 
 
 class FacilityLocationSelector(Selector):
@@ -268,16 +270,80 @@ class FacilityLocationSelector(Selector):
 
 @registered
 class LCMatS(FacilityLocationSelector):
-    """LCMat-S: facility location on gradient distances plus a Hessian L1 term (curvature)."""
+    """LCMat-S: a subset whose loss curvature matches the class's (Sec. 3).
+
+    ``objective`` says how the match is sought:
+
+    - ``"facility"`` (default, the paper's Eq. 12): facility location on ``d_ij = ||g_i - g_j||_2
+      + eps ||lambda_i - lambda_j||_1`` (top-``k_dims`` Hessian coordinates). ``weighted=True``
+      returns each pick's cluster size ``gamma_j`` (they sum to the class size).
+    - ``"bound"``: greedy minimisation of the bound itself for the UNWEIGHTED subset,
+      ``||mean_T g - mean_S g||_2 + eps * gap`` with ``gap`` the max (Eq. 7) or ``"l1"`` norm of
+      the mean diagonal-Hessian difference (:func:`~replay_lcmat.selection.matching.bound_order`).
+    - ``"joint"``: greedy mean matching of features, gradients and curvature weighted
+      ``1 : gradient_weight : curvature_weight`` after scaling each block to unit RMS norm; both
+      weights 0 is herding (:func:`~replay_lcmat.selection.matching.joint_order`).
+
+    The options of :class:`FacilityLocationSelector` (offset, greedy, similarity, partitions,
+    weighted) apply to ``"facility"`` only; the other two are unweighted by construction.
+    """
 
     name = "lcmat-s"
     paper = "Shin et al. 2023, Loss-Curvature Matching for Dataset Selection and Condensation"
     always_weighted = False
 
-    def __init__(self, *, eps: float = 0.01, k_dims: int = 100, **options) -> None:
+    def __init__(
+        self,
+        *,
+        eps: float = 0.01,
+        k_dims: int = 100,
+        objective: str = "facility",
+        gap: str = "max",
+        gradient_weight: float = 1.0,
+        curvature_weight: float = 0.5,
+        **options,
+    ) -> None:
         super().__init__(**options)
         self.eps = check_number(self.name, "eps", eps, minimum=0)
         self.k_dims = check_number(self.name, "k_dims", k_dims, integer=True, minimum=1)
+        self.objective = check_choice(self.name, "objective", objective, OBJECTIVES)
+        self.gap = check_choice(self.name, "gap", gap, GAPS)
+        self.gradient_weight = check_number(
+            self.name, "gradient_weight", gradient_weight, minimum=0
+        )
+        self.curvature_weight = check_number(
+            self.name, "curvature_weight", curvature_weight, minimum=0
+        )
+        if self.objective != "facility" and self.weighted:
+            raise ValueError(
+                f"lcmat-s: weighted=True applies to objective='facility' (cluster sizes); the "
+                f"{self.objective!r} objective matches the unweighted subset. Drop weighted=True."
+            )
+
+    def select_class(self, inputs: ClassInputs, budget: int) -> tuple[Tensor, Tensor | None]:
+        if self.objective == "bound":
+            order = bound_order(
+                inputs.features,
+                inputs.logits,
+                inputs.labels,
+                budget,
+                eps=self.eps,
+                k_dims=self.k_dims,
+                gap=self.gap,
+            )
+            return order, None
+        if self.objective == "joint":
+            order = joint_order(
+                inputs.features,
+                inputs.logits,
+                inputs.labels,
+                budget,
+                gradient_weight=self.gradient_weight,
+                curvature_weight=self.curvature_weight,
+                k_dims=self.k_dims,
+            )
+            return order, None
+        return super().select_class(inputs, budget)
 
     def _per_point(self, d: int, c: int) -> int:
         k = min(self.k_dims, c * (d + 1)) if self.eps != 0 else 0
