@@ -390,6 +390,14 @@ def main(argv: list[str] | None = None) -> int:
         "--selection-epochs", type=int, default=None, help="override the preset's selection epochs"
     )
     parser.add_argument(
+        "--selection-early-stop",
+        type=float,
+        default=None,
+        metavar="SHARE",
+        help="hold out SHARE of each experience and stop the selection model at its lowest "
+        "held-out loss (at most --selection-epochs)",
+    )
+    parser.add_argument(
         "--stats",
         nargs="+",
         choices=STATS,
@@ -462,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
             selection_epochs=selection_epochs,
             selection_lr=preset.selection_lr,
             selection_augment=preset.selection_augment,
+            selection_early_stop=args.selection_early_stop,
             retrain=preset.retrain,
             evaluations=preset.evaluations,
             iterations=preset.iterations,
@@ -479,7 +488,14 @@ def main(argv: list[str] | None = None) -> int:
         rows += new
         done = finished_cells(rows)
         notes = preset.notes + [
-            f"Selection model: {selection_epochs} epochs per experience, "
+            f"Selection model: {selection_epochs} epochs per experience"
+            + (
+                f" (early stopping on the loss of a held-out {args.selection_early_stop} of the "
+                "experience)"
+                if args.selection_early_stop
+                else ""
+            )
+            + ", "
             f"{'with' if preset.selection_augment else 'without'} crop + flip. Each cell (task "
             "shape, budget, policy, seed) is appended to the CSV when it finishes and skipped "
             f"on a rerun. Last session: {(time.perf_counter() - start) / 60:.1f} min on "

@@ -42,6 +42,7 @@ def memory_only_run(
     selection_epochs: int = 10,
     selection_lr: float = 0.1,
     selection_augment: bool = True,
+    selection_early_stop: float | None = None,
     selection_stats: str | None = None,
     retrain: TrainConfig = PROTOCOL_RETRAIN,
     evaluations: int = 1,
@@ -90,6 +91,9 @@ def memory_only_run(
             :data:`replay_lcmat.selection.extract.DEFAULT_STATS`).
         selection_augment: crop + flip while the selection model trains (the LCMat reference
             code trains it without).
+        selection_early_stop: hold out this share of the experience's data and stop the
+            selection model's training at its lowest held-out loss (at most
+            ``selection_epochs``; see :func:`replay_lcmat.selection.pretrain_selection_model`).
         log: called with one line per finished experience and policy (e.g. ``print``).
         memories_out: a dict to receive the final memories, ``{(policy, per_class):
             ClassMemory}`` (e.g. to draw them with :mod:`replay_lcmat.diagnostics`).
@@ -161,6 +165,7 @@ def memory_only_run(
                 device=device,
                 seed=seeds.selection_model,
                 progress=progress,
+                early_stop=selection_early_stop,
             )
             for stats in {s for _, _, s, _ in specs.values() if s is not None}:
                 outputs[stats] = extract_outputs(

@@ -58,6 +58,7 @@ def train(
     seed: int = 0,
     progress: bool = True,
     weights: Tensor | None = None,
+    on_epoch: Callable[[int, nn.Module], bool] | None = None,
 ) -> nn.Module:
     """Train ``model`` with SGD + momentum + weight decay on ``(images, labels)``; returns it.
 
@@ -74,6 +75,8 @@ def train(
         weights: float ``[N]`` > 0, per-sample loss weights (a batch's loss is the mean of
             ``weight * cross-entropy``; scale them to mean 1 to keep the learning rate's
             meaning); None: unweighted.
+        on_epoch: called as ``on_epoch(epoch, model)`` (0-based) after every epoch; training
+            stops early when it returns True (e.g. early stopping on held-out data).
     """
     _check_pair(images, labels)
     if weights is not None:
@@ -103,7 +106,7 @@ def train(
     was_training = model.training
     model.train()
     bar = tqdm(range(epochs), desc="train", disable=not progress, leave=False)
-    for _ in bar:
+    for epoch in bar:
         order = torch.randperm(n, generator=gen)
         total = 0.0
         for start in range(0, n, batch_size):
@@ -121,6 +124,8 @@ def train(
             scheduler.step()
             total += loss.item() * len(idx)
         bar.set_postfix(loss=f"{total / n:.4f}")
+        if on_epoch is not None and on_epoch(epoch, model):
+            break
     model.train(was_training)
     return model
 

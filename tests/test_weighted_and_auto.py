@@ -11,9 +11,8 @@ import torch
 from torch import nn
 
 from replay_lcmat.continual import memory_only_run
-from replay_lcmat.data import ImageData, load_digits
+from replay_lcmat.data import ImageData, holdout_split, load_digits
 from replay_lcmat.memory import ClassMemory, build_memory
-from replay_lcmat.memory.holdout import holdout_split
 from replay_lcmat.models import MLP
 from replay_lcmat.seeding import seeded
 from replay_lcmat.selection import extract_outputs
@@ -191,3 +190,56 @@ def test_continual_benchmark_skips_finished_cells(tmp_path, monkeypatch):
     again = list(csv.DictReader(path.open()))
     assert len(again) == len(rows)
     assert (tmp_path / "continual_smoke.md").is_file()
+
+
+def test_training_stops_when_on_epoch_says_so():
+    x, y = torch.randn(12, 1, 2, 2), torch.arange(12) % 3
+    seen = []
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    train(model, x, y, epochs=10, progress=False, on_epoch=lambda e, m: seen.append(e) or e == 2)
+    assert seen == [0, 1, 2]
+
+
+def test_selection_model_early_stopping_keeps_the_best_held_out_epoch(digits):
+    from replay_lcmat.selection import pretrain_selection_model
+    from replay_lcmat.training import predict
+
+    data, _ = digits
+    # lr 2 makes the held-out loss go up and down, so the best epoch is not the last
+    common = dict(
+        model="mlp", model_options={"hidden": (16,)}, epochs=8, lr=2.0, seed=4, progress=False
+    )
+    best = pretrain_selection_model(data, early_stop=0.3, patience=8, **common)
+    fit, held = holdout_split(data.labels, 0.3, 4)
+    x, y = data.normalized(), data.labels
+
+    def held_loss(model):
+        return float(nn.functional.cross_entropy(predict(model, x[held]), y[held]))
+
+    # the same run without restoring: the last epoch's weights (same data, seed, schedule)
+    last = pretrain_selection_model(data.subset(fit), **common)
+    assert held_loss(best) < held_loss(last)
+    # patience 0: stops after the first epoch, the same weights as one epoch of the same run
+    first = pretrain_selection_model(data, early_stop=0.3, patience=0, **common)
+    one = train_one_epoch_like(data.subset(fit), common)
+    for a, b in zip(first.parameters(), one.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def train_one_epoch_like(data, common):
+    """The selection model of ``common`` stopped after its first epoch by ``on_epoch``."""
+    from replay_lcmat.models import make_model
+
+    with seeded(common["seed"]):
+        net = make_model("mlp", in_channels=1, num_classes=10, image_size=8, hidden=(16,))
+    return train(
+        net,
+        data.normalized(),
+        data.labels,
+        epochs=common["epochs"],
+        lr=common["lr"],
+        batch_size=128,
+        seed=common["seed"],
+        progress=False,
+        on_epoch=lambda e, m: True,
+    )

@@ -81,6 +81,14 @@ def add_selection_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model", default="convnet", help="convnet | resnet18 | mlp")
     group.add_argument("--width", type=int, default=None, help="ConvNet width (default 128)")
     group.add_argument("--pretrain-epochs", type=int, default=10, help="paper: 10")
+    group.add_argument(
+        "--pretrain-early-stop",
+        type=float,
+        default=None,
+        metavar="SHARE",
+        help="hold out SHARE of every class and stop θ's training at its lowest held-out loss "
+        "(at most --pretrain-epochs)",
+    )
     group.add_argument("--lr", type=float, default=0.1, help="pretraining SGD learning rate")
     group.add_argument("--batch-size", type=int, default=128)
     group.add_argument(
@@ -116,6 +124,7 @@ def selection_model_outputs(args: argparse.Namespace, train, *, progress: bool):
         device=args.device,
         seed=args.seed,
         progress=progress,
+        early_stop=args.pretrain_early_stop,
     )
     outputs = extract_outputs(model, train, stats=args.stats, device=args.device, progress=progress)
     return model, outputs

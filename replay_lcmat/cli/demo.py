@@ -64,6 +64,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--seeds", type=int, nargs="+", default=[0, 1], help="one run per seed (class order too)"
     )
     parser.add_argument(
+        "--selection-epochs", type=int, default=5, help="epochs of the selection model"
+    )
+    parser.add_argument(
+        "--selection-early-stop",
+        type=float,
+        default=None,
+        metavar="SHARE",
+        help="hold out SHARE of each experience; stop the selection model at its lowest "
+        "held-out loss",
+    )
+    parser.add_argument(
         "--stats",
         choices=STATS,
         default=DEFAULT_STATS,
@@ -136,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
             model_options=options,
             n_experiences=5,
             seed=seed,
-            selection_epochs=5,
+            selection_epochs=args.selection_epochs,
+            selection_early_stop=args.selection_early_stop,
             selection_lr=lr,
             selection_augment=False,
             selection_stats=args.stats,

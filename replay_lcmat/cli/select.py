@@ -107,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
             "lr": args.lr,
             "batch_size": args.batch_size,
             "augment": args.pretrain_augment,
+            "early_stop": args.pretrain_early_stop,
         },
         "stats": args.stats,
         "indices_refer_to": "the training split as returned by replay_lcmat.data.load_dataset",

@@ -6,7 +6,13 @@ from pathlib import Path
 
 from replay_lcmat.data.augment import RandomCropFlip
 from replay_lcmat.data.cifar import load_cifar
-from replay_lcmat.data.classes import class_order, per_class_subset, select_classes, task_classes
+from replay_lcmat.data.classes import (
+    class_order,
+    holdout_split,
+    per_class_subset,
+    select_classes,
+    task_classes,
+)
 from replay_lcmat.data.digits import load_digits
 from replay_lcmat.data.folder import default_cache_dir, load_image_folder, shared_cifar10_archive
 from replay_lcmat.data.image_data import ImageData, channel_stats
@@ -26,6 +32,7 @@ __all__ = [
     "load_dataset",
     "load_digits",
     "load_image_folder",
+    "holdout_split",
     "per_class_subset",
     "select_classes",
     "shared_cifar10_archive",

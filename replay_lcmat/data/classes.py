@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from replay_lcmat.data.image_data import ImageData
 
@@ -70,3 +71,26 @@ def per_class_subset(data: ImageData, n: int | None, seed: int) -> ImageData:
         idx = data.class_indices(c)
         keep.append(idx[torch.randperm(len(idx), generator=gen)[:n]])
     return data.subset(torch.cat(keep).sort().values)
+
+
+def holdout_split(labels: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """``(fit, held_out)`` int64 indices: ``round(fraction * n_c)`` random samples of every
+    class held out (at least 1, and at least 1 left to fit), both in ascending order."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"holdout must be in (0, 1); got {fraction}. E.g. 0.2.")
+    labels = torch.as_tensor(labels).cpu()
+    gen = torch.Generator().manual_seed(int(seed))
+    held = []
+    for c in torch.unique(labels).tolist():
+        members = torch.nonzero(labels == c).flatten()
+        if len(members) < 2:
+            raise ValueError(
+                f"class {c} has {len(members)} sample(s): a held-out choice needs at least 2 "
+                "per class; pass a fixed option instead of 'auto'."
+            )
+        k = min(max(1, round(fraction * len(members))), len(members) - 1)
+        held.append(members[torch.randperm(len(members), generator=gen)[:k]])
+    held_out = torch.cat(held).sort().values
+    keep = torch.ones(len(labels), dtype=torch.bool)
+    keep[held_out] = False
+    return torch.nonzero(keep).flatten(), held_out

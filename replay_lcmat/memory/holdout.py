@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from replay_lcmat.data import holdout_split
 from replay_lcmat.memory.policies import memory_policy
 from replay_lcmat.memory.protocol import ExperienceSeeds, retrain_on_memory
 from replay_lcmat.seeding import derive_seed
@@ -28,29 +29,6 @@ AUTO_EPS = (0.01, 0.05, 0.1, 0.5)
 """The paper's grid for eps (Sec. 4.1), the candidates of ``eps="auto"``."""
 
 HOLDOUT_KEY = 5  # derive_seed key of the held-out split (ExperienceSeeds uses 1, 3 and 4)
-
-
-def holdout_split(labels: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
-    """``(fit, held_out)`` int64 indices: ``round(fraction * n_c)`` random samples of every
-    class held out (at least 1, and at least 1 left to fit), both in ascending order."""
-    if not 0 < fraction < 1:
-        raise ValueError(f"holdout must be in (0, 1); got {fraction}. E.g. 0.2.")
-    labels = torch.as_tensor(labels).cpu()
-    gen = torch.Generator().manual_seed(int(seed))
-    held = []
-    for c in torch.unique(labels).tolist():
-        members = torch.nonzero(labels == c).flatten()
-        if len(members) < 2:
-            raise ValueError(
-                f"class {c} has {len(members)} sample(s): a held-out choice needs at least 2 "
-                "per class; pass a fixed option instead of 'auto'."
-            )
-        k = min(max(1, round(fraction * len(members))), len(members) - 1)
-        held.append(members[torch.randperm(len(members), generator=gen)[:k]])
-    held_out = torch.cat(held).sort().values
-    keep = torch.ones(len(labels), dtype=torch.bool)
-    keep[held_out] = False
-    return torch.nonzero(keep).flatten(), held_out
 
 
 def choose_on_holdout(

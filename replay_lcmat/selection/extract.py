@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -230,6 +231,8 @@ def pretrain_selection_model(
     device: torch.device | str = "cpu",
     seed: int = 0,
     progress: bool = True,
+    early_stop: float | None = None,
+    patience: int = 2,
 ) -> nn.Module:
     """The selection model θ of the spec: a fresh network trained on the full data for a few epochs.
 
@@ -240,11 +243,15 @@ def pretrain_selection_model(
         lr, batch_size: SGD settings of :func:`replay_lcmat.training.train` (cosine schedule).
         augment: random crop + flip (only for images of at least 32 pixels).
         seed: seeds the initialisation, shuffling and augmentation.
+        early_stop: a share of every class (e.g. 0.1) held out (seeded by ``seed``): θ trains
+            on the rest for at most ``epochs``, its loss on the held-out part is measured after
+            each epoch, training stops after ``patience`` epochs without a new lowest loss, and
+            the weights of the lowest are returned. None (default): all data, ``epochs``.
     """
     from replay_lcmat.data import RandomCropFlip
     from replay_lcmat.models import make_model
     from replay_lcmat.seeding import seeded
-    from replay_lcmat.training import train
+    from replay_lcmat.training import predict, train
 
     channels, height, _ = train_data.shape
     with seeded(seed):
@@ -256,10 +263,28 @@ def pretrain_selection_model(
             **(model_options or {}),
         )
     use_augment = augment and height >= 32
-    return train(
+    images, labels = train_data.normalized(), train_data.labels
+    on_epoch = None
+    if early_stop is not None:
+        from replay_lcmat.data import holdout_split
+
+        fit, held = holdout_split(labels, early_stop, seed)
+        held_x, held_y = images[held], labels[held]
+        images, labels = images[fit], labels[fit]
+        best: dict = {"loss": math.inf, "epoch": -1, "state": None}
+
+        def on_epoch(epoch: int, model: nn.Module) -> bool:
+            logits = predict(model, held_x, device=device)
+            loss = float(nn.functional.cross_entropy(logits, held_y))
+            if loss < best["loss"]:
+                state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best.update(loss=loss, epoch=epoch, state=state)
+            return epoch - best["epoch"] >= patience
+
+    net = train(
         net,
-        train_data.normalized(),
-        train_data.labels,
+        images,
+        labels,
         epochs=epochs,
         lr=lr,
         batch_size=batch_size,
@@ -267,4 +292,8 @@ def pretrain_selection_model(
         device=device,
         seed=seed,
         progress=progress,
+        on_epoch=on_epoch,
     )
+    if early_stop is not None and best["state"] is not None:
+        net.load_state_dict(best["state"])
+    return net
