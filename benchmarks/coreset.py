@@ -138,6 +138,28 @@ PRESETS = {
         stats=["running", "class-batch"],
         methods=EVIDENCE_METHODS,
     ),
+    # Does an LCMat-S subset beat herding's? The cpu-bn setting in class-batch statistics, Craig
+    # and LCMat-S trained unweighted and weighted (cluster sizes, as the reference code trains
+    # Craig), and LCMat-S's mean-matching objectives (bound, joint).
+    "cpu-evidence": dict(
+        CPU_COMMON,
+        model_options={"width": 16, "norm": "batch"},
+        pretrain_epochs=3,
+        pretrain_augment=False,
+        stats=["class-batch"],
+        methods=[
+            "uniform",
+            "herding",
+            "craig",
+            "craig[weight_power=1]",
+            "lcmat-s[eps=0.1]",
+            "lcmat-s[eps=0.1,weight_power=1]",
+            "lcmat-s[eps=0.1,weight_power=0.5]",
+            "lcmat-s[objective=bound,eps=0.05]",
+            "lcmat-s[objective=bound,eps=0.25]",
+            "lcmat-s[objective=joint]",
+        ],
+    ),
     # The same question for a model without BatchNorm (instance norm, as ConvNet-3): does the
     # feature-level analogue, class-centred logits, help?
     "cpu-in": dict(
@@ -165,11 +187,16 @@ def nested_subset(indices: torch.Tensor, labels: torch.Tensor, budgets: dict[int
     return torch.cat([indices[chosen == c][:m] for c, m in budgets.items()])
 
 
-def method_runs(methods: list[str], stats_modes: list[str]) -> list[tuple[str, str, dict, str]]:
-    """``(label, name, options, stats)`` for every method spec and statistics mode it depends on.
+def method_runs(
+    methods: list[str], stats_modes: list[str]
+) -> list[tuple[str, str, dict, str, float]]:
+    """``(label, name, options, stats, weight_power)`` for every method spec and statistics mode
+    it depends on.
 
     A spec's own ``stats=`` option pins it to that mode; methods that use no model run once
-    with stats ``"-"``.
+    with stats ``"-"``. ``weight_power=a`` (methods with weights: Craig, AdaCore, LCMat-S
+    facility) trains the subset with loss weights ``gamma_j ** a`` scaled to mean 1 per class,
+    as the reference code trains Craig's subsets weighted; it sets ``weighted=True``.
     """
     for spec in methods:
         name, _ = parse_policy(spec)
@@ -179,10 +206,24 @@ def method_runs(methods: list[str], stats_modes: list[str]) -> list[tuple[str, s
     for spec in expand_stats(methods, stats_modes):
         name, options = parse_policy(spec)
         stats = options.pop("stats", None)
-        runs.append(
-            (format_policy(name, options), name, options, check_stats(stats) if stats else "-")
-        )
+        label = format_policy(name, options)
+        power = float(options.pop("weight_power", 0))
+        if power < 0:
+            raise ValueError(f"{spec!r}: weight_power must be >= 0 (0: unweighted training).")
+        if power:
+            options.setdefault("weighted", True)
+        runs.append((label, name, options, check_stats(stats) if stats else "-", power))
     return runs
+
+
+def class_mean_one(weights: torch.Tensor, labels: torch.Tensor, power: float) -> torch.Tensor:
+    """``weights ** power`` scaled to mean 1 inside every class of ``labels``."""
+    w = weights.double().pow(power)
+    out = torch.empty_like(w)
+    for c in labels.unique().tolist():
+        mine = labels == c
+        out[mine] = w[mine] / w[mine].mean()
+    return out.float()
 
 
 def main(argv=None) -> int:
@@ -271,25 +312,40 @@ def main(argv=None) -> int:
     jobs = [(run, s) for run in runs for s in cfg["seeds"]]
     bar = tqdm(total=len(jobs) * len(cfg["fractions"]), desc="coreset", disable=not progress)
     selections: dict[tuple, torch.Tensor] = {}
-    for (label, name, options, stats), seed in jobs:
+    weighted: dict[tuple, torch.Tensor] = {}  # (label, stats, seed, fraction) -> weights
+    for (label, name, options, stats, power), seed in jobs:
         seeded_options = {"seed": seed} if SELECTORS.entry(name).accepts("seed") else {}
         selector = make_selector(name, **options, **seeded_options)
         key = (label, stats, seed if seeded_options else None)
-        if key not in selections:
-            t0 = time.perf_counter()
-            out = outputs.get(stats)
-            selections[key] = selector.select(
+        out = outputs.get(stats)
+
+        def select(fraction: float, selector=selector, out=out):
+            return selector.select(
                 features=None if out is None else out.features,
                 logits=None if out is None else out.logits,
                 labels=labels,
-                fraction=largest,
-            ).indices
+                fraction=fraction,
+            )
+
+        if key not in selections:
+            t0 = time.perf_counter()
+            selections[key] = select(largest).indices
             select_seconds[label, stats] = select_seconds.get((label, stats), 0.0) + (
                 time.perf_counter() - t0
             )
         for fraction in cfg["fractions"]:
             budgets = class_budgets(labels, fraction=fraction)
             subset = nested_subset(selections[key], labels, budgets)
+            weights = None
+            if power:
+                # the picks are nested, their cluster sizes are not: select again at this
+                # budget for the weights (the same picks, checked)
+                if (*key, fraction) not in weighted:
+                    result = select(fraction)
+                    if not torch.equal(result.indices, subset):
+                        raise RuntimeError(f"{label}: picks at {fraction} are not nested")
+                    weighted[(*key, fraction)] = result.weights
+                weights = class_mean_one(weighted[(*key, fraction)], labels[subset], power)
             epochs = cfg["epochs"].get(fraction, cfg["train_epochs"])
             t0 = time.perf_counter()
             with seeded(seed):
@@ -311,6 +367,7 @@ def main(argv=None) -> int:
                 device=args.device,
                 seed=seed,
                 progress=False,
+                weights=weights,
             )
             acc = evaluate(net, test_x, test_y, device=args.device)  # final epoch, no selection
             rows.append(
@@ -340,7 +397,7 @@ def main(argv=None) -> int:
             quiet=True,
         )
     bar.close()
-    write_bounds(args, cfg, outputs, selections, labels)
+    write_bounds(args, cfg, outputs, selections, labels, weighted)
     write_results(
         args,
         cfg,
@@ -354,10 +411,13 @@ def main(argv=None) -> int:
     return 0
 
 
-def write_bounds(args, cfg, outputs, selections, labels, rho: float = 0.5, k_dims: int = 100):
+def write_bounds(
+    args, cfg, outputs, selections, labels, weighted, rho: float = 0.5, k_dims: int = 100
+):
     """The LCMat bound terms (paper Fig. 2) of every method's subset at one fraction (1% when
     run, else the smallest), under each statistics mode's outputs of the selection model:
-    ``<stem>_bounds_<stats>.{md,csv,png}``. Seeded methods use their first seed's subset."""
+    ``<stem>_bounds_<stats>.{md,csv,png}``. Seeded methods use their first seed's subset;
+    methods trained weighted are measured with their weights (the cluster sizes)."""
     from replay_lcmat.diagnostics import (
         bound_markdown,
         compare_subsets,
@@ -376,8 +436,19 @@ def write_bounds(args, cfg, outputs, selections, labels, rho: float = 0.5, k_dim
             for (label, s, seed), idx in selections.items()
             if s in (stats, "-") and seed in (None, cfg["seeds"][0])
         }
+        weights = {
+            label: w
+            for (label, s, seed, f), w in weighted.items()
+            if label in subsets and s == stats and f == fraction
+        }
         rows = compare_subsets(
-            out.features, out.logits, out.labels, subsets, rho=rho, k_dims=k_dims
+            out.features,
+            out.logits,
+            out.labels,
+            subsets,
+            rho=rho,
+            k_dims=k_dims,
+            weights=weights,
         )
         base = args.out_dir / f"{stem}_bounds_{stats}"
         text = [

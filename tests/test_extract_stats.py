@@ -250,7 +250,7 @@ def test_benchmarks_expand_every_model_based_method_per_stats_mode():
     runs = method_runs(
         ["uniform", "lcmat-s[eps=0.1]", "craig[stats=running]"], ["running", "class-batch"]
     )
-    assert [(label, stats) for label, _, _, stats in runs] == [
+    assert [(label, stats) for label, _, _, stats, _ in runs] == [
         ("uniform", "-"),
         ("lcmat-s[eps=0.1]", "running"),
         ("lcmat-s[eps=0.1]", "class-batch"),
