@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from replay_lcmat.continual import memory_only_run
-from replay_lcmat.data import load_dataset, per_class_subset
+from replay_lcmat.data import load_dataset, per_class_indices, per_class_subset
 from replay_lcmat.reporting import FIELDS, command_markdown, results_markdown, summarize
 from replay_lcmat.selection.extract import STATS
 from replay_lcmat.specs import expand_stats, parse_policy
@@ -79,6 +79,7 @@ class Preset:
     stats: list[str] = field(default_factory=lambda: ["running"])  # one run per mode
     notes: list[str] = field(default_factory=list)
     experiences: list[int] = field(default_factory=lambda: [5])  # task shapes: experiences per run
+    val_per_class: int | None = None  # validation images per class, from training images left out
 
 
 ALL = ["uniform", "herding", "kcenter", "craig", "adacore", "lcmat-s", "dsa", "dm", "lcmat-c"]
@@ -187,10 +188,21 @@ PRESETS = {
         retrain=TrainConfig(
             epochs=50, lr=0.02, batch_size=32, schedule="step", augment="crop-flip"
         ),
-        iterations={},
-        policy_options={},
+        iterations={"dm": 20, "lcmat-c": 20},  # equal outer iterations
+        policy_options={
+            "dm": {"init": "real", "batch_real": 64, "network_options": {"width": 16}},
+            "lcmat-c": {
+                "init": "real",
+                "batch_real": 32,
+                "outer_loop": 2,
+                "inner_loop": 1,
+                "batch_train": 128,
+                "network_options": {"width": 16},
+            },
+        },
         train_per_class=500,
         test_per_class=300,
+        val_per_class=200,
         experiences=[5, 2],
         notes=[
             "Does an LCMat memory beat herding? The cpu-bn regime (BatchNorm ConvNet-3 of width "
@@ -239,21 +251,35 @@ PRESETS = {
 
 
 def load(preset: Preset, args: argparse.Namespace):
+    """``(train, test, val)``: val (or None) holds ``val_per_class`` training images per class
+    left out of ``train``, to choose settings without the test set."""
     if preset.data == ARCHIVE:
         archive = resolve_data(preset.data, f"the continual preset {args.preset}")
-        train, test = load_dataset(archive, progress=False)
+        full, test = load_dataset(archive, progress=False)
     else:
-        train, test = load_dataset(preset.data, root=args.data_root, download=args.download)
-    train = per_class_subset(train, preset.train_per_class, seed=0)
+        full, test = load_dataset(preset.data, root=args.data_root, download=args.download)
+    kept = per_class_indices(full, preset.train_per_class, seed=0)
+    train = full.subset(kept)
     test = per_class_subset(test, preset.test_per_class, seed=0)
-    return train, test
+    val = None
+    if preset.val_per_class:
+        rest = torch.ones(len(full.labels), dtype=torch.bool)
+        rest[kept] = False
+        if int(torch.bincount(full.labels[rest]).min()) < preset.val_per_class:
+            raise ValueError(
+                f"fewer than {preset.val_per_class} training images per class are left for "
+                "validation; lower val_per_class or train_per_class."
+            )
+        left = full.subset(torch.nonzero(rest).flatten())
+        val = per_class_subset(left, preset.val_per_class, seed=1)
+    return train, test, val
 
 
 # ---------------------------------------------------------------------------------------------
 # The results CSV is the run's state: one cell = (experiences, per_class, policy, seed), its rows
 # appended once all its experiences are done; a rerun skips the cells already there.
 
-CELL_FIELDS = ("experiences", *FIELDS)
+CELL_FIELDS = ("experiences", *FIELDS, "val_accuracy")
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -266,6 +292,10 @@ def read_rows(path: Path) -> list[dict]:
             r[key] = int(r[key])
         r["memory_size"] = int(r["memory_size"])
         r["accuracy"] = float(r["accuracy"])
+        if r.get("val_accuracy") in (None, ""):
+            r.pop("val_accuracy", None)
+        else:
+            r["val_accuracy"] = float(r["val_accuracy"])
     return rows
 
 
@@ -291,16 +321,18 @@ def last_experience_table(rows: list[dict]) -> str:
         part = [r for r in final if r["per_class"] == budget]
         lines += [
             f"Memory {budget} per class, after the last experience ({part[0]['classes_seen']} "
-            "classes): accuracy (%) mean ± std over seeds; paired differences in points, "
-            "same seed",
+            "classes): test accuracy (%) mean ± std over seeds; paired differences in points, "
+            "same seed; validation: mean accuracy on held-out training images (to choose "
+            "settings without the test set), where measured",
             "",
-            "| policy | seeds | accuracy | − herding | − uniform |",
-            "|---|---|---|---|---|",
+            "| policy | seeds | accuracy | − herding | − uniform | validation |",
+            "|---|---|---|---|---|---|",
         ]
         for policy in dict.fromkeys(r["policy"] for r in part):
             acc = {r["seed"]: r["accuracy"] for r in part if r["policy"] == policy}
             mean, std = _mean_std(list(acc.values()))
             cells = [policy, str(len(acc)), f"{100 * mean:.2f} ± {100 * std:.2f}"]
+            val = [r["val_accuracy"] for r in part if r["policy"] == policy and "val_accuracy" in r]
             for base in (herding, uniform):
                 ref = {r["seed"]: r["accuracy"] for r in part if r["policy"] == base}
                 diffs = [acc[s] - ref[s] for s in acc if s in ref]
@@ -309,6 +341,7 @@ def last_experience_table(rows: list[dict]) -> str:
                 else:
                     m, s = _mean_std(diffs)
                     cells.append(f"{100 * m:+.2f} ± {100 * s:.2f}")
+            cells.append(f"{100 * statistics.mean(val):.2f}" if val else "")
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -444,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     if todo:
-        train, test = load(preset, args)
+        train, test, val = load(preset, args)
         model = "mlp" if preset.data == "digits" else "convnet"
 
     def log(line: str) -> None:
@@ -478,6 +511,7 @@ def main(argv: list[str] | None = None) -> int:
             device=args.device,
             progress=args.progress,
             log=log,
+            val_data=val,
         )
         new = [
             {"experiences": shape, **r}

@@ -52,6 +52,7 @@ def memory_only_run(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     memories_out: dict | None = None,
+    val_data: ImageData | None = None,
 ) -> list[dict]:
     """The memory-replay protocol of the LCMat paper (spec section 5), one seed.
 
@@ -95,6 +96,9 @@ def memory_only_run(
             selection model's training at its lowest held-out loss (at most
             ``selection_epochs``; see :func:`replay_lcmat.selection.pretrain_selection_model`).
         log: called with one line per finished experience and policy (e.g. ``print``).
+        val_data: validation images (e.g. training images left out of ``train_data``): the
+            same retrained models are also scored on its classes seen so far
+            (``val_accuracy`` of the rows), to choose settings without the test set.
         memories_out: a dict to receive the final memories, ``{(policy, per_class):
             ClassMemory}`` (e.g. to draw them with :mod:`replay_lcmat.diagnostics`).
 
@@ -173,6 +177,9 @@ def memory_only_run(
                 )
         test = select_classes(test_data, seen)
         test_x, test_y = test.normalized(), test.labels
+        if val_data is not None:
+            val = select_classes(val_data, seen)
+            val_x, val_y = val.normalized(), val.labels
         for p in policies:
             policy, options, stats, power = specs[p]
             for b in budgets:
@@ -209,25 +216,26 @@ def memory_only_run(
                 )
                 mem_x, mem_y = memories[p, b].tensors()
                 weights = memories[p, b].sample_weights(power) if power else None
-                scores = [
-                    evaluate(
-                        retrain_on_memory(
-                            template,
-                            mem_x,
-                            mem_y,
-                            retrain=retrain,
-                            seeds=seeds,
-                            evaluation=e,
-                            device=device,
-                            progress=progress,
-                            weights=weights,
-                        ),
-                        test_x,
-                        test_y,
+                models = [
+                    retrain_on_memory(
+                        template,
+                        mem_x,
+                        mem_y,
+                        retrain=retrain,
+                        seeds=seeds,
+                        evaluation=e,
                         device=device,
+                        progress=progress,
+                        weights=weights,
                     )
                     for e in range(evaluations)
                 ]
+                scores = [evaluate(m, test_x, test_y, device=device) for m in models]
+                val_scores = (
+                    [evaluate(m, val_x, val_y, device=device) for m in models]
+                    if val_data is not None
+                    else None
+                )
                 row = ResultRow(
                     seed=seed,
                     policy=p,
@@ -236,6 +244,7 @@ def memory_only_run(
                     classes_seen=len(seen),
                     memory_size=len(mem_y),
                     accuracy=float(np.mean(scores)),
+                    val_accuracy=None if val_scores is None else float(np.mean(val_scores)),
                 )
                 rows.append(row.as_dict())
                 if log is not None:

@@ -9,6 +9,7 @@ from replay_lcmat.data.cifar import load_cifar
 from replay_lcmat.data.classes import (
     class_order,
     holdout_split,
+    per_class_indices,
     per_class_subset,
     select_classes,
     task_classes,
@@ -33,6 +34,7 @@ __all__ = [
     "load_digits",
     "load_image_folder",
     "holdout_split",
+    "per_class_indices",
     "per_class_subset",
     "select_classes",
     "shared_cifar10_archive",

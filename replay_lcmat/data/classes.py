@@ -61,16 +61,24 @@ def select_classes(data: ImageData, classes: Sequence[int], *, relabel: bool = F
     return ImageData(images, labels, names, data.mean, data.std)
 
 
-def per_class_subset(data: ImageData, n: int | None, seed: int) -> ImageData:
-    """At most ``n`` random samples of every class (all when ``n`` is None), index order kept."""
+def per_class_indices(data: ImageData, n: int | None, seed: int) -> Tensor:
+    """int64 indices of at most ``n`` random samples of every class (all when ``n`` is None),
+    ascending."""
     if n is None:
-        return data
+        return torch.arange(len(data.labels))
     gen = torch.Generator().manual_seed(int(seed))
     keep = []
     for c in range(data.num_classes):
         idx = data.class_indices(c)
         keep.append(idx[torch.randperm(len(idx), generator=gen)[:n]])
-    return data.subset(torch.cat(keep).sort().values)
+    return torch.cat(keep).sort().values
+
+
+def per_class_subset(data: ImageData, n: int | None, seed: int) -> ImageData:
+    """At most ``n`` random samples of every class (all when ``n`` is None), index order kept."""
+    if n is None:
+        return data
+    return data.subset(per_class_indices(data, n, seed))
 
 
 def holdout_split(labels: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:

@@ -81,6 +81,9 @@ class ResultRow:
         experience: 1-based; classes_seen: classes of experiences ``1..experience``.
         memory_size: exemplars in memory after the experience.
         accuracy: test accuracy in ``[0, 1]`` on all classes seen.
+        val_accuracy: accuracy on validation images of the classes seen (training images
+            outside the run's training set) when measured, else ``None`` (left out of
+            :meth:`as_dict`).
         forgetting: Avalanche's stream forgetting when measured, else ``None`` (left out of
             :meth:`as_dict`).
     """
@@ -93,11 +96,13 @@ class ResultRow:
     memory_size: int
     accuracy: float
     forgetting: float | None = None
+    val_accuracy: float | None = None
 
     def as_dict(self) -> dict:
         row = asdict(self)
-        if row["forgetting"] is None:
-            del row["forgetting"]
+        for key in ("forgetting", "val_accuracy"):
+            if row[key] is None:
+                del row[key]
         return row
 
     def log_line(self, detail: str = "") -> str:
