@@ -258,12 +258,15 @@ class Clock:
     @contextmanager
     def alarm(self, at: float) -> Iterator[None]:
         """Raise :class:`OutOfTime` in the main thread ``at`` seconds after the start (SIGALRM;
-        where there is none, e.g. Windows, nothing rings). Disarmed on leaving the block."""
+        where there is none, e.g. Windows, nothing rings), and again every second until
+        :meth:`disarm` or the end of the block: Python drops an exception raised where a
+        finalizer happens to run (the garbage collector), so one ring may go unheard."""
         if not hasattr(signal, "setitimer"):
             yield
             return
 
         def ring(signum, frame):
+            signal.setitimer(signal.ITIMER_REAL, 1.0)
             raise OutOfTime(f"the time limit ({self.limit:.0f} s, less {ALARM_MARGIN_S:.0f} s)")
 
         previous = signal.signal(signal.SIGALRM, ring)
@@ -271,8 +274,13 @@ class Clock:
         try:
             yield
         finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            self.disarm()
             signal.signal(signal.SIGALRM, previous)
+
+    def disarm(self) -> None:
+        """Stop the alarm's ringing (once its :class:`OutOfTime` has been caught)."""
+        if hasattr(signal, "setitimer"):
+            signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 def synchronize(device: torch.device) -> None:
@@ -998,6 +1006,7 @@ def main(argv: list[str] | None = None) -> int:
         with clock.alarm(clock.limit - ALARM_MARGIN_S):
             run_parts(ctx, args.parts)
     except OutOfTime as stop:  # rang inside a part (marked there) or between parts
+        clock.disarm()
         for row in STATUS_ROWS:
             report.status.setdefault(row, "not run (time)")
         log(f"stopped: {stop}")
@@ -1021,6 +1030,7 @@ def run_parts(ctx: Context, parts: list[str]) -> None:
         try:
             report.status[part] = fn()
         except OutOfTime as stop:
+            ctx.clock.disarm()
             report.status[part] = f"stopped by {stop}"
             for later in STATUS_ROWS[STATUS_ROWS.index(part) + 1 :]:
                 report.status.setdefault(later, "not run (time)")
