@@ -15,6 +15,7 @@ from collections import OrderedDict
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from replay_lcmat import submodular
 from replay_lcmat.curvature import (
@@ -445,7 +446,13 @@ class StreamedSimilarity:
         self.c: Tensor | None = None
         if offset == "max":
             low = high = None
-            for a in range(0, self.n_candidates, STREAM_BLOCK_ROWS):
+            starts = tqdm(
+                range(0, self.n_candidates, STREAM_BLOCK_ROWS),
+                desc=f"{owner[0]} class {owner[1]}, streamed: offset pass",
+                disable=self.n_points < submodular.STREAM_PROGRESS_MIN_POINTS,
+                leave=False,
+            )
+            for a in starts:
                 stop = min(a + STREAM_BLOCK_ROWS, self.n_candidates)
                 block = self._distances(torch.arange(a, stop))
                 lo, hi = torch.aminmax(block)
