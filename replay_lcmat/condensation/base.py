@@ -29,6 +29,7 @@ from replay_lcmat.models import MODEL_NAMES, make_model, split_head
 from replay_lcmat.registry import Registry, get_params
 from replay_lcmat.seeding import seeded
 from replay_lcmat.validation import (
+    check_channels_first,
     check_choice,
     check_flag,
     check_number,
@@ -660,6 +661,7 @@ def _check_inputs(images: Tensor, labels: Tensor) -> None:
         )
     if len(images) == 0:
         raise ValueError("images is empty; pass at least ipc images of every class.")
+    check_channels_first(images, "images")
     if not isinstance(labels, Tensor) or labels.dim() != 1 or len(labels) != len(images):
         shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
         raise ValueError(

@@ -389,7 +389,12 @@ def _overflow_error(name: str, label: int, dtype: torch.dtype, low, high, n: int
     return ValueError(
         f"{name} on class {label}: the {dtype} dissimilarities (range [{float(low):.3g}, "
         f"{float(high):.3g}]) or their sums over {n} samples overflow; the inputs are finite "
-        "but too large. Scale the features or logits down, or pass float64 inputs."
+        "but too large. Scale the features or logits down"
+        + (
+            ", or pass float64 inputs."
+            if dtype != torch.float64
+            else " (e.g. divide by their max)."
+        )
     )
 
 
