@@ -125,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
             images, train.labels, per_class=args.per_class, resume=args.resume
         )
         seconds = time.perf_counter() - start
+        # every rank got here: rank 0 writes only a result all ranks finished
+        distributed.check_peers("the end of condense, before rank 0 writes --out")
         if not distributed.is_writer():
             return 0
         # the final file appears only now, whole (a killed run leaves OUT.ckpt, marked

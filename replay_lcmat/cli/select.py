@@ -136,6 +136,8 @@ def _run(args: argparse.Namespace) -> int:
         "by_class": by_class,
         "seconds": {"pretrain_and_extract": pretrain_seconds, "select": select_seconds},
     }
+    # every rank got here: rank 0 writes only a result all ranks finished
+    distributed.check_peers("the end of select, before rank 0 writes --out")
     if not distributed.is_writer():
         return 0  # under torchrun every rank holds the result; rank 0 writes it
     atomic_write_text(args.out, json.dumps(record, indent=1) + "\n")
