@@ -11,14 +11,16 @@ own ``torch.distributed.init_process_group``) the library shards its work:
 
 Every rank must call the same library functions with the same data, in the same order (they
 are collective calls). A failure on one rank inside a :func:`phase` is reported to all ranks,
-which all raise (no rank hangs waiting for the failed one); a rank that dies outright is
-noticed by ``torchrun``, which stops the others, or else by the group's timeout
-(:data:`TIMEOUT_ENV`).
+which all raise (no rank hangs waiting for the failed one). A rank that dies outright or
+hangs in its own work is noticed at the next exchange (:func:`check_peers`, a monitored
+barrier): the others stop with a :class:`DistributedError` naming that rank and the work,
+after at most :data:`TIMEOUT_ENV` seconds (default ten minutes), instead of an abort.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
@@ -32,8 +34,9 @@ T = TypeVar("T")
 K = TypeVar("K", bound=Hashable)
 
 TIMEOUT_ENV = "REPLAY_LCMAT_DIST_TIMEOUT"
-"""Seconds a collective call waits for the other ranks before failing (default 1800)."""
-DEFAULT_TIMEOUT_S = 1800.0
+"""Seconds a collective call waits for the other ranks before failing (default 600: ten
+minutes; raise it when one rank's share of a phase can take that much longer than another's)."""
+DEFAULT_TIMEOUT_S = 600.0
 # what torchrun (and torch.multiprocessing launchers following its convention) sets
 _LAUNCH_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -133,13 +136,46 @@ def _object_group() -> Any:
     return _object_groups[key]
 
 
-def gather_objects(obj: Any) -> list[Any]:
+def check_peers(what: str) -> None:
+    """Wait until every rank reaches this point, or stop with an error naming the ranks that
+    did not within :data:`TIMEOUT_ENV` seconds (dead, or hung in their own work).
+
+    A gloo monitored barrier (on the gloo twin of an NCCL group): rank 0 collects every other
+    rank and names the missing ones; another rank names rank 0 when rank 0 does not answer.
+    No-op without a group.
+
+    Raises:
+        DistributedError: naming ``what``, the missing rank(s), the timeout and the fix.
+    """
+    if not is_distributed():
+        return
+    timeout = _timeout()
+    try:
+        dist.monitored_barrier(group=_object_group(), timeout=timeout, wait_all_ranks=True)
+    except RuntimeError as err:
+        text = " ".join(str(err).split())
+        found = re.search(r"Ranks? ([0-9][0-9, ]*) failed", text) or re.search(
+            r"from rank ([0-9]+)", text
+        )
+        who = f"rank {found.group(1).strip()}" if found else "another rank"
+        raise DistributedError(
+            f"{what}: {who} did not reach it within {timeout.total_seconds():.0f} s (it died or "
+            f"hangs), so rank {rank()} stops here instead of waiting. Look at {who}'s output for "
+            f"its error; if its share of the work is just slower, raise {TIMEOUT_ENV} (seconds). "
+            f"[{text[:300]}]"
+        ) from None
+
+
+def gather_objects(obj: Any, *, what: str = "exchanging results") -> list[Any]:
     """``obj`` of every rank, in rank order, on every rank (``[obj]`` without a group).
 
-    Objects are pickled: move tensors to the CPU first (:func:`to_cpu`).
+    Objects are pickled: move tensors to the CPU first (:func:`to_cpu`). Every rank is first
+    checked to be there (:func:`check_peers`), so a dead or hung rank gives an error naming it,
+    not a wait and an abort.
     """
     if not is_distributed():
         return [obj]
+    check_peers(what)
     out: list[Any] = [None] * world_size()
     dist.all_gather_object(out, obj, group=_object_group())
     return out
@@ -174,7 +210,7 @@ def agree(error: BaseException | None, payload: Any = None, *, what: str = "work
         first failed rank and its message on the others.
     """
     status = None if error is None else f"{type(error).__name__}: {error}"
-    statuses = gather_objects((status, payload))
+    statuses = gather_objects((status, payload), what=what)
     failed = [(r, message) for r, (message, _) in enumerate(statuses) if message is not None]
     if error is not None:
         raise error

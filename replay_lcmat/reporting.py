@@ -18,6 +18,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from replay_lcmat.files import atomic_write, atomic_write_text
+
 FIELDS = ("seed", "policy", "per_class", "experience", "classes_seen", "memory_size", "accuracy")
 
 
@@ -59,11 +61,14 @@ def write_csv(
     columns = (
         list(fields) if fields is not None else list(dict.fromkeys(k for r in rows for k in r))
     )
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+
+    return atomic_write(path, write)  # a reader never sees half a table
 
 
 def append_csv(path: str | os.PathLike, rows: Sequence[dict], fields: Sequence[str]) -> Path:
@@ -97,8 +102,7 @@ def write_markdown(path: str | os.PathLike, lines: str | Iterable[str]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = lines if isinstance(lines, str) else "\n".join(lines)
-    path.write_text(text.rstrip("\n") + "\n")
-    return path
+    return atomic_write_text(path, text.rstrip("\n") + "\n")
 
 
 def markdown_table(rows: Sequence[dict]) -> str:

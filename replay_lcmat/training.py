@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from replay_lcmat.seeding import make_generator
-from replay_lcmat.validation import check_channels_first
+from replay_lcmat.validation import check_channels_first, check_finite_images
 
 Augment = Callable[[Tensor, torch.Generator], Tensor]
 SCHEDULES = ("cosine", "step", "constant")
@@ -30,6 +30,7 @@ def _check_pair(images: Tensor, labels: Tensor) -> None:
             f"images must be float and normalised (got {images.dtype}); use ImageData.normalized()."
         )
     check_channels_first(images, "images")
+    check_finite_images(images, "images")
 
 
 def _lr_factor(schedule: str, epochs: int, steps_per_epoch: int) -> Callable[[int], float]:

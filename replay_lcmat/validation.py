@@ -16,10 +16,10 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Collection
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from torch import Tensor
+import numpy as np
+import torch
+from torch import Tensor
 
 # torch.Generator.manual_seed accepts seeds up to 2**64 - 1.
 MAX_SEED = 2**64 - 1
@@ -134,4 +134,56 @@ def check_channels_first(images: Tensor, what: str = "images") -> None:
         raise ValueError(
             f"{what} look channels-last [N, H, W, C]; permute to [N, C, H, W] with "
             f"images.permute(0, 3, 1, 2) (got shape {tuple(images.shape)})."
+        )
+
+
+def as_input_matrix(name: str, x):
+    """A selection input (``features`` / ``logits``) as a tensor, refused when it cannot be one.
+
+    NumPy arrays are taken as tensors (as labels are); tensors on the ``meta`` device (shapes
+    without data) and matrices with no columns are refused with the fix. Anything else is
+    returned as it came, for the caller's shape and dtype checks.
+    """
+    if isinstance(x, np.ndarray):
+        if x.dtype == object or not np.issubdtype(x.dtype, np.number):
+            raise ValueError(
+                f"{name} is a NumPy array of dtype {x.dtype}; pass a float array "
+                f"({name}.astype(np.float32))."
+            )
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    if not isinstance(x, Tensor):
+        return x
+    if x.device.type == "meta":
+        raise ValueError(
+            f"{name} is on the meta device (a shape without values); compute it on a real "
+            "device (e.g. the model on 'cpu' after loading its weights) and pass that tensor."
+        )
+    if x.dim() == 2 and x.shape[1] == 0:
+        raise ValueError(
+            f"{name} has no columns (shape {tuple(x.shape)}); each sample needs at least one "
+            f"value. Check how {name} were extracted (a model whose penultimate layer has width "
+            "0, or an empty slice)."
+        )
+    return x
+
+
+def check_finite_images(images: Tensor, what: str = "images", fix: str = "") -> None:
+    """Refuse NaN or inf values in a batch of inputs, naming how many samples hold them.
+
+    Raises:
+        ValueError: naming ``what``, the count and the fix (drop or repair those samples).
+    """
+    if images.device.type == "meta":
+        raise ValueError(
+            f"{what} are on the meta device (shapes without values); pass real tensors."
+        )
+    if not images.is_floating_point() and not images.is_complex():
+        return  # integers hold no NaN
+    bad = ~torch.isfinite(images.reshape(len(images), -1)).all(1) if len(images) else None
+    if bad is not None and bool(bad.any()):
+        first = torch.nonzero(bad).flatten()[:5].tolist()
+        raise ValueError(
+            f"{what} contain NaN or inf in {int(bad.sum())} of {len(images)} samples (first at "
+            f"rows {first}); drop or repair those samples{fix}. NaN would make every weight "
+            "NaN."
         )

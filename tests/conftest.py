@@ -52,3 +52,20 @@ def cifar10(cifar10_archive, tmp_path_factory):
 
     cache = tmp_path_factory.mktemp("cifar10-cache")
     return load_dataset(cifar10_archive, cache_dir=cache, progress=False)
+
+
+try:  # property-based tests (tests/test_selection_properties.py); hypothesis is a test extra
+    from hypothesis import HealthCheck, settings
+except ImportError:  # pragma: no cover - the property tests skip themselves
+    pass
+else:
+    # the normal suite: a few examples per selector and property; `--hypothesis-profile slow`
+    # (the flag of hypothesis's pytest plugin) runs many more
+    _checks = [HealthCheck.too_slow, HealthCheck.differing_executors]
+    settings.register_profile(
+        "replay-lcmat", max_examples=5, deadline=None, suppress_health_check=_checks
+    )
+    settings.register_profile(
+        "slow", max_examples=200, deadline=None, suppress_health_check=_checks
+    )
+    settings.load_profile("replay-lcmat")

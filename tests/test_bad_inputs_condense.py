@@ -424,3 +424,13 @@ def test_check_number_returns_plain_values():
     assert type(check_number("dm", "x", 1, exclusive_minimum=0)) is float
     with pytest.raises(ValueError, match=r"^dm option x must be a finite real number; got None"):
         check_number("dm", "x", None)
+
+
+# ------------------------------------------------------- review case: channels-last images
+@pytest.mark.parametrize("method", ["dm", "lcmat-c"])
+def test_channels_last_images_are_named_before_any_pooling(method):
+    images, labels = _data()
+    last = images.repeat(1, 3, 1, 1).permute(0, 2, 3, 1)  # [N, 8, 8, 3]
+    condenser = make_condenser(method, iterations=1, **_options(method))
+    with pytest.raises(ValueError, match=r"images look channels-last \[N, H, W, C\]; permute"):
+        condenser.condense(last, labels, per_class=2)

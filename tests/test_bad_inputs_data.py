@@ -315,3 +315,39 @@ def test_unwritable_cache_warns_and_still_loads(tmp_path):
     with pytest.warns(UserWarning, match=r"could not write the decode cache.*--cache-dir"):
         train, _ = load(root, tmp_path / "a_file" / "cache")
     assert len(train) == 4
+
+
+# -- review cases: a member path that leaves the archive, a huge image ----------------------------
+
+
+def test_tar_whose_members_all_go_up_names_the_skipped_members(tmp_path):
+    data = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(data, "PNG")
+    archive = tmp_path / "up.tar"
+    with tarfile.open(archive, "w") as tar:
+        for name in ("../train/a/x.png", "../test/a/y.png"):
+            info = tarfile.TarInfo(name)
+            info.size = len(data.getvalue())
+            tar.addfile(info, io.BytesIO(data.getvalue()))
+    with pytest.raises(
+        ValueError,
+        match=r"no images under train/.*'\.\.' were skipped: \.\./train/a/x\.png.*tar -C",
+    ):
+        load(archive, tmp_path / "c")
+    assert not (tmp_path.parent / "train").exists()  # nothing was written outside
+
+
+def test_out_of_memory_while_decoding_is_not_called_corrupt(tmp_path, monkeypatch):
+    from replay_lcmat.submodular import NotEnoughMemoryError
+
+    root = tmp_path / "ds"
+    write_folder(root)
+
+    def no_memory(img):
+        raise MemoryError
+
+    monkeypatch.setattr(folder_module, "_pixels", no_memory)
+    with pytest.raises(NotEnoughMemoryError, match=r"not enough memory to decode the image .*4 x 4 pixels.*Free memory") as err:  # fmt: skip
+        load(root, tmp_path / "c")
+    assert not isinstance(err.value, CorruptDataError)
+    assert "corrupt" not in str(err.value)

@@ -262,6 +262,9 @@ def test_available_memory_falls_back_to_meminfo_then_unknown(monkeypatch, tmp_pa
     assert submodular.available_memory_bytes("cpu") > 0
     assert submodular.available_memory_bytes("meta") is None
     monkeypatch.setitem(sys.modules, "psutil", None)  # import psutil now raises ImportError
+    monkeypatch.delenv(submodular.MEMORY_LIMIT_ENV, raising=False)  # no other limit applies
+    monkeypatch.setattr(submodular, "cgroup_available_bytes", lambda: None)
+    monkeypatch.setattr(submodular, "rlimit_available_bytes", lambda: None)
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal:       2048 kB\nMemAvailable:   1024 kB\n")
     monkeypatch.setattr(submodular, "MEMINFO", str(meminfo))
@@ -271,3 +274,71 @@ def test_available_memory_falls_back_to_meminfo_then_unknown(monkeypatch, tmp_pa
     features, logits, labels = toy(seed=6)  # unknown memory: no check, selection as usual
     result = LCMatS().select(features=features, logits=logits, labels=labels, per_class=2)
     assert len(result.indices) == 6
+
+
+# ------------------------------------------------------------------ review cases: inputs
+@pytest.mark.parametrize("name", sorted(SELECTORS))
+def test_zero_width_features_are_refused_with_the_problem(name):
+    _, logits, labels = toy(seed=9)
+    with pytest.raises(ValueError, match=r"features has no columns \(shape \(36, 0\)\)"):
+        make_selector(name).select(
+            features=torch.zeros(36, 0, dtype=torch.float64),
+            logits=logits,
+            labels=labels,
+            per_class=2,
+        )
+
+
+def test_lcmat_s_zero_width_features_is_a_value_error_not_zero_division():
+    _, logits, labels = toy(seed=9)
+    with pytest.raises(ValueError, match="no columns"):
+        lcmat_s(torch.zeros(36, 0), logits.float(), labels, 2)
+
+
+@pytest.mark.parametrize("name", ["lcmat-s", "craig", "herding", "kcenter"])
+def test_numpy_features_and_logits_are_accepted_like_labels(name):
+    features, logits, labels = toy(seed=10)
+    expected = make_selector(name).select(
+        features=features, logits=logits, labels=labels, per_class=3
+    )
+    got = make_selector(name).select(
+        features=features.numpy(), logits=logits.numpy(), labels=labels.numpy(), per_class=3
+    )
+    assert torch.equal(got.indices, expected.indices)
+    with pytest.raises(ValueError, match=r"NumPy array of dtype <U1; pass a float array"):
+        make_selector(name).select(
+            features=np.full((36, 5), "x"), logits=logits, labels=labels, per_class=3
+        )
+
+
+def test_meta_tensors_name_the_device_not_a_raw_item_error():
+    features, logits, labels = toy(seed=11)
+    with pytest.raises(ValueError, match="features is on the meta device"):
+        lcmat_s(features.to("meta"), logits, labels, 2)
+    with pytest.raises(ValueError, match="labels is on the meta device"):
+        lcmat_s(features, logits, labels.to("meta"), 2)
+
+
+def test_float64_overflow_does_not_advise_float64():
+    gen = torch.Generator().manual_seed(8)
+    h = torch.rand(12, 4, generator=gen, dtype=torch.float64) * 1e160
+    z, y = torch.randn(12, 3, generator=gen, dtype=torch.float64), torch.zeros(12, dtype=torch.long)
+    with pytest.raises(ValueError, match="overflow") as err:
+        lcmat_s(h, z, y, 3)
+    assert "pass float64" not in str(err.value)
+    assert "Scale the features or logits down" in str(err.value)
+
+
+@pytest.mark.parametrize("where", [(0, 0, 2, 2), (5, 1, 0, 3)])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_training_and_evaluation_refuse_non_finite_pixels(where, bad):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 2))
+    images, labels = torch.zeros(6, 3, 4, 4), torch.zeros(6, dtype=torch.long)
+    images[where] = bad
+    before = [p.clone() for p in model.parameters()]
+    message = rf"images contain NaN or inf in 1 of 6 samples \(first at rows \[{where[0]}\]\); drop or repair"
+    with pytest.raises(ValueError, match=message):
+        train(model, images, labels, epochs=1, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    with pytest.raises(ValueError, match=message):
+        evaluate(model, images, labels)

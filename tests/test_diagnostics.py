@@ -417,3 +417,9 @@ def test_inspect_cli_errors_name_the_fix(tmp_path, capsys):
     empty.write_text(json.dumps({"data": "digits", "method": "uniform", "by_class": []}))
     assert main(["inspect", "grid", "--selection", str(empty), "--out", out]) == 1
     assert "hold no images" in capsys.readouterr().err
+    binary = tmp_path / "x.pt"  # a condensed set passed as a selection: name the file and flag
+    binary.write_bytes(b"PK\x03\x04\x80\xff\xfe binary")
+    assert main(["inspect", "grid", "--selection", str(binary), "--out", out]) == 1
+    err = capsys.readouterr().err
+    assert f"{binary} is not a selection JSON" in err and "--condensed" in err
+    assert "codec" not in err

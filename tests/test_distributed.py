@@ -357,3 +357,97 @@ def test_without_a_group_everything_is_local():
     with pytest.raises(KeyError):
         with distributed.phase("work"):
             raise KeyError("not swallowed")
+
+
+# ------------------------------------------------------------------------ faults
+FAULT_TIMEOUT_S = 5  # REPLAY_LCMAT_DIST_TIMEOUT of the fault tests' processes
+
+
+class _DiesOnRankOne(Selector):
+    name = "dies-on-rank-one"
+
+    def select_class(self, inputs: ClassInputs, budget: int):
+        if dist.get_rank() == 1:
+            os._exit(9)  # as kill -9 would: no exception, no message to the other rank
+        return torch.arange(budget), None
+
+
+def _select_with_a_killed_rank() -> dict:
+    labels = torch.arange(4).repeat_interleave(3)
+    _DiesOnRankOne().select(labels=labels, per_class=1)
+    return {"raised": None}
+
+
+class _HangsOnRankOne(torch.nn.Module):
+    """A classifier whose forward never returns on rank 1 (a stuck data loader, a deadlock)."""
+
+    def __init__(self):
+        super().__init__()
+        self.classifier = torch.nn.Linear(64, 2)
+
+    def features(self, x):
+        if dist.get_rank() == 1:
+            time.sleep(600)
+        return x.flatten(1)
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+def _extract_with_a_hung_rank() -> dict:
+    labels = torch.arange(2).repeat_interleave(8)
+    extract_outputs(_HangsOnRankOne(), torch.randn(16, 1, 8, 8), labels, batch_size=4)
+    return {"raised": None}
+
+
+def _spawn_with_a_fault(fn, tmp_path: Path) -> tuple[dict, float]:
+    """Rank 0's result of ``fn`` while rank 1 dies or hangs, and the seconds rank 0 took;
+    the ranks that are left are killed once rank 0 has answered."""
+    context = mp.start_processes(
+        _entry,
+        args=(fn, str(tmp_path / "store"), 2, str(tmp_path), ()),
+        nprocs=2,
+        join=False,
+        start_method="spawn",
+    )
+    start = time.monotonic()
+    result = tmp_path / "rank0.pt"
+    try:
+        while not result.exists() or context.processes[0].is_alive():
+            if time.monotonic() - start > SPAWN_TIMEOUT_S:
+                pytest.fail(f"rank 0 did not stop within {SPAWN_TIMEOUT_S} s (a hang)")
+            time.sleep(0.2)
+        seconds = time.monotonic() - start
+        exit_code = context.processes[0].exitcode
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.kill()
+            process.join()
+    assert exit_code == 0, f"rank 0 ended with {exit_code} (an abort?)"
+    return torch.load(result, weights_only=False), seconds
+
+
+@pytest.mark.parametrize(
+    ("scenario", "work"),
+    [
+        (_select_with_a_killed_rank, "dies-on-rank-one selection"),
+        (_extract_with_a_hung_rank, "feature extraction"),
+    ],
+)
+def test_a_dead_or_hung_rank_stops_the_other_naming_it(scenario, work, tmp_path, monkeypatch):
+    """Rank 1 is killed mid-selection, or hangs mid-extraction: rank 0 stops within about the
+    timeout with a DistributedError naming rank 1 and the work, and exits normally."""
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, str(FAULT_TIMEOUT_S))  # inherited by the spawn
+    got, seconds = _spawn_with_a_fault(scenario, tmp_path)
+    assert got["raised"] == "DistributedError", got
+    assert got["message"].startswith(f"{work}: rank 1 did not reach it within 5 s"), got
+    assert f"raise {distributed.TIMEOUT_ENV}" in got["message"]
+    assert seconds < SPAWN_TIMEOUT_S
+
+
+def test_the_default_timeout_is_minutes(monkeypatch):
+    monkeypatch.delenv(distributed.TIMEOUT_ENV, raising=False)
+    assert 60 <= distributed._timeout().total_seconds() <= 900
+    with distributed.phase("work"):  # without a group: no barrier, nothing waits
+        distributed.check_peers("nothing")

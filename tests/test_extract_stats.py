@@ -278,3 +278,33 @@ def test_class_batch_single_sample_class_falls_back_to_running_statistics():
     running = extract_outputs(model, x, y, stats="running")
     torch.testing.assert_close(batch.logits[3], running.logits[3])
     assert (batch.logits[y != 1] - running.logits[y != 1]).abs().max() > 1e-3
+
+
+# ------------------------------------------------------------------ review cases: bad inputs
+def _nan_model():
+    model = _bn_model()
+    with torch.no_grad():
+        model.classifier.weight[0, 0] = float("nan")  # what training on a NaN pixel leaves
+    return model
+
+
+def test_extraction_refuses_non_finite_and_channels_last_inputs():
+    x, y = _data()
+    x[4, 1, 2, 3] = float("nan")
+    with pytest.raises(ValueError, match=r"data contain NaN or inf in 1 of 23 samples"):
+        extract_outputs(_bn_model(), x, y)
+    with pytest.raises(ValueError, match=r"data look channels-last \[N, H, W, C\]; permute"):
+        extract_outputs(_bn_model(), torch.zeros(23, 8, 8, 3), y)
+
+
+@pytest.mark.parametrize("stats", ["running", "class-batch"])
+def test_a_nan_model_is_named_as_the_problem_not_the_split(stats):
+    from replay_lcmat.memory import build_memory
+
+    x, y = _data()
+    with pytest.raises(ValueError, match=r"NaN or inf on finite inputs: its parameters.*classifier\.weight.*Retrain or reload") as err:  # fmt: skip
+        extract_outputs(_nan_model(), x, y, stats=stats)
+    assert "softmax" not in str(err.value)
+    with pytest.raises(ValueError, match="classifier.weight") as err:
+        build_memory("herding", x, y, per_class=2, model=_nan_model(), stats=stats)
+    assert "softmax" not in str(err.value)

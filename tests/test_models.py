@@ -87,3 +87,15 @@ def test_make_model_and_seeded_init_is_reproducible():
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
     with pytest.raises(ValueError, match="unknown model 'vgg'.*convnet, resnet18, mlp"):
         make_model("vgg", in_channels=3, num_classes=10, image_size=32)
+
+
+def test_split_head_names_non_finite_examples_and_a_nan_model():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).eval()
+    bad = torch.randn(2, 1, 2, 2)
+    bad[1, 0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"the example batch contain NaN or inf in 1 of 2"):
+        split_head(model, example=bad)
+    with torch.no_grad():
+        model[1].bias[2] = float("nan")
+    with pytest.raises(ValueError, match=r"returns NaN or inf on finite inputs.*\['1\.bias'\]"):
+        split_head(model, example=torch.randn(2, 1, 2, 2))

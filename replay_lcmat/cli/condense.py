@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
+from pathlib import Path
 
 from replay_lcmat import distributed
 from replay_lcmat.cli.common import add_data_arguments, check_output_path
 from replay_lcmat.condensation import CONDENSERS, load_synthetic, make_condenser
+from replay_lcmat.condensation.storage import data_fingerprint
 from replay_lcmat.data import load_dataset
 from replay_lcmat.devices import default_device
+from replay_lcmat.files import exclusive_output
 from replay_lcmat.specs import parse_options
 
 
@@ -17,10 +21,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "condense",
         help="condense a dataset into synthetic images per class (lcmat-c, dc, dsa, dm)",
-        description="Learn a synthetic set and save it (images, labels, options, seed) to --out, "
-        "with checkpoints during the run; continue an interrupted run with --resume. Options, "
-        "--out and --resume are checked before the data is loaded; an existing --out that holds "
-        "another run is kept unless --overwrite.",
+        description="Learn a synthetic set and save it (images, labels, options, seed) to --out "
+        "when the run completes, with checkpoints in OUT.ckpt during the run; continue an "
+        "interrupted run with --resume OUT.ckpt. Options, --out and --resume are checked before "
+        "the data is loaded; an existing --out that holds another run is kept unless "
+        "--overwrite, and a second run on the same --out stops with an error naming the first.",
     )
     add_data_arguments(parser)
     parser.add_argument("--method", required=True, choices=list(CONDENSERS))
@@ -38,7 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="outer iterations (default: the method's paper value: 1000; DM 20000)",
     )
-    parser.add_argument("--out", required=True, help="file for the synthetic set / checkpoints")
+    parser.add_argument(
+        "--out", required=True, help="file for the synthetic set (checkpoints: OUT.ckpt)"
+    )
     parser.add_argument("--resume", default=None, help="checkpoint of the same run to continue")
     parser.add_argument(
         "--overwrite",
@@ -70,11 +77,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def checkpoint_path(out: Path) -> Path:
+    """Where a run of ``--out OUT`` keeps its checkpoints: ``OUT.ckpt`` beside it."""
+    return out.with_name(out.name + ".ckpt")
+
+
 def run(args: argparse.Namespace) -> int:
     # every check that needs no data comes first: options, --resume, --out
-    check_output_path(args.out)
+    out = check_output_path(args.out)
+    checkpoint = checkpoint_path(out)
     if args.resume is not None:
-        load_synthetic(args.resume)  # a missing or corrupt file fails now, not after loading
+        # a missing or corrupt file fails now, not after loading
+        load_synthetic(args.resume, allow_incomplete=True)
     options = parse_options(args.option)
     if args.iterations is not None:
         options["iterations"] = args.iterations
@@ -84,24 +98,41 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         classes=args.classes,
         allow_small_classes=args.allow_small_classes,
-        checkpoint=args.out,
+        checkpoint=str(checkpoint),
         overwrite=args.overwrite,
         checkpoint_every=args.checkpoint_every,
         progress=not args.no_progress and distributed.is_writer(),  # one bar under torchrun
         **options,
     )
     condenser.check_budget(args.per_class)
-    condenser.check_checkpoint(args.resume)  # refuse to overwrite another run (options only)
-    train, _ = load_dataset(
-        args.data, root=args.data_root, download=args.download, cache_dir=args.cache_dir
-    )
-    start = time.perf_counter()
-    result = condenser.condense(
-        train.normalized(), train.labels, per_class=args.per_class, resume=args.resume
-    )
-    seconds = time.perf_counter() - start
-    if not distributed.is_writer():
-        return 0
+    # refuse to overwrite another run, in --out or its checkpoint (options only)
+    condenser.check_checkpoint(args.resume, path=out)
+    condenser.check_checkpoint(args.resume)
+    # --out is locked for the whole run (rank 0 writes it): a second run on it stops here
+    with exclusive_output(out) if distributed.is_writer() else contextlib.nullcontext():
+        train, _ = load_dataset(
+            args.data, root=args.data_root, download=args.download, cache_dir=args.cache_dir
+        )
+        images = train.normalized()
+        condenser.check_checkpoint(
+            args.resume,
+            fingerprint=data_fingerprint(images, train.labels),
+            per_class=args.per_class,
+            path=out,
+        )
+        start = time.perf_counter()
+        result = condenser.condense(
+            images, train.labels, per_class=args.per_class, resume=args.resume
+        )
+        seconds = time.perf_counter() - start
+        # every rank got here: rank 0 writes only a result all ranks finished
+        distributed.check_peers("the end of condense, before rank 0 writes --out")
+        if not distributed.is_writer():
+            return 0
+        # the final file appears only now, whole (a killed run leaves OUT.ckpt, marked
+        # unfinished, and no OUT)
+        result.synthetic.save(out)
+        checkpoint.unlink(missing_ok=True)  # the run is complete: OUT holds its resume state
     counts = result.labels.bincount().tolist()
     print(
         f"{args.method}: {len(result.images)} synthetic images {tuple(result.images.shape[1:])} "

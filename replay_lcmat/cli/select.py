@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from replay_lcmat.cli.common import (
 )
 from replay_lcmat.data import load_dataset
 from replay_lcmat.devices import default_device
+from replay_lcmat.files import atomic_write_text, exclusive_output
 from replay_lcmat.selection import (
     SELECTORS,
     make_selector,
@@ -50,6 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "values are read as JSON, else as text",
     )
     parser.add_argument("--out", required=True, help="JSON file for the selection")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --out (default: refuse)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=default_device())
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -58,6 +63,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_output_path(args.out)  # before any work: no pretraining for a path we cannot write
+    _refuse_existing(args)
+    # --out is locked for the whole run (rank 0 writes it): a second run on it stops here
+    with exclusive_output(args.out) if distributed.is_writer() else contextlib.nullcontext():
+        _refuse_existing(args)  # written by a run that finished while this one started
+        return _run(args)
+
+
+def _refuse_existing(args: argparse.Namespace) -> None:
+    if Path(args.out).exists() and not args.overwrite:
+        raise ValueError(
+            f"--out {args.out} already exists; pass --overwrite to replace it, or another --out "
+            "to keep it."
+        )
+
+
+def _run(args: argparse.Namespace) -> int:
     check_budget_arguments(args.per_class, args.fraction)
     options = parse_options(args.option)
     if SELECTORS.entry(args.method).accepts("seed"):
@@ -115,9 +136,11 @@ def run(args: argparse.Namespace) -> int:
         "by_class": by_class,
         "seconds": {"pretrain_and_extract": pretrain_seconds, "select": select_seconds},
     }
+    # every rank got here: rank 0 writes only a result all ranks finished
+    distributed.check_peers("the end of select, before rank 0 writes --out")
     if not distributed.is_writer():
         return 0  # under torchrun every rank holds the result; rank 0 writes it
-    Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
+    atomic_write_text(args.out, json.dumps(record, indent=1) + "\n")
     print(
         f"{args.method}: {len(result.indices)} of {len(train_data)} samples "
         f"({len(by_class)} classes) written to {args.out}; pretrain+extract "

@@ -3,6 +3,7 @@ loop, checkpoints, resume and NaN handling. Methods only implement :meth:`Conden
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -25,10 +26,12 @@ from replay_lcmat.condensation.storage import (
     fingerprint_differences,
     load_synthetic,
 )
+from replay_lcmat.files import exclusive_output
 from replay_lcmat.models import MODEL_NAMES, make_model, split_head
 from replay_lcmat.registry import Registry, get_params
 from replay_lcmat.seeding import seeded
 from replay_lcmat.validation import (
+    check_channels_first,
     check_choice,
     check_flag,
     check_number,
@@ -330,9 +333,25 @@ class Condenser(ABC):
 
         Returns:
             :class:`CondensationResult`.
+
+        Raises:
+            OutputInUseError: another run holds ``checkpoint`` (its lock, ``checkpoint.lock``,
+                is held for the whole run by the process that writes it).
         """
         per_class = self.check_budget(per_class)
         _check_inputs(images, labels)
+        with contextlib.ExitStack() as hold:
+            if self.checkpoint is not None and distributed.is_writer():
+                hold.enter_context(exclusive_output(self.checkpoint, what="checkpoint"))
+            return self._condense(images, labels, per_class, resume)
+
+    def _condense(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        per_class: int,
+        resume: str | os.PathLike | SyntheticSet | None,
+    ) -> CondensationResult:
         task = self._make_task(images, labels, per_class)
         self.check_checkpoint(resume, fingerprint=task.fingerprint, per_class=per_class)
         syn = self._initialise(task).requires_grad_(True)
@@ -471,6 +490,7 @@ class Condenser(ABC):
                 "losses": list(losses),
             },
             fingerprint=task.fingerprint,
+            complete=iteration >= self.iterations,
         )
 
     def check_checkpoint(
@@ -479,8 +499,12 @@ class Condenser(ABC):
         *,
         fingerprint: dict[str, Any] | None = None,
         per_class: int | None = None,
+        path: str | os.PathLike | None = None,
     ) -> None:
         """Refuse, before any work, to overwrite a ``checkpoint`` file that holds another run.
+
+        ``path``: check that file instead of ``checkpoint`` (the command line checks its
+        ``--out`` this way, its checkpoints being ``OUT.ckpt``).
 
         :meth:`condense` calls it with the data's fingerprint; call it earlier (without one,
         options only) to fail before loading the data. Passes when there is no checkpoint, no
@@ -492,9 +516,9 @@ class Condenser(ABC):
             ValueError: the path is a directory, or the file holds another run or is not a
                 synthetic set; the message says what differs and how to keep or replace it.
         """
-        if self.checkpoint is None:
+        if path is None and self.checkpoint is None:
             return
-        path = Path(self.checkpoint)
+        path = Path(self.checkpoint if path is None else path)
         if path.is_dir():
             raise ValueError(
                 f"checkpoint {path} is a directory; pass a file path, e.g. {path / 'syn.pt'}."
@@ -509,7 +533,7 @@ class Condenser(ABC):
             "--overwrite)."
         )
         try:
-            saved = load_synthetic(path)
+            saved = load_synthetic(path, allow_incomplete=True)
         except ValueError as err:
             raise ValueError(
                 f"checkpoint {path} already exists and is not a synthetic set of replay-lcmat "
@@ -567,7 +591,11 @@ class Condenser(ABC):
         optimizer: torch.optim.Optimizer,
         task: Task,
     ) -> tuple[int, list[float]]:
-        saved = resume if isinstance(resume, SyntheticSet) else load_synthetic(resume)
+        saved = (
+            resume
+            if isinstance(resume, SyntheticSet)
+            else load_synthetic(resume, allow_incomplete=True)
+        )
         source = "the given set" if isinstance(resume, SyntheticSet) else str(resume)
         found = self._differences(saved, _RESUMABLE_DIFFERENCES, task.per_class)
         if found:
@@ -660,6 +688,7 @@ def _check_inputs(images: Tensor, labels: Tensor) -> None:
         )
     if len(images) == 0:
         raise ValueError("images is empty; pass at least ipc images of every class.")
+    check_channels_first(images, "images")
     if not isinstance(labels, Tensor) or labels.dim() != 1 or len(labels) != len(images):
         shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
         raise ValueError(

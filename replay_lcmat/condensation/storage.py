@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from replay_lcmat.files import CorruptDataError, read_torch_file
+from replay_lcmat.files import CorruptDataError, atomic_torch_save, read_torch_file
 
 FORMAT = "replay-lcmat/synthetic-set"
 VERSION = 1
@@ -36,6 +37,8 @@ class SyntheticSet:
         state: optimiser and RNG state to resume from (empty once not needed).
         fingerprint: :func:`data_fingerprint` of the images and labels the set was made from
             (empty in sets saved before replay-lcmat recorded it).
+        complete: ``False`` for a checkpoint of a run that has not reached its last iteration
+            (:func:`load_synthetic` warns about it); sets saved before the flag are complete.
     """
 
     images: Tensor
@@ -46,11 +49,11 @@ class SyntheticSet:
     iteration: int
     state: dict[str, Any] = field(default_factory=dict)
     fingerprint: dict[str, Any] = field(default_factory=dict)
+    complete: bool = True
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write atomically: a crash while writing keeps the previous file intact."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Write atomically (a unique temporary file, then a rename): a crash while writing
+        keeps the previous file intact, and no reader sees half a file."""
         payload = {
             "format": FORMAT,
             "version": VERSION,
@@ -62,14 +65,17 @@ class SyntheticSet:
             "iteration": self.iteration,
             "state": self.state,
             "fingerprint": self.fingerprint,
+            "complete": self.complete,
         }
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        atomic_torch_save(path, payload)
 
 
-def load_synthetic(path: str | os.PathLike) -> SyntheticSet:
+def load_synthetic(path: str | os.PathLike, *, allow_incomplete: bool = False) -> SyntheticSet:
     """Read a set written by :meth:`SyntheticSet.save` (or a condenser checkpoint).
+
+    A checkpoint of an unfinished run (``complete=False``: the run was stopped or is still
+    going) is returned with a warning that its images are not the final ones, unless
+    ``allow_incomplete`` (resuming from it).
 
     Raises:
         FileNotFoundError: no file at ``path``.
@@ -110,6 +116,17 @@ def load_synthetic(path: str | os.PathLike) -> SyntheticSet:
             f"{path} is a corrupt replay-lcmat synthetic set ({why}); write it again with "
             "condense or SyntheticSet.save."
         )
+    complete = payload.get("complete", True) is not False
+    if not complete and not allow_incomplete:
+        total = payload["options"].get("iterations", "?")
+        warnings.warn(
+            f"{path} is the checkpoint of an unfinished condensation (iteration "
+            f"{payload['iteration']} of {total}): its images are not the final result. Finish "
+            f"the run with `replay-lcmat condense ... --resume {path}` (or resume=...), or use "
+            "the file written when the run completes.",
+            UserWarning,
+            stacklevel=2,
+        )
     return SyntheticSet(
         images=images,
         labels=labels,
@@ -119,6 +136,7 @@ def load_synthetic(path: str | os.PathLike) -> SyntheticSet:
         iteration=payload["iteration"],
         state=payload["state"],
         fingerprint=payload.get("fingerprint") or {},
+        complete=complete,
     )
 
 

@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 from replay_lcmat.data.image_data import ImageData, channel_stats
 from replay_lcmat.files import CorruptDataError
+from replay_lcmat.submodular import NotEnoughMemoryError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".webp"}
 SPLITS = ("train", "test")
@@ -293,9 +294,13 @@ def _plan(source: Path, entries: Iterable[_Entry]) -> dict[str, dict[str, list[s
     """
     images: dict[tuple[str, str, str], list[str]] = {}  # (top folder, split, class) -> names
     class_dirs: set[tuple[str, str, str]] = set()
-    nested, loose, outside, not_images = [], [], [], []
+    nested, loose, outside, not_images, escaping = [], [], [], [], []
     for entry in entries:
         parts = _parts(entry.name)
+        if ".." in parts or entry.name.startswith("/"):  # never read: it points outside
+            if parts and os.path.splitext(parts[-1])[1].lower() in IMAGE_SUFFIXES:
+                escaping.append(entry.name)
+            continue
         if not parts or _hidden(parts):
             continue
         if entry.is_dir:
@@ -351,13 +356,23 @@ def _plan(source: Path, entries: Iterable[_Entry]) -> dict[str, dict[str, list[s
     found: dict[str, dict[str, list[str]]] = {s: {} for s in SPLITS}
     for (_, split, cls), names in images.items():
         found[split][cls] = sorted(names, key=lambda name: _parts(name)[-1])
+    skipped = (
+        f"{len(escaping)} image member(s) whose path is absolute or goes up with '..' were "
+        f"skipped: {_examples(escaping)}. Re-create the archive with paths relative to the "
+        "dataset folder (tar -C <dataset folder> -czf <archive> train test)"
+        if escaping
+        else ""
+    )
     for split in SPLITS:
         if not found[split]:
             raise ValueError(
                 f"{source} has no images under {split}/<class>/. Expected an ImageFolder layout "
                 "train/<class>/<image> and test/<class>/<image> (optionally inside one top "
                 f"folder), images with one of the suffixes {_suffixes()}."
+                + (f" {skipped}." if skipped else "")
             )
+    if skipped:
+        warnings.warn(f"{source}: {skipped}.", stacklevel=3)
     extra = sorted(set(found["test"]) - set(found["train"]))
     if extra:
         raise ValueError(
@@ -402,10 +417,25 @@ def _pixels(img: Image.Image) -> np.ndarray:
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
+def _pixel_size(payload: bytes) -> str:
+    """``", W x H pixels"`` from the image header when it can be read, else ``""``."""
+    try:
+        with Image.open(io.BytesIO(payload)) as img:
+            return f", {img.width} x {img.height} pixels"
+    except Exception:  # the header itself is unreadable: say nothing about the size
+        return ""
+
+
 def _decode(source: Path, name: str, payload: bytes) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(payload)) as img:
             return _pixels(img)
+    except MemoryError as err:  # a huge image, not a corrupt one
+        raise NotEnoughMemoryError(
+            f"{source}: not enough memory to decode the image {name} ({len(payload)} bytes "
+            f"compressed{_pixel_size(payload)}). Free memory, or shrink or remove that image; "
+            "the file itself may be fine."
+        ) from err
     except _UnsupportedPixels as err:
         raise ValueError(
             f"{source}: the image {name} has {err}, which have no fixed range to scale to 0..255. "

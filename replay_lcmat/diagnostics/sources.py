@@ -118,6 +118,12 @@ def read_selection(path: str | os.PathLike) -> tuple[dict, Tensor]:
     path = _require_file(path, "selection file", "write one with `replay-lcmat select --out`.")
     try:
         record = json.loads(path.read_text())
+    except UnicodeDecodeError:
+        raise ValueError(
+            f"{path} is not a selection JSON (binary content, not UTF-8 text); pass a file "
+            "written by `replay-lcmat select --out` (a condensed set .pt goes to --condensed, a "
+            "saved memory to --memory)."
+        ) from None
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not JSON ({err}); pass a file written by select.") from None
     entries = record.get("by_class") if isinstance(record, dict) else None

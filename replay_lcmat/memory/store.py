@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from replay_lcmat.files import CorruptDataError, read_torch_file
+from replay_lcmat.files import CorruptDataError, atomic_torch_save, read_torch_file
 from replay_lcmat.validation import check_channels_first
 
 MEMORY_FORMAT = "replay-lcmat/class-memory"
@@ -184,11 +184,7 @@ class ClassMemory:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically (a crash while writing keeps the previous file)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
+        atomic_torch_save(path, self.state_dict())  # a unique temporary name, then a rename
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ClassMemory:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from replay_lcmat.validation import check_finite_images
+
 
 class _HeadReached(Exception):
     """Raised inside a forward pass once the head's input is captured, to skip the head."""
@@ -113,6 +115,29 @@ def _run(model: nn.Module, example: Tensor) -> Tensor:
     return out
 
 
+def _check_finite_output(model: nn.Module, output: Tensor) -> None:
+    """A model whose output on finite inputs is NaN/inf is broken; say so rather than blame
+    the split (comparisons with NaN always fail)."""
+    if bool(torch.isfinite(output).all()):
+        return
+    broken = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    broken += [
+        n
+        for n, b in model.named_buffers()
+        if b.is_floating_point() and not bool(torch.isfinite(b).all())
+    ]
+    where = (
+        f"its parameters/buffers {broken[:5]} hold NaN or inf (was it trained on NaN inputs or "
+        "with a too-large learning rate?)"
+        if broken
+        else "its parameters are finite, so a layer overflows"
+    )
+    raise ValueError(
+        f"{type(model).__name__}(x) returns NaN or inf on finite inputs: {where}. Retrain or "
+        "reload the model from a good checkpoint, on finite data, before using it."
+    )
+
+
 def _trace(model: nn.Module, example: Tensor) -> tuple[list[nn.Linear], dict]:
     """The ``nn.Linear`` layers in the order ``model(example)`` calls them, and the last call
     ``(args, kwargs)`` of every submodule."""
@@ -210,8 +235,10 @@ def split_head(model: nn.Module, example: Tensor | None = None) -> tuple[nn.Modu
         )
     if example is None:
         return ModelFeatures(model, head, use_method), head
+    check_finite_images(example, "the example batch")
     with torch.no_grad():
         expected = _run(model, example)
+        _check_finite_output(model, expected)
         if use_method:
             try:
                 got = classifier(model.features(example).flatten(1))

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from replay_lcmat import distributed
 from replay_lcmat.registry import Registry, get_params
+from replay_lcmat.validation import as_input_matrix
 
 Budget = int | Mapping[int, int]
 S = TypeVar("S", bound=type)
@@ -70,6 +71,7 @@ def check_inputs(
         ValueError: wrong shape or dtype, mismatched lengths, NaN/inf, an input the method
             needs is missing, or a label outside ``[0, c)`` of the logits.
     """
+    labels = as_input_matrix("labels", labels)
     if not isinstance(labels, Tensor):
         labels = torch.as_tensor(labels)
     labels = labels.detach()
@@ -85,6 +87,7 @@ def check_inputs(
         raise ValueError(f"labels must be >= 0; found {int(labels.min())}. Remap to 0..C-1.")
     checked = {}
     for name, x in (("features", features), ("logits", logits)):
+        x = as_input_matrix(name, x)
         if x is None:
             if name in needs:
                 raise ValueError(

@@ -15,6 +15,7 @@ from collections import OrderedDict
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from replay_lcmat import submodular
 from replay_lcmat.curvature import (
@@ -388,7 +389,12 @@ def _overflow_error(name: str, label: int, dtype: torch.dtype, low, high, n: int
     return ValueError(
         f"{name} on class {label}: the {dtype} dissimilarities (range [{float(low):.3g}, "
         f"{float(high):.3g}]) or their sums over {n} samples overflow; the inputs are finite "
-        "but too large. Scale the features or logits down, or pass float64 inputs."
+        "but too large. Scale the features or logits down"
+        + (
+            ", or pass float64 inputs."
+            if dtype != torch.float64
+            else " (e.g. divide by their max)."
+        )
     )
 
 
@@ -445,7 +451,13 @@ class StreamedSimilarity:
         self.c: Tensor | None = None
         if offset == "max":
             low = high = None
-            for a in range(0, self.n_candidates, STREAM_BLOCK_ROWS):
+            starts = tqdm(
+                range(0, self.n_candidates, STREAM_BLOCK_ROWS),
+                desc=f"{owner[0]} class {owner[1]}, streamed: offset pass",
+                disable=self.n_points < submodular.STREAM_PROGRESS_MIN_POINTS,
+                leave=False,
+            )
+            for a in starts:
                 stop = min(a + STREAM_BLOCK_ROWS, self.n_candidates)
                 block = self._distances(torch.arange(a, stop))
                 lo, hi = torch.aminmax(block)

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from replay_lcmat import distributed
+from replay_lcmat.validation import check_channels_first, check_finite_images
 
 # How a selection model's normalisation layers see the data while its outputs are taken.
 STATS = ("running", "class-batch", "class-center")
@@ -152,6 +153,8 @@ def extract_outputs(
             raise ValueError(
                 "when data is a tensor, pass labels=... with one int64 label per row of data."
             )
+        check_channels_first(data, "data")
+        check_finite_images(data, "data")
         n, batch_of = len(data), (lambda idx: data[idx.to(data.device)].to(device).float())
     elif hasattr(data, "normalized") and hasattr(data, "subset"):
         if labels is not None:
@@ -212,6 +215,14 @@ def extract_outputs(
                         logits = torch.zeros(n, z.shape[1])
                     feats[idx], logits[idx] = h, z
         feats, logits = distributed.merge_rows(feats, n), distributed.merge_rows(logits, n)
+        for name, values in (("features", feats), ("logits", logits)):
+            bad = ~torch.isfinite(values).all(1)
+            if bool(bad.any()):  # finite inputs, NaN outputs: the model, not the data
+                raise ValueError(
+                    f"the model's {name} are NaN or inf for {int(bad.sum())} of {n} samples of "
+                    "finite inputs: its weights or a layer overflow. Retrain or reload the "
+                    "selection model (e.g. on finite data, with a smaller learning rate)."
+                )
         if stats == "class-center":
             logits = class_centered_logits(feats, labels, head, device)
     finally:

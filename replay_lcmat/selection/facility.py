@@ -166,7 +166,8 @@ class FacilityLocationSelector(Selector):
         raise NotEnoughMemoryError(
             f"{self.name} on class {inputs.label} ({n} samples) needs about {format_bytes(needed)} at "
             f"its peak (the {n} x {n} {inputs.features.dtype} similarity and temporaries) "
-            f"but only {format_bytes(available)} is available on {device}. Split the class into "
+            f"but only {format_bytes(available)} is available on {device} "
+            f"({submodular.budget_note(device)}). Split the class into "
             f"{split} and select from each with a share of the budget (e.g. several calls with "
             f"the same fraction on disjoint parts), or use partitions=p.{remedy}{halve}"
         )
@@ -199,7 +200,7 @@ class FacilityLocationSelector(Selector):
                 f"{self.name} on class {inputs.label} ({n} samples): the streamed similarity "
                 f"needs about {format_bytes(self.streamed_peak_bytes(n, d, c, itemsize))} (inputs and "
                 f"blocks of rows) but only {format_bytes(available)} is available on "
-                f"{inputs.features.device}. Split the class into parts, or free memory."
+                f"{inputs.features.device} ({submodular.budget_note(inputs.features.device)}). Split the class into parts, or free memory."
             )
         return "streamed"
 
@@ -212,17 +213,35 @@ class FacilityLocationSelector(Selector):
         self, inputs: ClassInputs, budget: int, weighted: bool
     ) -> tuple[Tensor, Tensor | None]:
         if self.path(inputs) == "streamed":
-            source = StreamedSimilarity(
-                self.distances(inputs), self.offset, owner=(self.name, inputs.label)
+            return self._select_streamed(inputs, budget, weighted)
+        try:
+            sim = self.dissimilarity(inputs)
+        except (MemoryError, RuntimeError) as err:
+            # the estimate fitted but the allocator said no (other processes, fragmentation)
+            if self.similarity != "auto" or not submodular.is_allocation_failure(err):
+                raise
+            warnings.warn(
+                f"{self.name} on class {inputs.label}: the dense similarity could not be "
+                f"allocated ({str(err).splitlines()[0][:200]}); selecting with the streamed "
+                f'similarity instead (same picks, slower). Pass similarity="streamed" to skip '
+                f"the attempt.",
+                stacklevel=4,
             )
-            return self._greedy(FacilityLocation(source), budget, weighted)
-        sim = self.dissimilarity(inputs)
+            return self._select_streamed(inputs, budget, weighted)
         # One pass that C = "max" needs anyway doubles as the finiteness check of the matrix
         # (min and max propagate NaN): no n x n mask.
         low, high = torch.aminmax(sim)
         c = offset_and_check(self.name, inputs.label, self.offset, low, high, len(sim))
         torch.sub(c, sim, out=sim)  # s = C - d, in place
         return self._greedy(FacilityLocation(sim, check_finite=False), budget, weighted)
+
+    def _select_streamed(
+        self, inputs: ClassInputs, budget: int, weighted: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        source = StreamedSimilarity(
+            self.distances(inputs), self.offset, owner=(self.name, inputs.label)
+        )
+        return self._greedy(FacilityLocation(source), budget, weighted)
 
     def _greedy(
         self, fn: FacilityLocation, budget: int, weighted: bool
