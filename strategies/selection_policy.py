@@ -42,14 +42,9 @@ from avalanche.training.storage_policy import (
 )
 from torch import Tensor, nn
 
-from replay_lcmat.memory import (
-    SelectionPolicy,
-    check_per_class,
-    memory_policy,
-    select_exemplars,
-    split_small_classes,
-)
-from replay_lcmat.selection import extract_outputs
+from replay_lcmat.memory import SelectionPolicy, check_per_class, memory_policy
+from replay_lcmat.selection import extract_outputs, make_selector
+from replay_lcmat.selection.engine import fit_budgets
 from replay_lcmat.selection.extract import DEFAULT_STATS, check_stats
 from replay_lcmat.strategies.datasets import dataset_tensors
 
@@ -125,9 +120,10 @@ def _interleave_by_rank(picks: Tensor, labels: Tensor) -> Tensor:
 
 
 def _even_share(counts: Tensor, budget: int) -> int:
-    """The smallest per-class budget ``s`` with ``sum(min(count, s)) >= min(budget, total)``:
-    a class smaller than its share hands the rest to the others, so a budget of ``budget``
-    items is always filled while the data has that many."""
+    """A total budget as a per-class one (Avalanche tells a group its total, and a group may
+    hold several classes): the smallest ``s`` with ``sum(min(count, s)) >= min(budget, total)``,
+    so a class smaller than ``s`` is taken whole and the total is still filled while the data
+    has that many."""
     target = min(budget, int(counts.sum()))
     share = math.ceil(target / len(counts))
     while int(counts.clamp(max=share).sum()) < target:
@@ -183,18 +179,19 @@ class SelectorExemplarsStrategy(ExemplarsSelectionStrategy):
                     f"{name_or_selector!r} is a {policy.kind} policy; use CondensedClassBuffer "
                     "(or LCMatReplayPlugin(policy=...)) for synthetic exemplars."
                 )
-            policy.check_options(**options)  # unknown or bad options fail here
-            needs = policy.entry.factory.needs
+            seeded = {"seed": seed} if policy.entry.accepts("seed") else {}
+            selector = make_selector(policy.name, **seeded, **options)  # bad options fail here
         elif callable(getattr(name_or_selector, "select", None)):
             if options:
                 raise ValueError("options apply to a selector name; configure the selector.")
-            needs = getattr(name_or_selector, "needs", ("features", "logits"))
+            selector = name_or_selector
         else:
             raise ValueError(
                 f"name_or_selector must be a selector name or a Selector; got {name_or_selector!r}."
             )
         self.selector = name_or_selector
-        self.needs = tuple(needs)
+        self._selector = selector
+        self.needs = tuple(getattr(selector, "needs", ("features", "logits")))
         self.seed = seed
         self.stats = stats
         self.batch_size = batch_size
@@ -222,18 +219,15 @@ class SelectorExemplarsStrategy(ExemplarsSelectionStrategy):
             features, logits = self._outputs(strategy, x, labels, tasks)
         else:
             labels = _targets(data)
-        counts = torch.unique(labels, return_counts=True)[1]
-        per_class = int(counts.max()) if budget is None else _even_share(counts, budget)
-        picks = select_exemplars(
-            self.selector,
-            labels=labels,
-            features=features,
-            logits=logits,
-            per_class=per_class,
-            seed=self.seed,
-            rank_small=True,
-            **self.options,
-        )
+        classes, counts = torch.unique(labels, return_counts=True)
+        # budget None: rank every class whole; else the total shared out evenly (_even_share)
+        share = int(counts.max()) if budget is None else _even_share(counts, budget)
+        per_class = {
+            c: min(n, share) for c, n in zip(classes.tolist(), counts.tolist(), strict=True)
+        }
+        picks = self._selector.select(
+            labels=labels, features=features, logits=logits, per_class=per_class
+        ).indices
         order = _interleave_by_rank(picks, labels) if len(counts) > 1 else picks
         if budget is not None:
             order = order[:budget]
@@ -287,7 +281,7 @@ class _ClassExemplars(ExemplarsBuffer):
         """Merge new samples of the class and keep the best ``max_size`` of old + new."""
         if len(self.buffer):
             data, sources = self.buffer.concat(data), torch.cat([self.sources, sources])
-        split_small_classes(torch.full((len(data),), self.label), self.max_size)  # warns
+        fit_budgets({self.label: len(data)}, {self.label: self.max_size})  # the small-class warning
         self._keep(strategy, data, sources, self.max_size)
 
     def _keep(self, strategy, data: AvalancheDataset, sources: Tensor, k: int) -> None:

@@ -247,15 +247,25 @@ def symmetric_kl(p: Tensor, q: Tensor) -> float:
     )
 
 
+def class_seed(seed: int, label: int) -> int:
+    """The documented per-class seed: the first word of NumPy's ``SeedSequence([seed, label])``."""
+    return int(np.random.SeedSequence([seed, label]).generate_state(1)[0])
+
+
 def kcenter_reference(
-    problem: SelectionProblem, seed: int, on_probabilities: bool
+    problem: SelectionProblem, seed: int, on_probabilities: bool, per_class_seed: bool = True
 ) -> tuple[Tensor, None]:
-    """k-center greedy per class; the first center of each class is drawn from one generator
-    seeded with ``seed``, classes ascending (the documented contract). Distances: Euclidean on
-    features, or the symmetric KL of the predicted probabilities (contextual diversity)."""
-    gen = torch.Generator().manual_seed(seed)
+    """k-center greedy per class; the first center of class ``c`` is drawn from a generator
+    seeded with :func:`class_seed` ``(seed, c)`` (the documented contract; ``per_class_seed=False``:
+    one generator seeded with ``seed`` for all classes, a deliberate mistake). Distances:
+    Euclidean on features, or the symmetric KL of the predicted probabilities (contextual
+    diversity)."""
+    shared = torch.Generator().manual_seed(seed)
 
     def pick(h: Tensor, z: Tensor, y: Tensor, budget: int) -> tuple[list[int], None]:
+        gen = (
+            torch.Generator().manual_seed(class_seed(seed, int(y[0]))) if per_class_seed else shared
+        )
         first = int(torch.randint(len(y), (1,), generator=gen))
         if on_probabilities:
             p = torch.softmax(z, dim=1)
@@ -267,13 +277,21 @@ def kcenter_reference(
     return by_class(problem, pick)
 
 
-def uniform_reference(problem: SelectionProblem, seed: int) -> tuple[Tensor, None]:
-    """Documented contract: one generator seeded with ``seed``; per class (ascending) the first
-    ``budget`` entries of a random permutation of its members."""
-    gen = torch.Generator().manual_seed(seed)
-    return by_class(
-        problem, lambda h, z, y, b: (torch.randperm(len(y), generator=gen)[:b].tolist(), None)
-    )
+def uniform_reference(
+    problem: SelectionProblem, seed: int, per_class_seed: bool = True
+) -> tuple[Tensor, None]:
+    """Documented contract: class ``c`` takes the first ``budget`` entries of a random
+    permutation of its members drawn from a generator seeded with :func:`class_seed`
+    ``(seed, c)`` (``per_class_seed=False``: one generator for all classes, a mistake)."""
+    shared = torch.Generator().manual_seed(seed)
+
+    def pick(h: Tensor, z: Tensor, y: Tensor, budget: int) -> tuple[list[int], None]:
+        gen = (
+            torch.Generator().manual_seed(class_seed(seed, int(y[0]))) if per_class_seed else shared
+        )
+        return torch.randperm(len(y), generator=gen)[:budget].tolist(), None
+
+    return by_class(problem, pick)
 
 
 def uncertainty_picks(kind: str) -> ClassPicker:
@@ -394,9 +412,9 @@ def greedy_on(
 
 def one_sided_kl_kcenter(problem: SelectionProblem, seed: int) -> tuple[Tensor, None]:
     """A wrong contextual diversity: k-center under ``KL(p_i || p_j)`` only."""
-    gen = torch.Generator().manual_seed(seed)
 
     def pick(h: Tensor, z: Tensor, y: Tensor, budget: int) -> tuple[list[int], None]:
+        gen = torch.Generator().manual_seed(class_seed(seed, int(y[0])))
         first = int(torch.randint(len(y), (1,), generator=gen))
         p = torch.softmax(z, dim=1).tolist()
         kl = lambda i, j: sum(a * math.log(a / b) for a, b in zip(p[i], p[j], strict=True))  # noqa: E731
@@ -409,7 +427,10 @@ _selector(
     "uniform",
     "seeded random permutation per class",
     lambda p: uniform_reference(p, 5),
-    {"another seed": lambda p: uniform_reference(p, 6)},
+    {
+        "another seed": lambda p: uniform_reference(p, 6),
+        "one generator for all classes": lambda p: uniform_reference(p, 5, per_class_seed=False),
+    },
     seed=5,
 )
 _selector(
@@ -422,7 +443,12 @@ _selector(
     "kcenter",
     "k-center greedy with a loop over pairs (Euclidean)",
     lambda p: kcenter_reference(p, 2, on_probabilities=False),
-    {"on probabilities": lambda p: kcenter_reference(p, 2, on_probabilities=True)},
+    {
+        "on probabilities": lambda p: kcenter_reference(p, 2, on_probabilities=True),
+        "one generator for all classes": lambda p: kcenter_reference(
+            p, 2, on_probabilities=False, per_class_seed=False
+        ),
+    },
     seed=2,
 )
 _selector(

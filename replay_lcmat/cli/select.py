@@ -37,9 +37,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     budget = parser.add_mutually_exclusive_group(required=True)
     budget.add_argument("--fraction", type=float, help="share of every class, e.g. 0.01")
     budget.add_argument("--per-class", type=int, help="samples per class")
-    parser.add_argument(
-        "--take-all", action="store_true", help="keep a class whole when it is below the budget"
-    )
     add_selection_model_arguments(parser)
     parser.add_argument(
         "--option",
@@ -77,7 +74,6 @@ def run(args: argparse.Namespace) -> int:
         labels=outputs.labels,
         per_class=args.per_class,
         fraction=args.fraction,
-        take_all=args.take_all,
     )
     select_seconds = time.perf_counter() - start
     labels = outputs.labels[result.indices]
@@ -96,7 +92,6 @@ def run(args: argparse.Namespace) -> int:
         "data": str(args.data),
         "method": args.method,
         "options": selector.get_params(),
-        "take_all": args.take_all,
         "fraction": args.fraction,
         "per_class": args.per_class,
         "seed": args.seed,

@@ -111,8 +111,8 @@ class FacilityLocationSelector(Selector):
         """``[n_c, n_c]`` non-negative dissimilarities of the class's samples (the dense path)."""
         return self.distances(inputs).dense()
 
-    def start(self) -> None:
-        self._generator = torch.Generator().manual_seed(self.seed)
+    def start_class(self, seed: int) -> None:
+        self._generator = torch.Generator().manual_seed(seed)
 
     def peak_bytes(self, n: int, d: int, c: int, itemsize: int) -> int:
         """Estimated peak memory of the dense path on a class of ``n`` samples."""
@@ -411,7 +411,6 @@ def lcmat_s(
     k_dims: int = 100,
     offset: float | str = "max",
     greedy: str = "lazy",
-    take_all: bool = False,
     similarity: str = "auto",
     partitions: int = 1,
 ) -> Tensor:
@@ -426,7 +425,6 @@ def lcmat_s(
         k_dims: number of highest-variance diagonal-Hessian coordinates per class.
         offset: the constant C of ``s = C - d``: ``"max"`` or a float.
         greedy: ``"lazy"`` (default), ``"naive"`` (same picks, slower) or ``"stochastic"``.
-        take_all: a budget larger than its class keeps the whole class instead of raising.
         similarity / partitions: see :class:`FacilityLocationSelector` (``"streamed"``: no
             ``n x n`` matrix, same picks; ``partitions > 1``: approximate).
 
@@ -443,5 +441,5 @@ def lcmat_s(
         partitions=partitions,
     )
     return selector.select(
-        features=features, logits=logits, labels=labels, per_class=per_class, take_all=take_all
+        features=features, logits=logits, labels=labels, per_class=per_class
     ).indices
