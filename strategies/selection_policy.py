@@ -2,7 +2,7 @@
 
 :class:`SelectorExemplarsStrategy` is an Avalanche ``ExemplarsSelectionStrategy``: it works inside
 Avalanche's own ``ParametricBuffer``. :class:`SelectionBuffer` is a ``ParametricBuffer`` that keeps
-``per_class`` exemplars of every class seen so far and tells the strategy the budget, so a
+``per_class`` exemplars of every class seen so far and tells the strategy that number, so a
 greedy selector picks only ``k`` samples and a group that already fits is never re-ranked.
 
 With Avalanche's own ``ReplayPlugin`` (which checks ``storage_policy.max_size == mem_size`` when
@@ -12,8 +12,8 @@ class seen, ``max_size`` is 0 before the first experience), so pass ``mem_size=b
     buffer = SelectionBuffer(10, "lcmat-s")
     ReplayPlugin(mem_size=buffer.max_size, storage_policy=buffer)
 
-``ReplayPlugin(mem_size=100, storage_policy=SelectionBuffer(10))`` raises a ValueError saying so
-(:class:`LCMatReplayPlugin` does the above for you). For Avalanche's semantics (a fixed total
+``ReplayPlugin(mem_size=100, storage_policy=SelectionBuffer(10))`` fails Avalanche's check
+(:class:`LCMatReplayPlugin` passes the buffer's own value for you). For Avalanche's semantics (a fixed total
 split equally over the classes seen) use Avalanche's ``ParametricBuffer`` with
 :class:`SelectorExemplarsStrategy`::
 
@@ -49,7 +49,8 @@ from replay_lcmat.selection.extract import DEFAULT_STATS, check_stats
 from replay_lcmat.strategies.datasets import dataset_tensors
 
 STATE_FORMAT = "replay-lcmat/selection-buffer"
-# Version 2 adds the exemplars' labels, a fingerprint of their images and the stream name.
+# The one state layout read back: per class the sources, labels and image fingerprints of the
+# exemplars, and the stream name; any other version is refused.
 STATE_VERSION = 2
 # Logit given to the classes another task's head does not have, when the samples of one group
 # come from heads of different widths: probability 0, like Avalanche's masking (-1000).
@@ -71,38 +72,6 @@ class TaskModel(nn.Module):
         return self.model(x, self.task_label)
 
 
-class ReplayCapacity(int):
-    """``max_size`` of a per-class buffer before its first experience: 0, but comparing it with
-    another number raises a ValueError that explains how to combine the buffer with Avalanche's
-    ``ReplayPlugin`` (whose constructor asserts ``storage_policy.max_size == mem_size``; without
-    this it fails with a bare AssertionError)."""
-
-    def __new__(cls, hint: str = "") -> ReplayCapacity:
-        capacity = super().__new__(cls, 0)
-        capacity.hint = hint
-        return capacity
-
-    def __getnewargs__(self) -> tuple[str]:
-        return (self.hint,)
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, int) and not isinstance(other, bool) and int(other) != 0:
-            raise ValueError(
-                f"{self.hint} grows with the classes seen, so it has no fixed total to compare "
-                f"with {int(other)} (e.g. ReplayPlugin(mem_size={int(other)})). Pass "
-                "mem_size=buffer.max_size (ReplayPlugin only checks it), or use "
-                "LCMatReplayPlugin(per_class=...); for a fixed total split over the classes "
-                "use Avalanche's ParametricBuffer(max_size, groupby='class', "
-                "selection_strategy=SelectorExemplarsStrategy(...))."
-            )
-        return int(self) == other
-
-    def __ne__(self, other: object) -> bool:
-        return not self.__eq__(other)
-
-    __hash__ = int.__hash__
-
-
 def _targets(data: AvalancheDataset) -> Tensor:
     return torch.tensor([int(v) for v in data.targets], dtype=torch.int64)
 
@@ -119,12 +88,11 @@ def _interleave_by_rank(picks: Tensor, labels: Tensor) -> Tensor:
     return picks[torch.tensor(order, dtype=torch.int64)]
 
 
-def _even_share(counts: Tensor, budget: int) -> int:
-    """A total budget as a per-class one (Avalanche tells a group its total, and a group may
-    hold several classes): the smallest ``s`` with ``sum(min(count, s)) >= min(budget, total)``,
-    so a class smaller than ``s`` is taken whole and the total is still filled while the data
-    has that many."""
-    target = min(budget, int(counts.sum()))
+def _even_share(counts: Tensor, total: int) -> int:
+    """A total as a per-class budget (a group may hold several classes): the smallest ``s``
+    with ``sum(min(count, s)) >= min(total, samples)``, so a class smaller than ``s`` is taken
+    whole and the total is still filled while the data has that many."""
+    target = min(total, int(counts.sum()))
     share = math.ceil(target / len(counts))
     while int(counts.clamp(max=share).sum()) < target:
         share += 1
@@ -198,21 +166,21 @@ class SelectorExemplarsStrategy(ExemplarsSelectionStrategy):
         self.options = options
 
     def make_sorted_indices(
-        self, strategy, data: AvalancheDataset, budget: int | None = None
+        self, strategy, data: AvalancheDataset, total: int | None = None
     ) -> list[int]:
         """Indices of ``data`` in keep-first order.
 
         Args:
             strategy: the Avalanche strategy (its ``model`` and ``device`` are used).
             data: the group to rank (may be empty: returns ``[]``).
-            budget: how many exemplars will be kept; ``None`` (Avalanche's own buffers never
+            total: how many exemplars of the group will be kept; ``None`` (Avalanche's own buffers never
                 tell) ranks the whole group, which for greedy selectors costs a full greedy run.
         """
         n = len(data)
         if n == 0:
             return []
-        if budget is not None and budget < 1:
-            raise ValueError(f"budget must be >= 1 or None; got {budget}.")
+        if total is not None and total < 1:
+            raise ValueError(f"total must be >= 1 or None; got {total}.")
         features = logits = None
         if self.needs:
             x, labels, tasks = dataset_tensors(data, batch_size=self.batch_size)
@@ -220,8 +188,8 @@ class SelectorExemplarsStrategy(ExemplarsSelectionStrategy):
         else:
             labels = _targets(data)
         classes, counts = torch.unique(labels, return_counts=True)
-        # budget None: rank every class whole; else the total shared out evenly (_even_share)
-        share = int(counts.max()) if budget is None else _even_share(counts, budget)
+        # total None: rank every class whole; else the total shared out evenly (_even_share)
+        share = int(counts.max()) if total is None else _even_share(counts, total)
         per_class = {
             c: min(n, share) for c, n in zip(classes.tolist(), counts.tolist(), strict=True)
         }
@@ -229,8 +197,8 @@ class SelectorExemplarsStrategy(ExemplarsSelectionStrategy):
             labels=labels, features=features, logits=logits, per_class=per_class
         ).indices
         order = _interleave_by_rank(picks, labels) if len(counts) > 1 else picks
-        if budget is not None:
-            order = order[:budget]
+        if total is not None:
+            order = order[:total]
         return order.tolist()
 
     def _outputs(self, strategy, x: Tensor, labels: Tensor, tasks: Tensor) -> tuple[Tensor, Tensor]:
@@ -289,7 +257,7 @@ class _ClassExemplars(ExemplarsBuffer):
             self.buffer, self.sources, self.ranked = data, sources, len(data) <= 1
             return
         if isinstance(self.selection_strategy, SelectorExemplarsStrategy):
-            order = self.selection_strategy.make_sorted_indices(strategy, data, budget=k)
+            order = self.selection_strategy.make_sorted_indices(strategy, data, total=k)
         else:  # any Avalanche ExemplarsSelectionStrategy
             order = list(self.selection_strategy.make_sorted_indices(strategy=strategy, data=data))
         order = torch.as_tensor(order[:k], dtype=torch.int64)
@@ -343,7 +311,7 @@ class SelectionBuffer(ParametricBuffer):
             raise ValueError("selector options apply to a selector name only.")
         super().__init__(max_size=0, groupby="class", selection_strategy=selection_strategy)
         self.per_class = per_class
-        self.max_size = ReplayCapacity(f"SelectionBuffer(per_class={per_class})")
+        self.max_size = 0  # grows by per_class with every class seen
         self.stream_name: str | None = None
 
     @classmethod
@@ -459,20 +427,25 @@ class SelectionBuffer(ParametricBuffer):
             raise ValueError(
                 "not a selection-buffer state; pass the dict of SelectionBuffer.state_dict()."
             )
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(
+                f"selection-buffer state version {state.get('version')!r}; this replay-lcmat "
+                f"reads version {STATE_VERSION} only. Rebuild the memory with this version."
+            )
         if stream is None:
             raise ValueError(
                 "a selection memory stores indices into the stream: pass stream=<the benchmark's "
                 "train_stream> to restore it."
             )
-        saved_per_class = state.get("per_class", state.get("mem_per_class"))  # <= 0.1 name
+        saved_per_class = state["per_class"]
         if saved_per_class != self.per_class:
             raise ValueError(
                 f"the saved memory keeps {saved_per_class} exemplars per class, this buffer "
                 f"{self.per_class}; restore into a buffer (or plugin) built with "
                 f"per_class={saved_per_class}, then resize it if you want another size."
             )
-        saved_name, name = state.get("stream"), getattr(stream, "name", None)
-        # a state without a stream name (older version) only refuses the test stream
+        saved_name, name = state["stream"], getattr(stream, "name", None)
+        # a memory built from an unnamed stream only refuses the test stream
         other = name != saved_name if saved_name is not None else name == "test"
         if name is not None and other:
             raise ValueError(
@@ -480,16 +453,14 @@ class SelectionBuffer(ParametricBuffer):
                 f"{name!r} stream; restore with the stream the exemplars were taken from "
                 "(benchmark.train_stream for a memory built while training)."
             )
-        labels = state.get("labels") or [None] * len(state["classes"])
-        prints = state.get("fingerprints") or [None] * len(state["classes"])
-        if "fingerprints" not in state:
-            warnings.warn(
-                "this selection memory was saved without image fingerprints (an older version); "
-                "only its labels can be checked against the stream.",
-                UserWarning,
-                stacklevel=2,
-            )
-        rows = zip(state["classes"], state["sources"], state["ranked"], labels, prints, strict=True)
+        rows = zip(
+            state["classes"],
+            state["sources"],
+            state["ranked"],
+            state["labels"],
+            state["fingerprints"],
+            strict=True,
+        )
         experiences = _experiences(stream, state["sources"])
         groups = {}
         for label, sources, ranked, saved_labels, saved_print in rows:
@@ -563,7 +534,7 @@ def _gather(experiences: dict[int, AvalancheDataset], sources: Tensor, name) -> 
 def _check_group(label: int, group: _ClassExemplars, saved_labels, saved_print) -> None:
     """Raise unless the restored exemplars of class ``label`` have the saved labels and images."""
     got = _targets(group.buffer)
-    expected = torch.full_like(got, label) if saved_labels is None else saved_labels
+    expected = saved_labels
     wrong = torch.nonzero(got != expected).flatten()
     if len(wrong):
         j = int(wrong[0])

@@ -10,7 +10,7 @@ BASE = [
     "condense",
     "--data",
     "digits",
-    "--ipc",
+    "--per-class",
     "2",
     "--option",
     'network_options={"width": 8}',
@@ -63,7 +63,16 @@ def test_condense_rejects_options_of_other_methods(tmp_path, capsys):
     assert (
         main(
             BASE
-            + ["--method", "dm", "--iterations", "1", "--ipc", "0", "--out", str(tmp_path / "x.pt")]
+            + [
+                "--method",
+                "dm",
+                "--iterations",
+                "1",
+                "--per-class",
+                "0",
+                "--out",
+                str(tmp_path / "x.pt"),
+            ]
         )
         == 1
     )

@@ -259,7 +259,9 @@ def test_the_demo_records_a_command_that_parses_back_to_its_settings():
     from replay_lcmat.reporting import command_line
 
     parser = build_parser()
-    args = parser.parse_args(["demo", "--data", "digits", "--seeds", "3", "4", "--out", "a b/c"])
+    args = parser.parse_args(
+        ["demo", "--data", "digits", "--seeds", "3", "4", "--out-dir", "a b/c"]
+    )
     command = command_line("replay-lcmat demo", _settings_argv(args))
     assert command.startswith("replay-lcmat demo --data digits ") and "'a b/c'" in command
     assert vars(parser.parse_args(shlex.split(command)[1:])) == vars(args)

@@ -66,7 +66,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     add_selection_model_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="seeds θ, selections, directions")
     parser.add_argument("--device", default=default_device())
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars"
+    )
 
 
 def _add_subset_arguments(parser: argparse.ArgumentParser) -> None:
@@ -268,7 +270,7 @@ def _selection_model(args: argparse.Namespace, train=None):
     """``(train, model, outputs)``: θ trained on the training split (loaded from --data unless
     given) and its outputs."""
     train = _load_train(args) if train is None else train
-    model, outputs = selection_model_outputs(args, train, progress=not args.no_progress)
+    model, outputs = selection_model_outputs(args, train, progress=args.progress)
     return train, model, outputs
 
 

@@ -49,7 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="JSON file for the selection")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=default_device())
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars"
+    )
     parser.set_defaults(func=run)
 
 
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     if SELECTORS.entry(args.method).accepts("seed"):
         options.setdefault("seed", args.seed)
     selector = make_selector(args.method, **options)  # fail on bad options before any training
-    progress = not args.no_progress and distributed.is_writer()  # one bar under torchrun
+    progress = args.progress and distributed.is_writer()  # one bar under torchrun
     train_data, _ = load_dataset(
         args.data, root=args.data_root, download=args.download, cache_dir=args.cache_dir
     )

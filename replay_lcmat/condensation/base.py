@@ -547,15 +547,11 @@ class Condenser(ABC):
             if old != new
         ]
         old_options = dict(saved.options)
-        if "ipc" in old_options and "per_class" not in old_options:  # sets saved before 0.2
-            old_options["per_class"] = old_options.pop("ipc")
         options = self.saved_options(per_class)
         if per_class is None:  # options only: the budget is not known yet
             ignore = ignore | {"per_class"}
         for key, new in options.items():
             old = old_options.get(key)
-            if key == "network" and isinstance(old, str):
-                old = _without_addresses(old)  # sets saved before the description was stable
             if key not in ignore and old != new:
                 found.append(f"{key}: saved {old!r}, now {new!r}")
         return found
