@@ -1,4 +1,4 @@
-"""Continual learning with memory replay (LCMat paper, Fig. 5; spec section 5).
+"""Continual learning with memory replay (LCMat paper, Fig. 5).
 
 Class-incremental split in 5 experiences; after each, every policy builds the memory of the new
 classes from that experience's data only (selection policies rank with a model trained on it),

@@ -1,4 +1,4 @@
-"""Coreset-selection protocol (spec section 5, Table 1): pretrain, extract once, select
+"""Coreset-selection protocol (LCMat paper, Table 1): pretrain, extract once, select
 class-balanced subsets with each method, train a fresh model on each, report test accuracy.
 
     python -m benchmarks.coreset --preset cpu-bn               # ~45 min on 2 CPU cores
@@ -81,7 +81,7 @@ CPU_COMMON = dict(
 )
 
 PRESETS = {
-    # The paper's settings (spec section 5): for GPU machines.
+    # The paper's settings (Table 1): for GPU machines.
     "paper": dict(
         data="cifar10",
         model="resnet18",

@@ -25,6 +25,15 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ[CIFAR10_ARCHIVE_VARIABLE] = str(BESIDE_CHECKOUT)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests on the real CIFAR-10 archive decode it first: they are ``slow``."""
+    for item in items:
+        if "cifar10" in getattr(item, "fixturenames", ()) or "cifar10_archive" in getattr(
+            item, "fixturenames", ()
+        ):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _few_threads():
     """Two cores are shared by CI and other work: keep torch from oversubscribing them."""

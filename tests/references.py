@@ -2,7 +2,7 @@
 
 ``REFERENCES[name]`` is a :class:`Reference`: ``run_method()`` runs the library on a tiny
 problem, ``run_reference(got)`` computes the same answer independently (brute-force loops,
-autograd in float64, formulas restated from ``../shared/LCMAT_SPEC.md``) and
+autograd in float64, formulas restated from the papers) and
 ``compare(got, expected)`` asserts they agree: exact equality for selections, a float64
 tolerance for condensation updates and losses. ``tests/test_references.py`` runs every
 registered name through this table, so a new method without a reference fails there.
@@ -178,7 +178,7 @@ def representation_counts(sim: Tensor, picks: list[int]) -> Tensor:
 def facility_location_picks(
     d: Tensor, budget: int, weighted: bool
 ) -> tuple[list[int], Tensor | None]:
-    """Greedy on ``s = max(d) - d`` (spec section 3, offset "max")."""
+    """Greedy on ``s = max(d) - d`` (LCMat paper Sec. 3, offset "max")."""
     sim = d.max() - d
     picks = greedy_facility_location(sim, budget)
     return picks, representation_counts(sim, picks) if weighted else None
@@ -487,7 +487,7 @@ _selector(
 )
 _selector(
     "lcmat-s",
-    "naive greedy on materialised gradient + eps * top-K Hessian L1 distances (spec section 3)",
+    "naive greedy on materialised gradient + eps * top-K Hessian L1 distances (LCMat paper Sec. 3)",
     greedy_on(lambda h, z, y: lcmat_dissimilarity_reference(h, z, y, 0.5, 6), weighted=False),
     {
         "no curvature term (Craig)": greedy_on(gradient_distances, weighted=False),
@@ -704,7 +704,7 @@ def gradient_matching_loss(
     net: nn.Sequential, pairs: list[tuple[int, Tensor, Tensor]], rho: float
 ) -> Tensor:
     """Sum over classes of DC's distance between mean real and mean synthetic gradients (all
-    weight tensors, by autograd) plus, for rho > 0, LCMat-C's variance gap (spec section 4)."""
+    weight tensors, by autograd) plus, for rho > 0, LCMat-C's variance gap (the LCMat paper's condensation objective)."""
     weights = [p for p in net.parameters() if p.dim() > 1]
     loss = torch.zeros((), dtype=torch.float64)
     for j, real, fake in pairs:

@@ -1,5 +1,5 @@
-"""Bad inputs, faults and misuse of condensation, checkpoints and the condense/select CLI
-(issue 9, part B): each case gets an early error that names the problem, the file and the fix,
+"""Bad inputs, faults and misuse of condensation, checkpoints and the condense/select CLI:
+each case gets an early error that names the problem, the file and the fix,
 or a documented behaviour. Tiny random images and networks keep the file fast."""
 
 import math

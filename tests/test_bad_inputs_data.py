@@ -1,4 +1,4 @@
-"""Bad data inputs (issue 9, data loading): each gives a clear error or warning, or loads correctly."""
+"""Bad data inputs (data loading): each gives a clear error or warning, or loads correctly."""
 
 import io
 import multiprocessing
@@ -102,6 +102,7 @@ def _load_in_child(root, cache, barrier, results):
         results.put(("error", f"{type(err).__name__}: {err}"))
 
 
+@pytest.mark.slow
 def test_concurrent_first_loads_do_not_collide(tmp_path):
     root, cache = tmp_path / "ds", tmp_path / "cache"
     write_folder(root)

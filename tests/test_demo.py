@@ -100,6 +100,7 @@ def test_write_results_files(tmp_path):
     assert paths["png"].stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_demo_runs_offline_on_digits(tmp_path, capsys):
     code = main(
         [

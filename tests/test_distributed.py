@@ -28,6 +28,8 @@ from replay_lcmat.models import ConvNet
 from replay_lcmat.selection import SELECTORS, extract_outputs, make_selector
 from replay_lcmat.selection.base import ClassInputs, Selector
 
+pytestmark = pytest.mark.slow  # spawns processes
+
 SPAWN_TIMEOUT_S = 120
 REPO = Path(__file__).resolve().parents[1]
 

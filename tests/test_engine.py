@@ -113,6 +113,7 @@ def test_the_avalanche_storage_policy_keeps_the_api_picks(name):
     assert torch.equal(got, expected.indices)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["uniform", "kcenter", "herding"])
 def test_the_select_command_gives_the_api_picks(tmp_path, name):
     out = tmp_path / "sel.json"

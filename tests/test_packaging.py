@@ -55,6 +55,7 @@ def cwd(request, tmp_path) -> Path:
     return REPO if request.param == "repository root" else tmp_path
 
 
+@pytest.mark.slow
 def test_core_imports_without_avalanche(cwd):
     found = _run(CORE_IMPORTS, cwd)
     assert Path(found["file"]).resolve() == REPO / "replay_lcmat" / "__init__.py"
@@ -83,6 +84,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_only_the_mapped_folders_import_under_the_package_name(cwd):
     found = _run(NAMES, cwd)
     # the checkout's own folders are not subpackages: no second copy of every module
@@ -174,6 +176,7 @@ def _third_party_imports(folder: Path) -> dict[str, str]:
 @pytest.mark.parametrize(
     ("folder", "extras"), [("replay_lcmat", ()), ("strategies", ()), ("benchmarks", ("bench",))]
 )
+@pytest.mark.slow
 def test_every_imported_distribution_is_declared(folder, extras):
     project = _pyproject()["project"]
     declared = _requirement_names(project["dependencies"])

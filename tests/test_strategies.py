@@ -421,6 +421,7 @@ def test_bad_inputs_name_the_problem(bench):
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_examples_run_offline_on_digits(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location(
         "split_example", REPO / "examples" / "split_cifar100_5tasks.py"

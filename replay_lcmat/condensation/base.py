@@ -18,13 +18,13 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from replay_lcmat import distributed
-from replay_lcmat.condensation.dsa import DSA
 from replay_lcmat.condensation.storage import (
     SyntheticSet,
     data_fingerprint,
     fingerprint_differences,
     load_synthetic,
 )
+from replay_lcmat.data.dsa import DSA
 from replay_lcmat.models import MODEL_NAMES, make_model, split_head
 from replay_lcmat.registry import Registry, get_params
 from replay_lcmat.seeding import seeded

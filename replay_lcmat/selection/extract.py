@@ -234,7 +234,7 @@ def pretrain_selection_model(
     early_stop: float | None = None,
     patience: int = 2,
 ) -> nn.Module:
-    """The selection model θ of the spec: a fresh network trained on the full data for a few epochs.
+    """The selection model θ of the LCMat paper: a fresh network trained on the full data for a few epochs.
 
     Args:
         train_data: :class:`replay_lcmat.data.ImageData`.

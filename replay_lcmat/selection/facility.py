@@ -414,14 +414,14 @@ def lcmat_s(
     similarity: str = "auto",
     partitions: int = 1,
 ) -> Tensor:
-    """LCMat-S selection (spec section 3), class-balanced.
+    """LCMat-S selection (Sec. 3), class-balanced.
 
     Args:
         features: penultimate features ``[n, d]`` of the selection model.
         logits: its logits ``[n, c]``.
         labels: int64 ``[n]``.
         per_class: picks per class (int), or a mapping ``label -> picks``.
-        eps: weight of the Hessian L1 term (the spec's rho / 2); 0 gives Craig.
+        eps: weight of the Hessian L1 term (the paper's rho / 2); 0 gives Craig.
         k_dims: number of highest-variance diagonal-Hessian coordinates per class.
         offset: the constant C of ``s = C - d``: ``"max"`` or a float.
         greedy: ``"lazy"`` (default), ``"naive"`` (same picks, slower) or ``"stochastic"``.
