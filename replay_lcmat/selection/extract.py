@@ -12,6 +12,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from replay_lcmat import distributed
+from replay_lcmat.data import RandomCropFlip, holdout_split
+from replay_lcmat.models import make_model, split_head
+from replay_lcmat.seeding import seeded
+from replay_lcmat.training import predict, train
 
 # How a selection model's normalisation layers see the data while its outputs are taken.
 STATS = ("running", "class-batch", "class-center")
@@ -144,8 +148,6 @@ def extract_outputs(
         device: where the model runs; outputs are returned on the CPU, in the order of ``data``.
         progress: show a progress bar.
     """
-    from replay_lcmat.models import split_head
-
     check_stats(stats)
     if isinstance(data, Tensor):
         if labels is None or len(labels) != len(data):
@@ -248,11 +250,6 @@ def pretrain_selection_model(
             each epoch, training stops after ``patience`` epochs without a new lowest loss, and
             the weights of the lowest are returned. None (default): all data, ``epochs``.
     """
-    from replay_lcmat.data import RandomCropFlip
-    from replay_lcmat.models import make_model
-    from replay_lcmat.seeding import seeded
-    from replay_lcmat.training import predict, train
-
     channels, height, _ = train_data.shape
     with seeded(seed):
         net = make_model(
@@ -266,8 +263,6 @@ def pretrain_selection_model(
     images, labels = train_data.normalized(), train_data.labels
     on_epoch = None
     if early_stop is not None:
-        from replay_lcmat.data import holdout_split
-
         fit, held = holdout_split(labels, early_stop, seed)
         held_x, held_y = images[held], labels[held]
         images, labels = images[fit], labels[fit]
