@@ -28,7 +28,8 @@ def test_registered_method_matches_its_reference(kind, name):
     reference = REFERENCES.get(name)
     assert reference is not None, (
         f"registered {kind} {name!r} has no independent reference; add REFERENCES[{name!r}] = "
-        "Reference(...) in tests/references.py (brute force, autograd or a ported formula)."
+        "Reference(...) in tests/references_selection.py or references_condensation.py (brute "
+        "force, autograd or a ported formula)."
     )
     got = reference.run_method()
     try:
