@@ -43,6 +43,16 @@ def _few_threads():
     torch.set_num_threads(previous)
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: results that are compared bit for bit (golden picks,
+    references, a single process against spawned ones, which run one thread each)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def cifar10_archive() -> Path:
     archive = shared_cifar10_archive()

@@ -51,12 +51,7 @@ def _run(path=None, *, seed=0, data=None, method="dm", iterations=1, **extra):
     return condenser.condense(images, labels, per_class=2)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # results compared bit for bit
 
 
 def _no_work(*args, **kwargs):

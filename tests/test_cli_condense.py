@@ -24,12 +24,7 @@ BASE = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # results compared bit for bit
 
 
 @pytest.mark.parametrize("method", ["dm", "lcmat-c"])

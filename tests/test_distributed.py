@@ -72,15 +72,6 @@ def _spawn(fn, tmp_path: Path, *args, ranks: int = 2) -> list:
     return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(ranks)]
 
 
-@pytest.fixture
-def one_thread():
-    """The reference runs with one thread, as each spawned process does."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # ------------------------------------------------------------- extraction + selection
 METHODS = tuple(SELECTORS)  # every registered selector, seeded ones with a seed
 

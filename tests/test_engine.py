@@ -35,12 +35,7 @@ def _api(name, features, logits, labels, per_class=PER_CLASS):
     )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # results compared bit for bit
 
 
 @pytest.mark.parametrize("name", NAMES)

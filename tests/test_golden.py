@@ -15,12 +15,7 @@ GOLDEN = json.loads(GOLDEN_FILE.read_text())
 CASES = golden_cases()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # results compared bit for bit
 
 
 def test_golden_file_covers_every_registered_selector_with_its_settings():
