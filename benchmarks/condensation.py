@@ -80,7 +80,9 @@ PRESETS = {
         condense_options={},
         eval_epochs=1000,
         eval_seeds=[0, 1, 2, 3, 4],
-        notes=["Published settings (LCMAT_SPEC 4 and 5b); each method with its own defaults."],
+        notes=[
+            "Published settings (the papers and their public code); each method with its own defaults."
+        ],
     ),
     "cpu": Preset(
         datasets=["cifar10-jpeg"],

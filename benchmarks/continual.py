@@ -1,4 +1,4 @@
-"""Continual learning with memory replay (LCMat paper, Fig. 5; spec section 5).
+"""Continual learning with memory replay (LCMat paper, Fig. 5).
 
 Class-incremental split in 5 experiences; after each, every policy builds the memory of the new
 classes from that experience's data only (selection policies rank with a model trained on it),
@@ -443,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--note", default="", help="what else ran on the machine (written into the results)"
     )
-    parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     preset = PRESETS[args.preset]

@@ -1,4 +1,4 @@
-"""Coreset-selection protocol (spec section 5, Table 1): pretrain, extract once, select
+"""Coreset-selection protocol (LCMat paper, Table 1): pretrain, extract once, select
 class-balanced subsets with each method, train a fresh model on each, report test accuracy.
 
     python -m benchmarks.coreset --preset cpu-bn               # ~45 min on 2 CPU cores
@@ -81,7 +81,7 @@ CPU_COMMON = dict(
 )
 
 PRESETS = {
-    # The paper's settings (spec section 5): for GPU machines.
+    # The paper's settings (Table 1): for GPU machines.
     "paper": dict(
         data="cifar10",
         model="resnet18",
@@ -249,7 +249,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--name", default=None, help="results file stem (default coreset_<preset>)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS, help="where results are written")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args(argv)
     args.command = command_line("coreset", argv)
     cfg = dict(PRESETS[args.preset])
@@ -260,7 +260,7 @@ def main(argv=None) -> int:
     runs = method_runs(cfg["methods"], cfg["stats"])  # fail on a bad spec before any training
     if args.threads:
         torch.set_num_threads(args.threads)
-    progress = not args.no_progress
+    progress = args.progress
     started = time.perf_counter()
 
     train_data, test_data = load_dataset(

@@ -60,7 +60,7 @@ WARM_UP = 300  # samples of the warm-up call before a measured one
 
 
 # ----------------------------------------------------------------------------- today's version
-# BASELINE: a copy of today's code (commit 35e96ef, before issue 13), for comparison only.
+# BASELINE: a copy of the code at commit 35e96ef (before the heap lazy greedy), for comparison only.
 # LCMat-S on one class: full [n, n] Gram distances, the 128-row L1 kernel over the whole matrix,
 # s = max d - d, an isfinite check over [n, n], lazy greedy sorting all n bounds at every step
 # and gathering candidate rows (the first full pass copies the matrix).

@@ -1,4 +1,4 @@
-"""Scaling out selection (issue 10): dense vs streamed similarity, partitioned greedy, processes,
+"""Scaling out selection: dense vs streamed similarity, partitioned greedy, processes,
 and a projection for ImageNet-1k.
 
 Run from the repository root:
@@ -347,7 +347,7 @@ def part_projection(threads: int, timeout: float | None, log) -> dict:
 # ------------------------------------------------------------------------------- report
 def report(results: dict, args, command: str) -> list[str]:
     lines = [
-        "# Scaling out selection (issue 10)",
+        "# Scaling out selection",
         "",
         command_markdown(command, "repository root"),
         "",

@@ -43,7 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default=default_device())
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--experiences", type=int, default=5)
-    parser.add_argument("--per-class", "--mem-per-class", dest="per_class", type=int, default=10)
+    parser.add_argument("--per-class", type=int, default=10)
     parser.add_argument("--model", default="convnet", help="convnet (ConvNet-3) | resnet18 | mlp")
     parser.add_argument("--width", type=int, default=None, help="ConvNet width (default 128)")
     parser.add_argument(
@@ -71,8 +71,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         choices=("instance", "batch", "none"),
         help="ConvNet normalisation (default instance, as ConvNet-3)",
     )
-    parser.add_argument("--out", default="runs/split_cifar100_5tasks")
-    parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--out-dir", default="runs/split_cifar100_5tasks")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False)
     return parser.parse_args(argv)
 
 
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
     command = command_line("python examples/split_cifar100_5tasks.py", argv)
     paths = write_results(
         rows,
-        args.out,
+        args.out_dir,
         f"split_{args.data.split('/')[-1].split('.')[0]}_{args.protocol}",
         title=f"Class-incremental {args.data}, {args.experiences} experiences, {args.protocol} protocol",
         command=command,

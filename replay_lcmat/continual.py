@@ -1,4 +1,4 @@
-"""The memory-only continual-learning protocol of the LCMat paper (spec section 5), without
+"""The memory-only continual-learning protocol of the LCMat paper (Fig. 5), without
 Avalanche: after each experience the memory of its classes is built by a policy
 (:func:`replay_lcmat.memory.build_memory`), then a fresh model is trained on the whole memory
 only and tested on all classes seen so far.
@@ -54,7 +54,7 @@ def memory_only_run(
     memories_out: dict | None = None,
     val_data: ImageData | None = None,
 ) -> list[dict]:
-    """The memory-replay protocol of the LCMat paper (spec section 5), one seed.
+    """The memory-replay protocol of the LCMat paper (Fig. 5), one seed.
 
     Classes are ordered by ``class_order(C, seed)`` and split into ``n_experiences`` equal
     groups. At experience ``k`` (seeds: :class:`replay_lcmat.memory.ExperienceSeeds`): a

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import re
 
+from replay_lcmat.memory import memory_policy
+
 _SPEC = re.compile(r"^\s*([A-Za-z0-9_.-]+)\s*(?:\[(.*)\])?\s*$")
 
 
@@ -56,8 +58,6 @@ def expand_stats(policies: list[str], modes: list[str]) -> list[str]:
     """One spec per statistics mode for every policy that ranks with a model and does not pin
     ``stats`` itself: ``["craig"]`` x ``[running, class-batch]`` ->
     ``["craig[stats=running]", "craig[stats=class-batch]"]``; other policies are kept as given."""
-    from replay_lcmat.memory import memory_policy
-
     out = []
     for spec in policies:
         name, options = parse_policy(spec)

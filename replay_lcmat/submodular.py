@@ -34,7 +34,7 @@ BLOCK_BYTES = 1 << 20
 
 # Peak bytes of facility location on n points, in units of n^2 * itemsize: the [n, n] similarity
 # plus temporaries of O(n) rows' size (blocks of rows while it is built, the greedy's 1 MiB
-# buffer, the class's copies of its [n, d] inputs). Measured (issue 13) on LCMat-S, one class,
+# buffer, the class's copies of its [n, d] inputs). Measured on LCMat-S, one class,
 # d=512, c=10, float32, as the resident high-water mark: 1.06 at n = 20,000, 1.15-1.17 at
 # 10,000, 1.4-1.5 at 5,000 (those O(n d) temporaries weigh only where memory is no concern).
 # It was 3.3 before the blocked builder and greedy.

@@ -10,6 +10,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from replay_lcmat.data.augment import RandomCropFlip
+from replay_lcmat.data.dsa import DSA
 from replay_lcmat.seeding import make_generator
 from replay_lcmat.validation import check_channels_first, check_finite_images
 
@@ -164,7 +166,7 @@ def evaluate(
 class TrainConfig:
     """How a model is trained on in-memory tensors (SGD + momentum + weight decay).
 
-    The defaults are the memory-only retraining of the continual protocol (spec section 5,
+    The defaults are the memory-only retraining of the continual protocol (LCMat paper, Fig. 5,
     from Zhao & Bilen's script): 1000 epochs, lr 0.01, momentum 0.9, wd 5e-4, batch 256,
     lr x0.1 at the halfway epoch, DSA augmentation.
 
@@ -187,12 +189,8 @@ class TrainConfig:
 
     def augmentation(self, image_size: int) -> Callable | None:
         if self.augment == "dsa":
-            from replay_lcmat.condensation import DSA
-
             return DSA()
         if self.augment == "crop-flip":
-            from replay_lcmat.data import RandomCropFlip
-
             return RandomCropFlip(padding=min(4, image_size - 1))
         return None
 
@@ -228,5 +226,5 @@ class TrainConfig:
         )
 
 
-# The memory-only retraining of the continual protocol (spec section 5).
+# The memory-only retraining of the continual protocol (LCMat paper, Fig. 5).
 PROTOCOL_RETRAIN = TrainConfig()

@@ -10,9 +10,9 @@ from avalanche.training.storage_policy import ExemplarsBuffer
 
 from replay_lcmat.memory import ClassMemory, CondensationPolicy, check_per_class, memory_policy
 from replay_lcmat.strategies.datasets import dataset_tensors, tensor_dataset
-from replay_lcmat.strategies.selection_policy import ReplayCapacity
 
 STATE_FORMAT = "replay-lcmat/condensed-buffer"
+STATE_VERSION = 1  # the one state layout read back; any other version is refused
 
 
 class CondensedClassBuffer(ExemplarsBuffer):
@@ -86,7 +86,7 @@ class CondensedClassBuffer(ExemplarsBuffer):
             **condenser_options,
         )
         super().__init__(max_size=0)
-        self.max_size = ReplayCapacity(f"CondensedClassBuffer(per_class={per_class})")
+        self.max_size = 0  # grows by per_class with every class seen
         self.per_class = per_class
         self.condenser = condenser
         self.policy = policy
@@ -206,7 +206,7 @@ class CondensedClassBuffer(ExemplarsBuffer):
     def _refresh(self) -> None:
         classes = self.memory.classes()
         if not classes:
-            self.max_size = ReplayCapacity(f"CondensedClassBuffer(per_class={self.per_class})")
+            self.max_size = 0
             self.buffer = concat_datasets([])
             return
         x, y = self.memory.tensors()
@@ -219,6 +219,7 @@ class CondensedClassBuffer(ExemplarsBuffer):
         classes = self.memory.classes()
         return {
             "format": STATE_FORMAT,
+            "version": STATE_VERSION,
             "per_class": self.per_class,
             "memory": self.memory.state_dict(),
             "task_labels": [self.task_labels[c] for c in classes],
@@ -235,7 +236,12 @@ class CondensedClassBuffer(ExemplarsBuffer):
             raise ValueError(
                 "not a condensed-buffer state; pass the dict of CondensedClassBuffer.state_dict()."
             )
-        saved_per_class = state.get("per_class", state.get("mem_per_class"))  # <= 0.1 name
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(
+                f"condensed-buffer state version {state.get('version')!r}; this replay-lcmat "
+                f"reads version {STATE_VERSION} only. Rebuild the memory with this version."
+            )
+        saved_per_class = state["per_class"]
         if saved_per_class != self.per_class:
             raise ValueError(
                 f"the saved memory keeps {saved_per_class} images per class, this buffer "

@@ -47,6 +47,11 @@ def dataset_tensors(
     return torch.cat(xs), torch.cat(ys), torch.cat(ts)
 
 
+def dataset_targets(data: AvalancheDataset) -> Tensor:
+    """int64 ``[n]``: the class label of every sample of ``data``."""
+    return torch.tensor([int(v) for v in data.targets], dtype=torch.int64)
+
+
 def tensor_dataset(x: Tensor, y: Tensor, t: Tensor | int = 0) -> AvalancheDataset:
     """A classification dataset of tensors whose items are ``(x, y, t)`` like a stream's.
 

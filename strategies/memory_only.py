@@ -13,7 +13,7 @@ from replay_lcmat.training import PROTOCOL_RETRAIN, TrainConfig
 
 
 class MemoryOnlyRetrainPlugin(MemoryStateMixin, SupervisedPlugin):
-    """GDumb-like memory-only protocol of the LCMat continual experiment (spec section 5).
+    """GDumb-like memory-only protocol of the LCMat paper's continual experiment (Fig. 5).
 
     For experience ``k``:
 

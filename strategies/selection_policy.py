@@ -2,7 +2,7 @@
 
 :class:`SelectorExemplarsStrategy` is an Avalanche ``ExemplarsSelectionStrategy``: it works inside
 Avalanche's own ``ParametricBuffer``. :class:`SelectionBuffer` is a ``ParametricBuffer`` that keeps
-``per_class`` exemplars of every class seen so far and tells the strategy the budget, so a
+``per_class`` exemplars of every class seen so far and tells the strategy that number, so a
 greedy selector picks only ``k`` samples and a group that already fits is never re-ranked.
 
 With Avalanche's own ``ReplayPlugin`` (which checks ``storage_policy.max_size == mem_size`` when
@@ -12,8 +12,8 @@ class seen, ``max_size`` is 0 before the first experience), so pass ``mem_size=b
     buffer = SelectionBuffer(10, "lcmat-s")
     ReplayPlugin(mem_size=buffer.max_size, storage_policy=buffer)
 
-``ReplayPlugin(mem_size=100, storage_policy=SelectionBuffer(10))`` raises a ValueError saying so
-(:class:`LCMatReplayPlugin` does the above for you). For Avalanche's semantics (a fixed total
+``ReplayPlugin(mem_size=100, storage_policy=SelectionBuffer(10))`` fails Avalanche's check
+(:class:`LCMatReplayPlugin` passes the buffer's own value for you). For Avalanche's semantics (a fixed total
 split equally over the classes seen) use Avalanche's ``ParametricBuffer`` with
 :class:`SelectorExemplarsStrategy`::
 
@@ -28,248 +28,25 @@ are run with each sample's task label, through the head of that task.
 
 from __future__ import annotations
 
-import math
-import numbers
 import warnings
 
 import torch
-from avalanche.benchmarks.utils import AvalancheDataset, concat_datasets
-from avalanche.models import MultiTaskModule
-from avalanche.training.storage_policy import (
-    ExemplarsBuffer,
-    ExemplarsSelectionStrategy,
-    ParametricBuffer,
+from avalanche.benchmarks.utils import AvalancheDataset
+from avalanche.training.storage_policy import ExemplarsBuffer, ParametricBuffer
+from torch import Tensor
+
+from replay_lcmat.memory import check_per_class
+from replay_lcmat.selection.engine import fit_budgets
+from replay_lcmat.strategies.datasets import dataset_targets
+from replay_lcmat.strategies.selection_state import (
+    STATE_FORMAT,
+    STATE_VERSION,
+    check_restored_group,
+    find_experiences,
+    gather_exemplars,
+    image_fingerprint,
 )
-from torch import Tensor, nn
-
-from replay_lcmat.memory import (
-    SelectionPolicy,
-    check_per_class,
-    memory_policy,
-    select_exemplars,
-    split_small_classes,
-)
-from replay_lcmat.selection import extract_outputs
-from replay_lcmat.selection.extract import DEFAULT_STATS, check_stats
-from replay_lcmat.strategies.datasets import dataset_tensors
-
-STATE_FORMAT = "replay-lcmat/selection-buffer"
-# Version 2 adds the exemplars' labels, a fingerprint of their images and the stream name.
-STATE_VERSION = 2
-# Logit given to the classes another task's head does not have, when the samples of one group
-# come from heads of different widths: probability 0, like Avalanche's masking (-1000).
-PAD_LOGIT = -1000.0
-
-
-class TaskModel(nn.Module):
-    """``model(x, task_label)`` of a multi-task model as a one-argument model: the head of one
-    task (for :func:`replay_lcmat.selection.extract_outputs`). The model's train/eval flag is
-    mirrored, not changed."""
-
-    def __init__(self, model: nn.Module, task_label: int) -> None:
-        super().__init__()
-        self.model = model
-        self.task_label = int(task_label)
-        self.training = model.training
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.model(x, self.task_label)
-
-
-class ReplayCapacity(int):
-    """``max_size`` of a per-class buffer before its first experience: 0, but comparing it with
-    another number raises a ValueError that explains how to combine the buffer with Avalanche's
-    ``ReplayPlugin`` (whose constructor asserts ``storage_policy.max_size == mem_size``; without
-    this it fails with a bare AssertionError)."""
-
-    def __new__(cls, hint: str = "") -> ReplayCapacity:
-        capacity = super().__new__(cls, 0)
-        capacity.hint = hint
-        return capacity
-
-    def __getnewargs__(self) -> tuple[str]:
-        return (self.hint,)
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, int) and not isinstance(other, bool) and int(other) != 0:
-            raise ValueError(
-                f"{self.hint} grows with the classes seen, so it has no fixed total to compare "
-                f"with {int(other)} (e.g. ReplayPlugin(mem_size={int(other)})). Pass "
-                "mem_size=buffer.max_size (ReplayPlugin only checks it), or use "
-                "LCMatReplayPlugin(per_class=...); for a fixed total split over the classes "
-                "use Avalanche's ParametricBuffer(max_size, groupby='class', "
-                "selection_strategy=SelectorExemplarsStrategy(...))."
-            )
-        return int(self) == other
-
-    def __ne__(self, other: object) -> bool:
-        return not self.__eq__(other)
-
-    __hash__ = int.__hash__
-
-
-def _targets(data: AvalancheDataset) -> Tensor:
-    return torch.tensor([int(v) for v in data.targets], dtype=torch.int64)
-
-
-def _interleave_by_rank(picks: Tensor, labels: Tensor) -> Tensor:
-    """Reorder class-sorted picks as rank 0 of every class, then rank 1, ... (prefixes stay
-    class-balanced)."""
-    ranks = torch.zeros(len(picks), dtype=torch.int64)
-    picked = labels[picks]
-    for c in torch.unique(picked):
-        where = torch.nonzero(picked == c).flatten()
-        ranks[where] = torch.arange(len(where))
-    order = sorted(range(len(picks)), key=lambda i: (int(ranks[i]), int(picked[i])))
-    return picks[torch.tensor(order, dtype=torch.int64)]
-
-
-def _even_share(counts: Tensor, budget: int) -> int:
-    """The smallest per-class budget ``s`` with ``sum(min(count, s)) >= min(budget, total)``:
-    a class smaller than its share hands the rest to the others, so a budget of ``budget``
-    items is always filled while the data has that many."""
-    target = min(budget, int(counts.sum()))
-    share = math.ceil(target / len(counts))
-    while int(counts.clamp(max=share).sum()) < target:
-        share += 1
-    return share
-
-
-class SelectorExemplarsStrategy(ExemplarsSelectionStrategy):
-    """Avalanche exemplar ranking by any registered selector, on the strategy's current model.
-
-    Features and logits come from the model's last linear layer
-    (:func:`replay_lcmat.selection.extract_outputs` with ``stats``), computed on the data's eval
-    transform group; the model (mode, parameters, BatchNorm buffers) is left as it was. The
-    split of the model is verified on the data (Avalanche's ``SimpleMLP``, torchvision models,
-    ``IncrementalClassifier`` masking included; see :func:`replay_lcmat.models.split_head`). A
-    multi-task model (Avalanche ``MultiTaskModule``) is run with each sample's task label, i.e.
-    through that task's head. Selection is class-balanced; a group with several classes is
-    returned interleaved by rank so that any prefix stays balanced.
-
-    Options are checked here (the selector is built once), not at the first experience.
-
-    Args:
-        name_or_selector: a selector name (``"lcmat-s"``, ``"craig"``, ``"herding"``, ...) or a
-            :class:`replay_lcmat.selection.Selector`.
-        seed: seed of randomised selectors (per class: ``derive_seed(seed, label)``).
-        stats: normalisation statistics of the extraction: ``"running"`` (eval mode),
-            ``"class-batch"`` (BatchNorm over batches of one class, as the LCMat reference
-            code) or ``"class-center"``; default
-            :data:`replay_lcmat.selection.extract.DEFAULT_STATS`.
-        batch_size: samples per batch when the data are read.
-        **options: selector options, e.g. ``eps=0.05`` for LCMat-S.
-    """
-
-    def __init__(
-        self,
-        name_or_selector="lcmat-s",
-        *,
-        seed: int = 0,
-        stats: str = DEFAULT_STATS,
-        batch_size: int = 256,
-        **options,
-    ) -> None:
-        check_stats(stats)
-        for name, value in (("seed", seed), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise ValueError(f"{name} must be an integer; got {value!r}.")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
-        if isinstance(name_or_selector, str):
-            policy = memory_policy(name_or_selector)
-            if not isinstance(policy, SelectionPolicy):
-                raise ValueError(
-                    f"{name_or_selector!r} is a {policy.kind} policy; use CondensedClassBuffer "
-                    "(or LCMatReplayPlugin(policy=...)) for synthetic exemplars."
-                )
-            policy.check_options(**options)  # unknown or bad options fail here
-            needs = policy.entry.factory.needs
-        elif callable(getattr(name_or_selector, "select", None)):
-            if options:
-                raise ValueError("options apply to a selector name; configure the selector.")
-            needs = getattr(name_or_selector, "needs", ("features", "logits"))
-        else:
-            raise ValueError(
-                f"name_or_selector must be a selector name or a Selector; got {name_or_selector!r}."
-            )
-        self.selector = name_or_selector
-        self.needs = tuple(needs)
-        self.seed = seed
-        self.stats = stats
-        self.batch_size = batch_size
-        self.options = options
-
-    def make_sorted_indices(
-        self, strategy, data: AvalancheDataset, budget: int | None = None
-    ) -> list[int]:
-        """Indices of ``data`` in keep-first order.
-
-        Args:
-            strategy: the Avalanche strategy (its ``model`` and ``device`` are used).
-            data: the group to rank (may be empty: returns ``[]``).
-            budget: how many exemplars will be kept; ``None`` (Avalanche's own buffers never
-                tell) ranks the whole group, which for greedy selectors costs a full greedy run.
-        """
-        n = len(data)
-        if n == 0:
-            return []
-        if budget is not None and budget < 1:
-            raise ValueError(f"budget must be >= 1 or None; got {budget}.")
-        features = logits = None
-        if self.needs:
-            x, labels, tasks = dataset_tensors(data, batch_size=self.batch_size)
-            features, logits = self._outputs(strategy, x, labels, tasks)
-        else:
-            labels = _targets(data)
-        counts = torch.unique(labels, return_counts=True)[1]
-        per_class = int(counts.max()) if budget is None else _even_share(counts, budget)
-        picks = select_exemplars(
-            self.selector,
-            labels=labels,
-            features=features,
-            logits=logits,
-            per_class=per_class,
-            seed=self.seed,
-            rank_small=True,
-            **self.options,
-        )
-        order = _interleave_by_rank(picks, labels) if len(counts) > 1 else picks
-        if budget is not None:
-            order = order[:budget]
-        return order.tolist()
-
-    def _outputs(self, strategy, x: Tensor, labels: Tensor, tasks: Tensor) -> tuple[Tensor, Tensor]:
-        """Features and logits of the strategy's model; a multi-task model per task label, with
-        logits of narrower heads padded with :data:`PAD_LOGIT`."""
-        model = strategy.model
-        if not isinstance(model, MultiTaskModule):
-            out = extract_outputs(model, x, labels=labels, stats=self.stats, device=strategy.device)
-            return out.features, out.logits
-        parts = []
-        for task in torch.unique(tasks).tolist():
-            rows = torch.nonzero(tasks == task).flatten()
-            out = extract_outputs(
-                TaskModel(model, task),
-                x[rows],
-                labels=labels[rows],
-                stats=self.stats,
-                device=strategy.device,
-            )
-            parts.append((rows, out))
-        width = max(out.logits.shape[1] for _, out in parts)
-        features = torch.empty(len(x), parts[0][1].features.shape[1])
-        logits = torch.full((len(x), width), PAD_LOGIT)
-        for rows, out in parts:
-            features[rows] = out.features
-            logits[rows, : out.logits.shape[1]] = out.logits
-        return features, logits
-
-    def __repr__(self) -> str:
-        return (
-            f"SelectorExemplarsStrategy({self.selector!r}, seed={self.seed}, "
-            f"stats={self.stats!r}, {self.options})"
-        )
+from replay_lcmat.strategies.selector_strategy import SelectorExemplarsStrategy
 
 
 class _ClassExemplars(ExemplarsBuffer):
@@ -287,7 +64,7 @@ class _ClassExemplars(ExemplarsBuffer):
         """Merge new samples of the class and keep the best ``max_size`` of old + new."""
         if len(self.buffer):
             data, sources = self.buffer.concat(data), torch.cat([self.sources, sources])
-        split_small_classes(torch.full((len(data),), self.label), self.max_size)  # warns
+        fit_budgets({self.label: len(data)}, {self.label: self.max_size})  # the small-class warning
         self._keep(strategy, data, sources, self.max_size)
 
     def _keep(self, strategy, data: AvalancheDataset, sources: Tensor, k: int) -> None:
@@ -295,7 +72,7 @@ class _ClassExemplars(ExemplarsBuffer):
             self.buffer, self.sources, self.ranked = data, sources, len(data) <= 1
             return
         if isinstance(self.selection_strategy, SelectorExemplarsStrategy):
-            order = self.selection_strategy.make_sorted_indices(strategy, data, budget=k)
+            order = self.selection_strategy.make_sorted_indices(strategy, data, total=k)
         else:  # any Avalanche ExemplarsSelectionStrategy
             order = list(self.selection_strategy.make_sorted_indices(strategy=strategy, data=data))
         order = torch.as_tensor(order[:k], dtype=torch.int64)
@@ -349,7 +126,7 @@ class SelectionBuffer(ParametricBuffer):
             raise ValueError("selector options apply to a selector name only.")
         super().__init__(max_size=0, groupby="class", selection_strategy=selection_strategy)
         self.per_class = per_class
-        self.max_size = ReplayCapacity(f"SelectionBuffer(per_class={per_class})")
+        self.max_size = 0  # grows by per_class with every class seen
         self.stream_name: str | None = None
 
     @classmethod
@@ -387,7 +164,7 @@ class SelectionBuffer(ParametricBuffer):
         if len(data) == 0:
             return
         self._note_stream(exp)
-        targets = _targets(data)
+        targets = dataset_targets(data)
         for label in torch.unique(targets).tolist():
             idx = torch.nonzero(targets == label).flatten()
             sources = torch.stack([torch.full_like(idx, exp.current_experience), idx], dim=1)
@@ -444,7 +221,7 @@ class SelectionBuffer(ParametricBuffer):
             "classes": classes,
             "sources": [g.sources.clone() for g in groups],
             "ranked": [g.ranked for g in groups],
-            "labels": [_targets(g.buffer) for g in groups],
+            "labels": [dataset_targets(g.buffer) for g in groups],
             "fingerprints": [image_fingerprint(g.buffer) for g in groups],
         }
 
@@ -465,20 +242,25 @@ class SelectionBuffer(ParametricBuffer):
             raise ValueError(
                 "not a selection-buffer state; pass the dict of SelectionBuffer.state_dict()."
             )
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(
+                f"selection-buffer state version {state.get('version')!r}; this replay-lcmat "
+                f"reads version {STATE_VERSION} only. Rebuild the memory with this version."
+            )
         if stream is None:
             raise ValueError(
                 "a selection memory stores indices into the stream: pass stream=<the benchmark's "
                 "train_stream> to restore it."
             )
-        saved_per_class = state.get("per_class", state.get("mem_per_class"))  # <= 0.1 name
+        saved_per_class = state["per_class"]
         if saved_per_class != self.per_class:
             raise ValueError(
                 f"the saved memory keeps {saved_per_class} exemplars per class, this buffer "
                 f"{self.per_class}; restore into a buffer (or plugin) built with "
                 f"per_class={saved_per_class}, then resize it if you want another size."
             )
-        saved_name, name = state.get("stream"), getattr(stream, "name", None)
-        # a state without a stream name (older version) only refuses the test stream
+        saved_name, name = state["stream"], getattr(stream, "name", None)
+        # a memory built from an unnamed stream only refuses the test stream
         other = name != saved_name if saved_name is not None else name == "test"
         if name is not None and other:
             raise ValueError(
@@ -486,112 +268,26 @@ class SelectionBuffer(ParametricBuffer):
                 f"{name!r} stream; restore with the stream the exemplars were taken from "
                 "(benchmark.train_stream for a memory built while training)."
             )
-        labels = state.get("labels") or [None] * len(state["classes"])
-        prints = state.get("fingerprints") or [None] * len(state["classes"])
-        if "fingerprints" not in state:
-            warnings.warn(
-                "this selection memory was saved without image fingerprints (an older version); "
-                "only its labels can be checked against the stream.",
-                UserWarning,
-                stacklevel=2,
-            )
-        rows = zip(state["classes"], state["sources"], state["ranked"], labels, prints, strict=True)
-        experiences = _experiences(stream, state["sources"])
+        rows = zip(
+            state["classes"],
+            state["sources"],
+            state["ranked"],
+            state["labels"],
+            state["fingerprints"],
+            strict=True,
+        )
+        experiences = find_experiences(stream, state["sources"])
         groups = {}
         for label, sources, ranked, saved_labels, saved_print in rows:
             group = _ClassExemplars(label, saved_per_class, self.selection_strategy)
-            group.buffer, group.sources = _gather(experiences, sources, name), sources.clone()
-            _check_group(label, group, saved_labels, saved_print)
+            group.buffer, group.sources = (
+                gather_exemplars(experiences, sources, name),
+                sources.clone(),
+            )
+            check_restored_group(label, group, saved_labels, saved_print)
             group.ranked = ranked
             groups[label] = group
         self.buffer_groups = groups
         self.seen_groups = set(groups)
         self.stream_name = saved_name if saved_name is not None else name
         self.max_size = self.per_class * len(groups)
-
-
-def image_fingerprint(data: AvalancheDataset) -> Tensor | None:
-    """float64 ``[k, 2]``: per sample, the sum and the sum of squares of its image as read in the
-    eval transform group; ``None`` when the images are not tensors. Cheap, and tells which
-    sample differs."""
-    if len(data) == 0:
-        return torch.zeros(0, 2, dtype=torch.float64)
-    try:
-        x, _, _ = dataset_tensors(data)
-    except ValueError:
-        return None
-    flat = x.flatten(1).double()
-    return torch.stack([flat.sum(1), flat.square().sum(1)], dim=1)
-
-
-def _experiences(stream, sources: list[Tensor]) -> dict[int, AvalancheDataset]:
-    """``{experience id: dataset}`` of the experiences the sources refer to (any stream,
-    including generator streams without ``len``)."""
-    needed = {int(e) for s in sources for e in s[:, 0].tolist()}
-    found: dict[int, AvalancheDataset] = {}
-    if needed:
-        for exp in stream:
-            e = int(exp.current_experience)
-            if e in needed:
-                found[e] = exp.dataset
-                if len(found) == len(needed):
-                    break
-    missing = sorted(needed - set(found))
-    if missing:
-        raise ValueError(
-            f"the memory refers to experience(s) {missing}, which the "
-            f"{getattr(stream, 'name', 'given')!r} stream does not hold; restore with the train "
-            "stream of the same benchmark (same class order and number of experiences)."
-        )
-    return found
-
-
-def _gather(experiences: dict[int, AvalancheDataset], sources: Tensor, name) -> AvalancheDataset:
-    """The samples at ``sources`` [k, 2] (experience id, index), in that order."""
-    if len(sources) == 0:
-        return concat_datasets([])
-    used = torch.unique(sources[:, 0]).tolist()
-    offsets, total = {}, 0
-    for e in used:
-        size = len(experiences[e])
-        bad = sources[(sources[:, 0] == e) & (sources[:, 1] >= size), 1]
-        if len(bad):
-            raise ValueError(
-                f"the memory refers to sample {int(bad[0])} of experience {e}, which has only "
-                f"{size} samples in the {name!r} stream; restore with the stream the memory was "
-                "built from (the train stream, same class order and number of experiences)."
-            )
-        offsets[e], total = total, total + size
-    index = torch.tensor([offsets[int(e)] + int(i) for e, i in sources.tolist()])
-    return concat_datasets([experiences[e] for e in used]).subset(index)
-
-
-def _check_group(label: int, group: _ClassExemplars, saved_labels, saved_print) -> None:
-    """Raise unless the restored exemplars of class ``label`` have the saved labels and images."""
-    got = _targets(group.buffer)
-    expected = torch.full_like(got, label) if saved_labels is None else saved_labels
-    wrong = torch.nonzero(got != expected).flatten()
-    if len(wrong):
-        j = int(wrong[0])
-        e, i = group.sources[j].tolist()
-        raise ValueError(
-            f"the stream does not match the memory: class {label}'s exemplar at experience {e}, "
-            f"sample {i} is a sample of class {int(got[j])} in this stream ({len(wrong)} of "
-            f"{len(got)} exemplars differ). The memory was built from another stream (other class "
-            "order, number of experiences or split); restore with that stream."
-        )
-    if saved_print is None:
-        return
-    now = image_fingerprint(group.buffer)
-    if now is None:
-        return
-    close = torch.isclose(now, saved_print, rtol=1e-5, atol=1e-6).all(1)
-    if not close.all():
-        j = int(torch.nonzero(~close).flatten()[0])
-        e, i = group.sources[j].tolist()
-        raise ValueError(
-            f"the stream does not match the memory: class {label}'s exemplar at experience {e}, "
-            f"sample {i} has another image than when the memory was saved ({int((~close).sum())} "
-            f"of {len(close)} differ): other data, another split or other eval transforms. "
-            "Restore with the stream the memory was built from."
-        )

@@ -25,11 +25,30 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ[CIFAR10_ARCHIVE_VARIABLE] = str(BESIDE_CHECKOUT)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests on the real CIFAR-10 archive decode it first: they are ``slow``."""
+    for item in items:
+        if "cifar10" in getattr(item, "fixturenames", ()) or "cifar10_archive" in getattr(
+            item, "fixturenames", ()
+        ):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _few_threads():
     """Two cores are shared by CI and other work: keep torch from oversubscribing them."""
     previous = torch.get_num_threads()
     torch.set_num_threads(min(previous, 2))
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: results that are compared bit for bit (golden picks,
+    references, a single process against spawned ones, which run one thread each)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
 

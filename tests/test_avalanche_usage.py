@@ -1,6 +1,6 @@
 """Avalanche usage as a new user writes it: Avalanche's own models (SimpleMLP, SimpleCNN,
 IncrementalClassifier, MTSimpleMLP on a task-incremental benchmark), Avalanche's ReplayPlugin,
-save/restore with mismatched streams, option typos and the cost of condensation (issue 9)."""
+save/restore with mismatched streams, option typos and the cost of condensation."""
 
 from __future__ import annotations
 
@@ -151,6 +151,7 @@ def test_replay_with_simple_mlp_and_an_incremental_classifier_ranks_masked_logit
         assert torch.equal(xc[picks], x_mem[y_mem == c])
 
 
+@pytest.mark.slow
 def test_replay_with_simple_cnn(digits):
     def rgb16(data):  # SimpleCNN needs 3 channels and at least 16 pixels
         x = data.images.repeat_interleave(2, -1).repeat_interleave(2, -2).expand(-1, 3, -1, -1)
@@ -173,6 +174,7 @@ def task_bench(digits):
     return tensor_benchmark(*digits, n_experiences=5, seed=0, task_labels=True)
 
 
+@pytest.mark.slow
 def test_multi_task_model_is_ranked_through_its_task_head(task_bench):
     with seeded(0):
         model = MTSimpleMLP(input_size=64, hidden_size=HIDDEN)
@@ -197,7 +199,7 @@ def test_multi_task_model_is_ranked_through_its_task_head(task_bench):
         assert torch.equal(xc[picks], x_mem[y_mem == c])
     # a group that mixes tasks (Avalanche's own buffers may pass one): one pick list, balanced
     mixed = task_bench.train_stream[0].dataset.concat(task_bench.train_stream[1].dataset)
-    picks = SelectorExemplarsStrategy("lcmat-s").make_sorted_indices(strategy, mixed, budget=8)
+    picks = SelectorExemplarsStrategy("lcmat-s").make_sorted_indices(strategy, mixed, total=8)
     assert sorted(int(mixed.targets[i]) for i in picks) == sorted(
         (
             task_bench.train_stream[0].classes_in_this_experience
@@ -225,7 +227,8 @@ def test_condensed_memory_refuses_a_class_label_reused_by_another_task(bench):
 # ------------------------------------------------- 3. the buffers with Avalanche's ReplayPlugin
 def test_avalanches_replay_plugin_with_a_per_class_buffer(bench):
     for buffer in (SelectionBuffer(10), CondensedClassBuffer(10, "dm", iterations=1)):
-        with pytest.raises(ValueError, match="no fixed total.*mem_size=buffer.max_size"):
+        assert buffer.max_size == 0 and isinstance(buffer.max_size, int)
+        with pytest.raises(AssertionError):  # Avalanche's own check: pass buffer.max_size
             ReplayPlugin(mem_size=100, storage_policy=buffer)
     buffer = SelectionBuffer(MEM, "herding")
     plugin = ReplayPlugin(mem_size=buffer.max_size, storage_policy=buffer)
@@ -290,6 +293,7 @@ def test_restore_of_an_online_memory_with_another_online_split(bench):
         )
 
 
+@pytest.mark.slow
 def test_restore_into_another_per_class_is_refused(bench, saved):
     with pytest.raises(ValueError, match="keeps 2 exemplars per class, this buffer 5"):
         LCMatReplayPlugin(5, "uniform").load_state_dict(saved, stream=bench.train_stream)
@@ -322,6 +326,7 @@ def test_option_typos_fail_at_construction():
 
 
 # ------------------------------------------------------------- 6. condensation cost shown
+@pytest.mark.slow
 def test_condensation_shows_progress_with_time_left_by_default(bench, capsys):
     plugin = LCMatReplayPlugin(MEM, "dm", iterations=2)
     assert plugin.storage_policy.progress

@@ -1,4 +1,4 @@
-"""Bad data inputs (issue 9, data loading): each gives a clear error or warning, or loads correctly."""
+"""Bad data inputs (data loading): each gives a clear error or warning, or loads correctly."""
 
 import io
 import multiprocessing
@@ -102,6 +102,7 @@ def _load_in_child(root, cache, barrier, results):
         results.put(("error", f"{type(err).__name__}: {err}"))
 
 
+@pytest.mark.slow
 def test_concurrent_first_loads_do_not_collide(tmp_path):
     root, cache = tmp_path / "ds", tmp_path / "cache"
     write_folder(root)
@@ -346,7 +347,9 @@ def test_out_of_memory_while_decoding_is_not_called_corrupt(tmp_path, monkeypatc
     def no_memory(img):
         raise MemoryError
 
-    monkeypatch.setattr(folder_module, "_pixels", no_memory)
+    import replay_lcmat.data.decoding as decoding
+
+    monkeypatch.setattr(decoding, "image_pixels", no_memory)
     with pytest.raises(NotEnoughMemoryError, match=r"not enough memory to decode the image .*4 x 4 pixels.*Free memory") as err:  # fmt: skip
         load(root, tmp_path / "c")
     assert not isinstance(err.value, CorruptDataError)

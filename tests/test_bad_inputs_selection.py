@@ -1,4 +1,4 @@
-"""Bad input to selection, keyed by what is checked (issue 9, selection part):
+"""Bad input to selection, keyed by what is checked:
 
 option values (type, finiteness, range) of every registered selector; mixed dtypes and
 ``requires_grad`` inputs; NaN, mixed-shape and channels-last images in ``ClassMemory.put``;

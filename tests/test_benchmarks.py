@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import csv
 
+import pytest
+
 from replay_lcmat.benchmarks.coreset import main
 
 
+@pytest.mark.slow
 def test_coreset_benchmark_writes_results_per_stats_mode_and_bound_terms(tmp_path):
     argv = ["--preset", "cpu-bn", "--data", "digits", "--methods", "uniform", "craig"]
     argv += ["--fractions", "0.05", "--seeds", "0", "--out-dir", str(tmp_path)]

@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from replay_lcmat.cli import SUBCOMMANDS, build_parser, main
 
 
@@ -10,6 +12,7 @@ def test_help_lists_every_registered_subcommand():
         assert name in text
 
 
+@pytest.mark.slow
 def test_console_script_runs_as_a_module():
     out = subprocess.run(
         [sys.executable, "-m", "replay_lcmat.cli", "--help"],

@@ -10,7 +10,7 @@ BASE = [
     "condense",
     "--data",
     "digits",
-    "--ipc",
+    "--per-class",
     "2",
     "--option",
     'network_options={"width": 8}',
@@ -24,12 +24,7 @@ BASE = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # results compared bit for bit
 
 
 @pytest.mark.parametrize("method", ["dm", "lcmat-c"])
@@ -63,7 +58,16 @@ def test_condense_rejects_options_of_other_methods(tmp_path, capsys):
     assert (
         main(
             BASE
-            + ["--method", "dm", "--iterations", "1", "--ipc", "0", "--out", str(tmp_path / "x.pt")]
+            + [
+                "--method",
+                "dm",
+                "--iterations",
+                "1",
+                "--per-class",
+                "0",
+                "--out",
+                str(tmp_path / "x.pt"),
+            ]
         )
         == 1
     )

@@ -66,26 +66,14 @@ def test_select_errors_name_the_fix(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["select", "--data", "digits", "--method", "nope", "--fraction", "0.1", "--out", "x"])
     assert "invalid choice: 'nope'" in capsys.readouterr().err
-    code = main(
-        [
-            "select",
-            "--data",
-            "digits",
-            "--method",
-            "lcmat-s",
-            "--per-class",
-            "500",
-            "--model",
-            "mlp",
-            "--pretrain-epochs",
-            "0",
-            "--no-progress",
-            "--out",
-            str(tmp_path / "d.json"),
-        ]
-    )
-    assert code == 1
-    assert "take_all=True" in capsys.readouterr().err
+
+
+def test_select_keeps_a_class_below_the_budget_whole_with_a_warning(tmp_path):
+    with pytest.warns(UserWarning, match="class 0 has only 133 sample.*fewer than the 500"):
+        record = run_select(tmp_path, "d.json", "--method", "herding", "--per-class", "500")
+    train, _ = load_dataset("digits")
+    assert record["num_selected"] == len(train)
+    assert "take_all" not in record
 
 
 def test_select_records_stats_and_pretraining_augmentation(tmp_path):

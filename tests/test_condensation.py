@@ -26,12 +26,7 @@ FAST = {"network": TINY_NET, "batch_real": 8, "progress": False}
 GM_FAST = FAST | {"outer_loop": 2, "inner_loop": 1, "batch_train": 16}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # results compared bit for bit
 
 
 def _options(method, **extra):

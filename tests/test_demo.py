@@ -100,6 +100,7 @@ def test_write_results_files(tmp_path):
     assert paths["png"].stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_demo_runs_offline_on_digits(tmp_path, capsys):
     code = main(
         [
@@ -112,7 +113,7 @@ def test_demo_runs_offline_on_digits(tmp_path, capsys):
             "20",
             "--train-per-class",
             "40",
-            "--out",
+            "--out-dir",
             str(tmp_path),
         ]
     )
@@ -165,5 +166,5 @@ def test_demo_verdict_comes_from_the_numbers():
 
 
 def test_demo_names_a_missing_data_path(tmp_path, capsys):
-    assert main(["demo", "--data", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 1
+    assert main(["demo", "--data", str(tmp_path / "nope"), "--out-dir", str(tmp_path)]) == 1
     assert "no such file or folder" in capsys.readouterr().err

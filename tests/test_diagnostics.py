@@ -354,6 +354,7 @@ def test_curvature_spectrum_is_the_sorted_variance_of_one_class(tmp_path):
 MODEL = ["--data", "digits", "--model", "mlp", "--pretrain-epochs", "1", "--no-progress"]
 
 
+@pytest.mark.slow
 def test_inspect_cli_writes_every_picture(tmp_path, digits, capsys):
     idx = [digits.class_indices(c)[:3].tolist() for c in range(10)]
     record = {

@@ -25,8 +25,10 @@ import torch.multiprocessing as mp
 from replay_lcmat import distributed
 from replay_lcmat.condensation import DistributionMatchingCondenser, make_condenser
 from replay_lcmat.models import ConvNet
-from replay_lcmat.selection import extract_outputs, make_selector
+from replay_lcmat.selection import SELECTORS, extract_outputs, make_selector
 from replay_lcmat.selection.base import ClassInputs, Selector
+
+pytestmark = pytest.mark.slow  # spawns processes
 
 SPAWN_TIMEOUT_S = 120
 REPO = Path(__file__).resolve().parents[1]
@@ -70,17 +72,8 @@ def _spawn(fn, tmp_path: Path, *args, ranks: int = 2) -> list:
     return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(ranks)]
 
 
-@pytest.fixture
-def one_thread():
-    """The reference runs with one thread, as each spawned process does."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # ------------------------------------------------------------- extraction + selection
-METHODS = ("lcmat-s", "craig", "uniform", "kcenter")
+METHODS = tuple(SELECTORS)  # every registered selector, seeded ones with a seed
 
 
 def _extract_and_select() -> dict:
@@ -98,7 +91,8 @@ def _extract_and_select() -> dict:
         other = extract_outputs(model, images, labels, stats=stats, batch_size=16)
         result[stats] = (other.features, other.logits)
     for method in METHODS:
-        selected = make_selector(method).select(
+        seed = {"seed": 4} if SELECTORS.entry(method).accepts("seed") else {}
+        selected = make_selector(method, **seed).select(
             features=out.features, logits=out.logits, labels=out.labels, per_class=4
         )
         result[method] = (selected.indices, selected.weights)
@@ -128,13 +122,14 @@ def _extract_select_and_record() -> dict:
 
 
 def test_extraction_and_selection_equal_one_process(two_ranks, one_thread):
-    """Outputs bit for bit, picks and their order; and each class was selected by one rank
-    only (the work is shared, not repeated)."""
+    """Outputs bit for bit, picks and their order for every registered selector; and each class
+    was selected by one rank only, seeded selectors included (the work is shared, not
+    repeated: each class draws from its own seed)."""
     expected = _extract_and_select()
     ranks = [got["select"] for got in two_ranks]
     (seen0, indices0), (seen1, indices1) = (got["recorded"] for got in ranks)
     assert sorted(seen0 + seen1) == list(range(6)) and seen0 and seen1
-    recorded = torch.tensor([0, 1, 3, 4, 6, 7, 9, 10, 12, 13, 15, 16])
+    _, recorded = _owned_classes()
     assert torch.equal(indices0, recorded) and torch.equal(indices1, recorded)
     for got in ranks:
         assert "raised" not in got, got
@@ -157,18 +152,24 @@ def test_extraction_and_selection_equal_one_process(two_ranks, one_thread):
 
 
 def _owned_classes() -> list[int]:
-    """Which classes this rank's selector visited (via a recording selector)."""
+    """Which classes this rank's selector visited (via a seeded recording selector)."""
     seen: list[int] = []
 
     class Recording(Selector):
         name = "recording"
 
+        def __init__(self, *, seed: int = 0) -> None:
+            self.seed = seed
+
+        def start_class(self, seed: int) -> None:
+            self._generator = torch.Generator().manual_seed(seed)
+
         def select_class(self, inputs: ClassInputs, budget: int):
             seen.append(inputs.label)
-            return torch.arange(budget), None
+            return torch.randperm(len(inputs.labels), generator=self._generator)[:budget], None
 
     labels = torch.arange(6).repeat_interleave(3)
-    result = Recording().select(labels=labels, per_class=2)
+    result = Recording(seed=1).select(labels=labels, per_class=2)
     return [seen, result.indices]
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from replay_lcmat.condensation import DSA, DSAParams
-from replay_lcmat.condensation.dsa import TRANSFORMS
+from replay_lcmat.data.dsa import TRANSFORMS
 
 
 def _images(n=5, c=3, size=8, seed=0):

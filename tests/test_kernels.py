@@ -1,4 +1,4 @@
-"""Selection kernels of issue 13: the heap lazy greedy picks what today's greedy picked (ties
+"""Selection kernels: the heap lazy greedy picks what the plain lazy greedy picks (ties
 too), blocked gains round every row alike whatever the block, the L1 kernel is torch.cdist bit
 for bit, the blocked dissimilarity is symmetric and matches the materialised one, and the
 finiteness checks that replaced the n x n mask still refuse NaN, inf and overflow."""
@@ -114,7 +114,7 @@ def test_blocked_dissimilarity_is_symmetric_and_matches_the_full_matrix():
     assert torch.equal(d, d.T) and torch.equal(d.diagonal(), torch.zeros(70, dtype=d.dtype))
     torch.testing.assert_close(d, pairwise_grad_distances(h, z, y), rtol=1e-12, atol=1e-12)
     with_l1 = lcmat_dissimilarity(h, z, y, eps=0.3, k_dims=5, block_rows=8)
-    # exact products (issue 10): the block size changes nothing, not even the last bit
+    # exact products: the block size changes nothing, not even the last bit
     assert torch.equal(with_l1, lcmat_dissimilarity(h, z, y, eps=0.3, k_dims=5))
     assert torch.equal(with_l1, with_l1.T)
 

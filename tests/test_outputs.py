@@ -35,7 +35,7 @@ CONDENSE = [
     "digits",
     "--method",
     "dm",
-    "--ipc",
+    "--per-class",
     "2",
     "--option",
     'network_options={"width": 8}',

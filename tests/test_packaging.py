@@ -55,6 +55,7 @@ def cwd(request, tmp_path) -> Path:
     return REPO if request.param == "repository root" else tmp_path
 
 
+@pytest.mark.slow
 def test_core_imports_without_avalanche(cwd):
     found = _run(CORE_IMPORTS, cwd)
     assert Path(found["file"]).resolve() == REPO / "replay_lcmat" / "__init__.py"
@@ -83,6 +84,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_only_the_mapped_folders_import_under_the_package_name(cwd):
     found = _run(NAMES, cwd)
     # the checkout's own folders are not subpackages: no second copy of every module
@@ -174,6 +176,7 @@ def _third_party_imports(folder: Path) -> dict[str, str]:
 @pytest.mark.parametrize(
     ("folder", "extras"), [("replay_lcmat", ()), ("strategies", ()), ("benchmarks", ("bench",))]
 )
+@pytest.mark.slow
 def test_every_imported_distribution_is_declared(folder, extras):
     project = _pyproject()["project"]
     declared = _requirement_names(project["dependencies"])
@@ -259,7 +262,9 @@ def test_the_demo_records_a_command_that_parses_back_to_its_settings():
     from replay_lcmat.reporting import command_line
 
     parser = build_parser()
-    args = parser.parse_args(["demo", "--data", "digits", "--seeds", "3", "4", "--out", "a b/c"])
+    args = parser.parse_args(
+        ["demo", "--data", "digits", "--seeds", "3", "4", "--out-dir", "a b/c"]
+    )
     command = command_line("replay-lcmat demo", _settings_argv(args))
     assert command.startswith("replay-lcmat demo --data digits ") and "'a b/c'" in command
     assert vars(parser.parse_args(shlex.split(command)[1:])) == vars(args)

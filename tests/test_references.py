@@ -6,7 +6,6 @@ A method registered without an entry in ``REFERENCES`` fails here, by name.
 from __future__ import annotations
 
 import pytest
-import torch
 from references import REFERENCES, registered_condensers, registered_selectors
 
 REGISTERED = [("selector", name) for name in registered_selectors()] + [
@@ -15,12 +14,7 @@ REGISTERED = [("selector", name) for name in registered_selectors()] + [
 WRONG = [(name, label) for name, ref in REFERENCES.items() for label in ref.wrong]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # results compared bit for bit
 
 
 @pytest.mark.parametrize("kind,name", REGISTERED, ids=[f"{k}:{n}" for k, n in REGISTERED])
@@ -28,7 +22,8 @@ def test_registered_method_matches_its_reference(kind, name):
     reference = REFERENCES.get(name)
     assert reference is not None, (
         f"registered {kind} {name!r} has no independent reference; add REFERENCES[{name!r}] = "
-        "Reference(...) in tests/references.py (brute force, autograd or a ported formula)."
+        "Reference(...) in tests/references_selection.py or references_condensation.py (brute "
+        "force, autograd or a ported formula)."
     )
     got = reference.run_method()
     try:

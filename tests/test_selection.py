@@ -19,6 +19,7 @@ from replay_lcmat.selection import (
     make_selector,
 )
 from replay_lcmat.selection.distances import preconditioned_grad_distances
+from replay_lcmat.selection.engine import fit_budgets
 
 # the selectors of the paper's tables: the registry holds at least these
 PAPER_NAMES = [
@@ -349,7 +350,6 @@ def test_extractor_reads_image_data_and_models_without_the_contract():
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        (dict(per_class=13), "larger than class 1, which has 12 samples.*take_all=True"),
         (dict(per_class=0), "positive int"),
         (dict(per_class=-2), "positive int"),
         (dict(per_class={0: 2, 5: 1}), "class 5 has no samples"),
@@ -366,11 +366,19 @@ def test_bad_budgets_raise_clear_errors(kwargs, message):
         make_selector("lcmat-s").select(features=features, logits=logits, labels=labels, **kwargs)
 
 
-def test_take_all_keeps_small_classes_whole():
+def test_a_class_below_its_budget_is_taken_whole_with_one_warning():
     features, logits, labels = toy(seed=16)
-    got = lcmat_s(features, logits, labels, 14, take_all=True)
+    with pytest.warns(UserWarning, match="class 1 has only 12 sample.*fewer than the 14") as caught:
+        got = lcmat_s(features, logits, labels, 14)
+    assert len(caught) == 1
     assert labels[got].bincount().tolist() == [14, 12, 14]
-    assert class_budgets(labels, per_class={1: 50}, take_all=True) == {1: 12}
+    # ranked by the selector like any class: the whole class is its full greedy order
+    members = torch.nonzero(labels == 1).flatten()
+    alone = lcmat_s(features[members], logits[members], labels[members], 12)
+    assert torch.equal(got[labels[got] == 1], members[alone])
+    assert class_budgets(labels, per_class={1: 50}) == {1: 50}
+    with pytest.warns(UserWarning, match="class 1 has only 12 sample.*fewer than the 50"):
+        assert fit_budgets({1: 12, 2: 3}, {1: 50, 2: 3}) == {1: 12, 2: 3}
 
 
 @pytest.mark.parametrize("bad", ["features", "logits"])

@@ -1,11 +1,11 @@
 """Invariants of every registered selector over generated inputs (``hypothesis``).
 
 Generated: 1-4 classes of 1-16 samples, budgets 1-10 (larger than a class: the documented
-small-class rule, ``take_all``), feature scales 1e-2 to 1e2, exact duplicate rows.
+small-class rule), feature scales 1e-2 to 1e2, exact duplicate rows.
 
-- **budget**: each class gets exactly ``min(budget, n_c)`` picks with ``take_all=True`` and
-  exactly ``budget`` otherwise (a budget above a class without ``take_all``: ``ValueError``);
-  indices are unique, each inside its class; classes come in ascending order.
+- **budget**: each class gets exactly ``min(budget, n_c)`` picks (a class smaller than the
+  budget is taken whole, with one warning naming it); indices are unique, each inside its
+  class; classes come in ascending order.
 - **seed**: the same seed gives the same picks (and weights).
 - **permutation**: for the deterministic selectors, permuting the samples permutes the picks,
   up to ties. Facility location (LCMat-S, Craig, AdaCore) has exact ties, e.g. a mutually
@@ -73,13 +73,11 @@ def problems(draw, *, duplicates: bool = True, smallest: int = 1, max_classes: i
     return features, logits, labels
 
 
-def run(name, features, logits, labels, budget, *, take_all=True, seed=None):
+def run(name, features, logits, labels, budget, *, seed=None):
     selector = make_selector(name) if seed is None else make_selector(name, seed=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # small classes kept whole, partition clamps
-        return selector.select(
-            features=features, logits=logits, labels=labels, per_class=budget, take_all=take_all
-        )
+        return selector.select(features=features, logits=logits, labels=labels, per_class=budget)
 
 
 def by_class(indices, labels):
@@ -111,9 +109,10 @@ def test_budget_classes_uniqueness_and_seed(name, problem, budget, seed):
     if result.weights is not None:
         assert torch.equal(again.weights, result.weights)
     smallest = int(sizes.min())
-    if budget > smallest:  # the documented small-class rule without take_all: an error
-        with pytest.raises(ValueError, match="take_all=True"):
-            run(name, features, logits, labels, budget, take_all=False)
+    if budget > smallest:  # the documented small-class rule: taken whole, with a warning
+        selector = make_selector(name, seed=seed) if seeded else make_selector(name)
+        with pytest.warns(UserWarning, match=f"fewer than the {budget}"):
+            selector.select(features=features, logits=logits, labels=labels, per_class=budget)
 
 
 @pytest.mark.parametrize("name", DETERMINISTIC)

@@ -341,7 +341,7 @@ def test_selector_strategy_inside_avalanches_own_parametric_buffer(bench):
     full = selector.make_sorted_indices(strategy, data)
     assert sorted(full) == list(range(len(data)))
     # a budget gives the greedy prefix of the full ranking (classes interleaved by rank)
-    assert selector.make_sorted_indices(strategy, data, budget=6) == full[:6]
+    assert selector.make_sorted_indices(strategy, data, total=6) == full[:6]
     classes = set(benchmark.train_stream[0].classes_in_this_experience)
     labels = [int(data.targets[i]) for i in full[:6]]
     assert all(set(labels[i : i + 2]) == classes for i in (0, 2, 4))
@@ -357,7 +357,7 @@ def test_budget_is_filled_when_a_class_is_smaller_than_its_share(bench):
     group = data.subset(torch.cat([small, large]).tolist())  # classes of 2 and 10 samples
     strategy = _strategy(_model(), [])
     for name in ("lcmat-s", "uniform"):
-        picks = SelectorExemplarsStrategy(name).make_sorted_indices(strategy, group, budget=10)
+        picks = SelectorExemplarsStrategy(name).make_sorted_indices(strategy, group, total=10)
         assert len(picks) == 10 and len(set(picks)) == 10
         labels = [int(group.targets[i]) for i in picks]
         assert labels.count(a) == 2 and labels.count(b) == 8
@@ -395,11 +395,11 @@ def test_extraction_uses_eval_transforms_and_restores_the_model_mode(bench):
     model = _model().train()
     strategy = _strategy(model, [])
     selector = SelectorExemplarsStrategy("herding")
-    first = selector.make_sorted_indices(strategy, data, budget=4)
+    first = selector.make_sorted_indices(strategy, data, total=4)
     assert model.training
-    assert selector.make_sorted_indices(strategy, data, budget=4) == first
+    assert selector.make_sorted_indices(strategy, data, total=4) == first
     clean = tensor_benchmark(train_set, test_set, n_experiences=5, seed=0)
-    assert selector.make_sorted_indices(strategy, clean.train_stream[0].dataset, budget=4) == first
+    assert selector.make_sorted_indices(strategy, clean.train_stream[0].dataset, total=4) == first
 
 
 def test_bad_inputs_name_the_problem(bench):
@@ -421,6 +421,7 @@ def test_bad_inputs_name_the_problem(bench):
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_examples_run_offline_on_digits(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location(
         "split_example", REPO / "examples" / "split_cifar100_5tasks.py"
@@ -441,7 +442,7 @@ def test_examples_run_offline_on_digits(tmp_path, capsys):
         "3",
         "--train-epochs",
         "1",
-        "--out",
+        "--out-dir",
         str(tmp_path),
     ]
     assert example.main(argv) == 0
@@ -497,7 +498,7 @@ def test_selector_strategy_takes_class_batch_statistics(bench):
     orders = {}
     for stats in ("running", "class-batch"):
         selector = SelectorExemplarsStrategy("craig", stats=stats)
-        got = selector.make_sorted_indices(strategy, data, budget=2 * len(y.unique()))
+        got = selector.make_sorted_indices(strategy, data, total=2 * len(y.unique()))
         out = extract_outputs(model, x, labels=y, stats=stats)
         picks = select_exemplars(
             "craig", labels=y, features=out.features, logits=out.logits, per_class=2

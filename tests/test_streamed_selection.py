@@ -1,4 +1,4 @@
-"""Issue 10: facility location without an n x n matrix, and the partitioned greedy.
+"""Facility location without an n x n matrix, and the partitioned greedy.
 
 The streamed path (``similarity="streamed"``) must give the dense path's picks, gains and weights
 bit for bit (float64 and float32, ties, every offset and optimiser), agree with a brute-force
@@ -229,7 +229,7 @@ def test_streamed_estimate_has_no_n_squared_term():
     small, large = (selector.streamed_peak_bytes(n, 512, 10, 4) for n in (10_000, 100_000))
     cache = submodular.STREAM_CACHE_BYTES
     assert (large - cache) == pytest.approx(10 * (small - cache), rel=1e-6)  # linear in n
-    assert large < 4 * 2**30  # the issue's target: n = 100,000 within 4 GB
+    assert large < 4 * 2**30  # the target: n = 100,000 within 4 GB
     assert selector.peak_bytes(100_000, 512, 10, 4) > 40 * 2**30  # dense: 1.2 n^2 4 bytes
 
 
@@ -239,6 +239,7 @@ def class_inputs(n, dtype=torch.float64):
     return ClassInputs(label=0, features=features, logits=logits, labels=labels)
 
 
+@pytest.mark.slow
 def test_auto_chooses_streamed_when_the_dense_estimate_does_not_fit(monkeypatch):
     inputs = class_inputs(1000)
     selector = make_selector("lcmat-s")

@@ -109,6 +109,7 @@ def _run(train_data, test_data, policies, memories=None, log=None):
     )
 
 
+@pytest.mark.slow
 def test_eps_auto_never_reads_the_test_split(digits):
     train_data, test_data = digits
     lines, memories = [], {}
@@ -146,6 +147,7 @@ def test_weight_power_spec_changes_replay_not_memory(digits):
         _run(train_data, test_data, ["dm[weight_power=1]"])
 
 
+@pytest.mark.slow
 def test_continual_benchmark_skips_finished_cells(tmp_path, monkeypatch):
     import benchmarks.continual as bench
 

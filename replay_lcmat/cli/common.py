@@ -8,6 +8,9 @@ import os
 import tempfile
 from pathlib import Path
 
+from replay_lcmat.selection import extract_outputs, pretrain_selection_model
+from replay_lcmat.selection.extract import DEFAULT_STATS, STATS
+
 
 def add_data_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
     """``--data``, ``--data-root``, ``--download``, ``--cache-dir`` (see ``load_dataset``)."""
@@ -75,8 +78,6 @@ def check_budget_arguments(per_class: int | None, fraction: float | None) -> Non
 def add_selection_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The selection model θ's options, shared by ``select`` and ``inspect``: its network,
     pretraining and the statistics its outputs are taken with."""
-    from replay_lcmat.selection.extract import DEFAULT_STATS, STATS
-
     group = parser.add_argument_group("selection model θ")
     group.add_argument("--model", default="convnet", help="convnet | resnet18 | mlp")
     group.add_argument("--width", type=int, default=None, help="ConvNet width (default 128)")
@@ -111,8 +112,6 @@ def add_selection_model_arguments(parser: argparse.ArgumentParser) -> None:
 def selection_model_outputs(args: argparse.Namespace, train, *, progress: bool):
     """``(model, outputs)``: θ pretrained on ``train`` with the options of
     :func:`add_selection_model_arguments` (and ``--seed``, ``--device``), and its outputs."""
-    from replay_lcmat.selection import extract_outputs, pretrain_selection_model
-
     model = pretrain_selection_model(
         train,
         model=args.model,

@@ -31,11 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--method", required=True, choices=list(CONDENSERS))
     parser.add_argument(
         "--per-class",
-        "--ipc",
-        dest="per_class",
         type=int,
         required=True,
-        help="synthetic images per class (--ipc: the name used by the condensation papers)",
+        help="synthetic images per class (what the condensation papers call ipc)",
     )
     parser.add_argument(
         "--iterations",
@@ -73,7 +71,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         'options of a method: python -c "import replay_lcmat.condensation as c; '
         "help(c.CONDENSERS['lcmat-c'])\"",
     )
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar"
+    )
     parser.set_defaults(func=run)
 
 
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoint=str(checkpoint),
         overwrite=args.overwrite,
         checkpoint_every=args.checkpoint_every,
-        progress=not args.no_progress and distributed.is_writer(),  # one bar under torchrun
+        progress=args.progress and distributed.is_writer(),  # one bar under torchrun
         **options,
     )
     condenser.check_budget(args.per_class)

@@ -54,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="memory policies or specs; the first LCMat one is compared with herding and "
         "uniform in the verdict",
     )
-    parser.add_argument("--per-class", "--mem-per-class", dest="per_class", type=int, default=10)
+    parser.add_argument("--per-class", type=int, default=10)
     parser.add_argument(
         "--train-per-class", type=int, default=200, help="training images kept per class"
     )
@@ -86,7 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="batch",
         help="ConvNet normalisation on CIFAR-like data",
     )
-    parser.add_argument("--out", default="runs/demo", help="output folder (CSV, table, plot)")
+    parser.add_argument("--out-dir", default="runs/demo", help="output folder (CSV, table, plot)")
     parser.add_argument("--device", default=default_device())
     parser.add_argument(
         "--threads",
@@ -95,7 +95,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="CPU threads for torch (default 1: these small models gain little from more, and "
         "lose a lot when the cores are shared)",
     )
-    parser.add_argument("--progress", action="store_true", help="show progress bars")
+    parser.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=False, help="progress bars"
+    )
     parser.set_defaults(func=run)
 
 
@@ -174,13 +176,13 @@ def run(args: argparse.Namespace) -> int:
     command = command_line("replay-lcmat demo", _settings_argv(args))
     paths = write_results(
         rows,
-        args.out,
+        args.out_dir,
         "demo",
         title=f"replay-lcmat demo ({name})",
         command=command,
         notes=verdict,
     )
-    grid = Path(args.out) / "demo_memory.png"
+    grid = Path(args.out_dir) / "demo_memory.png"
     plot_memory_grid(
         [
             MemorySet.from_class_memory(

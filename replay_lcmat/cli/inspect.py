@@ -15,7 +15,27 @@ from replay_lcmat.cli.common import (
     check_output_path,
     selection_model_outputs,
 )
+from replay_lcmat.data import load_dataset
 from replay_lcmat.devices import default_device
+from replay_lcmat.diagnostics import (
+    bound_markdown,
+    compare_subsets,
+    curvature_spectrum,
+    load_class_memory,
+    load_condensed,
+    load_selection,
+    loss_surface,
+    plot_bound_terms,
+    plot_curvature_spectrum,
+    plot_loss_contours,
+    plot_memory_grid,
+    read_selection,
+    top_k_share,
+    write_bound_csv,
+)
+from replay_lcmat.diagnostics.sources import check_selection_labels
+from replay_lcmat.selection import SELECTORS, make_selector
+from replay_lcmat.specs import parse_policy
 
 PICTURES = ("grid", "bounds", "contours", "spectrum")
 
@@ -66,7 +86,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     add_selection_model_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="seeds θ, selections, directions")
     parser.add_argument("--device", default=default_device())
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars"
+    )
 
 
 def _add_subset_arguments(parser: argparse.ArgumentParser) -> None:
@@ -185,8 +207,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _load_train(args: argparse.Namespace, source: str | None = None):
-    from replay_lcmat.data import load_dataset
-
     train, _ = load_dataset(
         source or args.data,
         root=args.data_root,
@@ -207,14 +227,6 @@ def _unique_names(names: list[str], paths: list[str]) -> list[str]:
 
 
 def run_grid(args: argparse.Namespace) -> int:
-    from replay_lcmat.diagnostics import (
-        load_class_memory,
-        load_condensed,
-        load_selection,
-        plot_memory_grid,
-        read_selection,
-    )
-
     sources = (
         [("selection", p) for p in args.selection]
         + [("condensed", p) for p in args.condensed]
@@ -268,15 +280,12 @@ def _selection_model(args: argparse.Namespace, train=None):
     """``(train, model, outputs)``: θ trained on the training split (loaded from --data unless
     given) and its outputs."""
     train = _load_train(args) if train is None else train
-    model, outputs = selection_model_outputs(args, train, progress=not args.no_progress)
+    model, outputs = selection_model_outputs(args, train, progress=args.progress)
     return train, model, outputs
 
 
 def _check_subset_arguments(args: argparse.Namespace, required: bool) -> list:
     """Parse ``--methods`` before any training; returns ``[(spec, selector)]``."""
-    from replay_lcmat.selection import SELECTORS, make_selector
-    from replay_lcmat.specs import parse_policy
-
     if required and not (args.selection or args.methods):
         raise ValueError("no subsets; pass --selection JSON files and/or --methods with a budget.")
     if args.methods and args.fraction is None and args.per_class is None:
@@ -301,9 +310,6 @@ def _subsets(
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor | None]]:
     """``({name: indices into the training split}, {name: their weights or None})`` from
     --selection files and --methods."""
-    from replay_lcmat.diagnostics import read_selection
-    from replay_lcmat.diagnostics.sources import check_selection_labels
-
     names, paths, indices, weights = [], [], [], []
     for path in args.selection:
         record, idx = read_selection(path)
@@ -333,13 +339,6 @@ def _subsets(
 
 
 def run_bounds(args: argparse.Namespace) -> int:
-    from replay_lcmat.diagnostics import (
-        bound_markdown,
-        compare_subsets,
-        plot_bound_terms,
-        write_bound_csv,
-    )
-
     selectors = _check_subset_arguments(args, required=True)
     if args.k_dims < 1:
         raise ValueError(f"--k-dims must be >= 1; got {args.k_dims}.")
@@ -372,8 +371,6 @@ def run_bounds(args: argparse.Namespace) -> int:
 
 
 def run_contours(args: argparse.Namespace) -> int:
-    from replay_lcmat.diagnostics import loss_surface, plot_loss_contours
-
     selectors = _check_subset_arguments(args, required=False)
     if args.steps < 3 or args.steps % 2 == 0:
         raise ValueError(f"--steps must be odd and >= 3 (θ at the centre); got {args.steps}.")
@@ -399,8 +396,6 @@ def run_contours(args: argparse.Namespace) -> int:
 
 
 def run_spectrum(args: argparse.Namespace) -> int:
-    from replay_lcmat.diagnostics import curvature_spectrum, plot_curvature_spectrum, top_k_share
-
     if args.k_dims < 1:
         raise ValueError(f"--k-dims must be >= 1; got {args.k_dims}.")
     train = _load_train(args)

@@ -39,9 +39,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     budget = parser.add_mutually_exclusive_group(required=True)
     budget.add_argument("--fraction", type=float, help="share of every class, e.g. 0.01")
     budget.add_argument("--per-class", type=int, help="samples per class")
-    parser.add_argument(
-        "--take-all", action="store_true", help="keep a class whole when it is below the budget"
-    )
     add_selection_model_arguments(parser)
     parser.add_argument(
         "--option",
@@ -57,7 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=default_device())
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars"
+    )
     parser.set_defaults(func=run)
 
 
@@ -84,7 +83,7 @@ def _run(args: argparse.Namespace) -> int:
     if SELECTORS.entry(args.method).accepts("seed"):
         options.setdefault("seed", args.seed)
     selector = make_selector(args.method, **options)  # fail on bad options before any training
-    progress = not args.no_progress and distributed.is_writer()  # one bar under torchrun
+    progress = args.progress and distributed.is_writer()  # one bar under torchrun
     train_data, _ = load_dataset(
         args.data, root=args.data_root, download=args.download, cache_dir=args.cache_dir
     )
@@ -98,7 +97,6 @@ def _run(args: argparse.Namespace) -> int:
         labels=outputs.labels,
         per_class=args.per_class,
         fraction=args.fraction,
-        take_all=args.take_all,
     )
     select_seconds = time.perf_counter() - start
     labels = outputs.labels[result.indices]
@@ -117,7 +115,6 @@ def _run(args: argparse.Namespace) -> int:
         "data": str(args.data),
         "method": args.method,
         "options": selector.get_params(),
-        "take_all": args.take_all,
         "fraction": args.fraction,
         "per_class": args.per_class,
         "seed": args.seed,

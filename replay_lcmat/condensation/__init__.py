@@ -11,7 +11,6 @@ Example::
 
 from replay_lcmat.condensation.base import CONDENSERS, CondensationResult, Condenser
 from replay_lcmat.condensation.distribution_matching import DistributionMatchingCondenser
-from replay_lcmat.condensation.dsa import DSA, DSAParams
 from replay_lcmat.condensation.gradient_matching import GradientMatchingCondenser, default_loops
 from replay_lcmat.condensation.objectives import (
     gradient_variance_gap,
@@ -21,6 +20,7 @@ from replay_lcmat.condensation.objectives import (
 )
 from replay_lcmat.condensation.registry import available_condensers, make_condenser
 from replay_lcmat.condensation.storage import SyntheticSet, load_synthetic
+from replay_lcmat.data.dsa import DSA, DSAParams
 
 __all__ = [
     "CONDENSERS",

@@ -32,8 +32,8 @@ def default_loops(per_class: int) -> tuple[int, int]:
     return DC_LOOPS[nearest]
 
 
-# DC/DSA defaults follow their public code (LCMAT_SPEC 5b); LCMat-C follows the paper (spec
-# section 4): noise init, image lr 0.005, network on real data. rho=0.02 makes ½ρ = 0.01, the
+# DC/DSA defaults follow their authors' public code; LCMat-C follows the LCMat paper's
+# condensation setting: noise init, image lr 0.005, network on real data. rho=0.02 makes ½ρ = 0.01, the
 # curvature weight the LCMat reference runs use for selection.
 @CONDENSERS.register(
     "lcmat-c",

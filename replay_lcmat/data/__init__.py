@@ -15,6 +15,7 @@ from replay_lcmat.data.classes import (
     task_classes,
 )
 from replay_lcmat.data.digits import load_digits
+from replay_lcmat.data.dsa import DSA, DSAParams
 from replay_lcmat.data.folder import default_cache_dir, load_image_folder, shared_cifar10_archive
 from replay_lcmat.data.image_data import ImageData, channel_stats
 from replay_lcmat.files import CorruptDataError
@@ -24,6 +25,8 @@ DATASET_NAMES = ("cifar10", "cifar100", "digits")
 __all__ = [
     "DATASET_NAMES",
     "CorruptDataError",
+    "DSA",
+    "DSAParams",
     "ImageData",
     "RandomCropFlip",
     "channel_stats",

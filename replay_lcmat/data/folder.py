@@ -21,35 +21,26 @@ Layout rules (checked from file names and sizes before any image is read):
 
 from __future__ import annotations
 
-import contextlib
-import glob
-import hashlib
-import io
 import lzma
 import os
 import stat
 import tarfile
-import tempfile
-import time
 import warnings
-import zipfile
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
-from tqdm.auto import tqdm
 
-from replay_lcmat.data.image_data import ImageData, channel_stats
+from replay_lcmat.data.cache import cache_file, default_cache_dir, read_cache, write_cache
+from replay_lcmat.data.decoding import decode_plan
+from replay_lcmat.data.image_data import ImageData
 from replay_lcmat.files import CorruptDataError
-from replay_lcmat.submodular import NotEnoughMemoryError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".webp"}
 SPLITS = ("train", "test")
-CACHE_VERSION = 3
 # Largest image file read: checked from the file's size (or the tar header) before reading it.
 MAX_IMAGE_BYTES = 64 * 2**20
 _CACHE_KEYS = {
@@ -59,13 +50,6 @@ _CACHE_KEYS = {
     *(f"{s}_{k}" for s in SPLITS for k in ("images", "labels")),
 }
 _EXAMPLES = 3  # paths named in a message about many files
-_STALE_TMP_S = 24 * 3600  # a temporary cache file this old was left by a killed run
-
-
-def default_cache_dir() -> Path:
-    """``$REPLAY_LCMAT_CACHE`` if set, else ``~/.cache/replay-lcmat``."""
-    env = os.environ.get("REPLAY_LCMAT_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "replay-lcmat"
 
 
 CIFAR10_ARCHIVE_VARIABLE = "REPLAY_LCMAT_CIFAR10_ARCHIVE"
@@ -396,99 +380,7 @@ def _plan(source: Path, entries: Iterable[_Entry]) -> dict[str, dict[str, list[s
 
 
 # ---------------------------------------------------------------------------------------------
-# Decoding
-
-
-class _UnsupportedPixels(ValueError):
-    """A readable image whose pixel type has no fixed range to map to 0..255."""
-
-
-def _pixels(img: Image.Image) -> np.ndarray:
-    """uint8 ``[H, W, C]`` with C = 1 (grey) or 3 (colour)."""
-    if img.mode.startswith("I;16"):  # 16-bit grey: 0..65535 -> 0..255
-        arr = np.rint(np.asarray(img, dtype=np.float64) / 257.0).astype(np.uint8)
-    elif img.mode in ("I", "F"):
-        kind = "32-bit integer" if img.mode == "I" else "floating-point"
-        raise _UnsupportedPixels(f"{kind} pixels (mode {img.mode})")
-    elif img.mode in ("1", "L", "LA", "La"):
-        arr = np.asarray(img.convert("L"))
-    else:
-        arr = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
-    return arr[:, :, None] if arr.ndim == 2 else arr
-
-
-def _pixel_size(payload: bytes) -> str:
-    """``", W x H pixels"`` from the image header when it can be read, else ``""``."""
-    try:
-        with Image.open(io.BytesIO(payload)) as img:
-            return f", {img.width} x {img.height} pixels"
-    except Exception:  # the header itself is unreadable: say nothing about the size
-        return ""
-
-
-def _decode(source: Path, name: str, payload: bytes) -> np.ndarray:
-    try:
-        with Image.open(io.BytesIO(payload)) as img:
-            return _pixels(img)
-    except MemoryError as err:  # a huge image, not a corrupt one
-        raise NotEnoughMemoryError(
-            f"{source}: not enough memory to decode the image {name} ({len(payload)} bytes "
-            f"compressed{_pixel_size(payload)}). Free memory, or shrink or remove that image; "
-            "the file itself may be fine."
-        ) from err
-    except _UnsupportedPixels as err:
-        raise ValueError(
-            f"{source}: the image {name} has {err}, which have no fixed range to scale to 0..255. "
-            "Save it as an 8-bit image (or a 16-bit grey PNG)."
-        ) from err
-    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ... on bad files
-        detail = (
-            "not a recognised image format"
-            if isinstance(err, UnidentifiedImageError)
-            else f"{type(err).__name__}: {err}"
-        )
-        raise CorruptDataError(
-            f"{source}: cannot decode the image {name} ({detail}). The file is corrupt or not "
-            "an image: replace it with a good copy or remove it."
-        ) from err
-
-
-def _decode_plan(
-    source: Path,
-    plan: dict[str, dict[str, list[str]]],
-    order: list[str],
-    read: Callable[[str], bytes],
-    progress: bool,
-) -> dict[str, np.ndarray]:
-    """Decode the planned images (reading them in ``order``) into the cached arrays."""
-    wanted = {name for classes in plan.values() for names in classes.values() for name in names}
-    decoded: dict[str, np.ndarray] = {}
-    shape, first_name = None, ""
-    with tqdm(total=len(wanted), desc=f"decoding {source.name}", disable=not progress) as bar:
-        for name in order:
-            if name not in wanted:
-                continue
-            arr = _decode(source, name, read(name))
-            if shape is None:
-                shape, first_name = arr.shape, name
-            elif arr.shape != shape:
-                raise ValueError(
-                    f"images of mixed sizes in {source}: {name} is {arr.shape[1]}x{arr.shape[0]}x"
-                    f"{arr.shape[2]} but {first_name} is {shape[1]}x{shape[0]}x{shape[2]} "
-                    "(WxHxC). Resize all images to one size (and one colour mode) before loading."
-                )
-            decoded[name] = arr
-            bar.update(1)
-    classes = sorted(plan["train"])
-    out: dict[str, np.ndarray] = {"classes": np.array(classes)}
-    for split in SPLITS:
-        names = [(label, n) for label, c in enumerate(classes) for n in plan[split].get(c, [])]
-        stacked = np.stack([decoded[n] for _, n in names])
-        out[f"{split}_images"] = stacked.transpose(0, 3, 1, 2).copy()
-        out[f"{split}_labels"] = np.asarray([label for label, _ in names], dtype=np.int64)
-    mean, std = channel_stats(torch.from_numpy(out["train_images"]))
-    out["mean"], out["std"] = np.asarray(mean), np.asarray(std)
-    return out
+# Decoding (the pixels: replay_lcmat.data.decoding)
 
 
 def _decode_source(
@@ -503,17 +395,17 @@ def _decode_source(
     if source.is_dir():
         folder = folder if folder is not None else _scan_folder(source)
         order = sorted(e.name for e in folder.entries if not e.is_dir)
-        return _decode_plan(
-            source, folder.plan, order, lambda name: (source / name).read_bytes(), progress
+        return decode_plan(
+            source, folder.plan, order, lambda name: (source / name).read_bytes(), progress, SPLITS
         )
     with _open_tar(source) as tar:
         entries, payloads = _read_tar(tar, source)
     plan = _plan(source, entries)
-    return _decode_plan(source, plan, list(payloads), payloads.pop, progress)
+    return decode_plan(source, plan, list(payloads), payloads.pop, progress, SPLITS)
 
 
 # ---------------------------------------------------------------------------------------------
-# The cache
+# The cache key of a folder (the cache itself: replay_lcmat.data.cache)
 
 
 class _Folder(NamedTuple):
@@ -524,71 +416,6 @@ class _Folder(NamedTuple):
 def _scan_folder(root: Path) -> _Folder:
     entries = _list_folder(root)
     return _Folder(entries, _plan(root, entries))
-
-
-def _cache_file(source: Path, cache_dir: Path, folder: _Folder | None) -> Path:
-    """``<name>-<path hash>-<content hash>.npz``.
-
-    The content hash covers a folder's image files (name, size, mtime, ctime: adding, editing or
-    removing one changes it) or an archive's size and mtime.
-    """
-    resolved = str(source.resolve())
-    if folder is not None:
-        wanted = {
-            n for classes in folder.plan.values() for names in classes.values() for n in names
-        }
-        content = "\n".join(
-            f"{e.name}|{e.size}|{e.stamp}" for e in sorted(folder.entries) if e.name in wanted
-        )
-    else:
-        st = source.stat()
-        content = f"{st.st_size}|{st.st_mtime_ns}"
-    path_hash = hashlib.sha256(resolved.encode()).hexdigest()[:8]
-    key = hashlib.sha256(f"{resolved}|{content}|{CACHE_VERSION}".encode()).hexdigest()[:16]
-    return cache_dir / f"{source.name.split('.')[0]}-{path_hash}-{key}.npz"
-
-
-def _read_cache(cache: Path) -> dict[str, np.ndarray] | None:
-    """The cached arrays, or None when the file is missing or damaged (then it is rebuilt)."""
-    try:
-        with np.load(cache) as stored:
-            arrays = {k: stored[k] for k in stored.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
-        return None
-    return arrays if _CACHE_KEYS <= arrays.keys() else None
-
-
-def _write_cache(cache: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write under a unique temporary name, then rename: concurrent writers never collide and a
-    killed run never leaves a half-written cache. Older caches of the same source are removed."""
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=f".{cache.stem}.", suffix=".tmp")
-    except OSError as err:
-        warnings.warn(
-            f"could not write the decode cache in {cache.parent} ({err}); the next load will "
-            "decode again. Pass a writable cache_dir (--cache-dir) or set $REPLAY_LCMAT_CACHE.",
-            stacklevel=3,
-        )
-        return
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, cache)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    source_prefix = glob.escape(cache.name.rsplit("-", 1)[0])
-    for old in cache.parent.glob(source_prefix + "-*.npz"):
-        if old.name != cache.name:
-            with contextlib.suppress(OSError):
-                old.unlink()
-    for stale in cache.parent.glob(f".{source_prefix}-*.tmp"):  # left by killed runs
-        with contextlib.suppress(OSError):
-            if time.time() - stale.stat().st_mtime > _STALE_TMP_S:
-                stale.unlink()
 
 
 def load_image_folder(
@@ -623,11 +450,11 @@ def load_image_folder(
             "digits)."
         )
     folder = _scan_folder(source) if source.is_dir() else None  # layout checked on every load
-    cache = _cache_file(source, Path(cache_dir) if cache_dir else default_cache_dir(), folder)
-    arrays = _read_cache(cache)
+    cache = cache_file(source, Path(cache_dir) if cache_dir else default_cache_dir(), folder)
+    arrays = read_cache(cache, _CACHE_KEYS)
     if arrays is None:
         arrays = _decode_source(source, progress, folder)
-        _write_cache(cache, arrays)
+        write_cache(cache, arrays)
     classes = tuple(str(c) for c in arrays["classes"])
     mean, std = tuple(arrays["mean"].tolist()), tuple(arrays["std"].tolist())
     return tuple(  # type: ignore[return-value]

@@ -26,9 +26,10 @@ from replay_lcmat.diagnostics.contours import (
     mean_loss,
     plot_loss_contours,
 )
-from replay_lcmat.diagnostics.grids import MemoryGrid, denormalize, memory_grid, plot_memory_grid
+from replay_lcmat.diagnostics.grids import MemoryGrid, memory_grid, plot_memory_grid
 from replay_lcmat.diagnostics.sources import (
     MemorySet,
+    denormalize,
     load_class_memory,
     load_condensed,
     load_selection,

@@ -2,7 +2,7 @@
 Fig. 2), on the last layer in closed form.
 
 For softmax cross-entropy with ``e = softmax(z) - onehot(y)``, ``q = p (1 - p)`` and features
-``h`` (spec section 3), the mean per-sample gradient and diagonal Hessian of a set D w.r.t.
+``h`` (LCMat paper Sec. 3), the mean per-sample gradient and diagonal Hessian of a set D w.r.t.
 ``(b, W)`` are ``[mean e, mean e h^T]`` and ``[mean q, mean q (h*h)^T]``: two ``[c, d]``
 products, never the ``[n, c(d+1)]`` per-sample matrices. Coordinates are ordered as in
 :mod:`replay_lcmat.curvature` (bias first, then ``W`` row-major).
@@ -138,7 +138,7 @@ def bound_terms(
 ) -> dict:
     """Gradient, curvature and loss gaps between T (all rows) and S (the rows ``subset``).
 
-    With ``g``/``λ`` the per-sample last-layer gradient / diagonal Hessian (spec section 3) and
+    With ``g``/``λ`` the per-sample last-layer gradient / diagonal Hessian (LCMat paper Sec. 3) and
     ``Δλ = mean_T λ - mean_S λ``:
 
     - ``gradient_gap``: ``||mean_T g - mean_S g||_2``, the first term of Eq. 6.

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from replay_lcmat.seeding import make_generator
+from replay_lcmat.seeding import derive_seed, make_generator
 
 
 def filter_normalized_direction(model: nn.Module, generator: torch.Generator) -> dict[str, Tensor]:
@@ -125,8 +125,6 @@ def loss_surface(
             (the same for every grid point); ``None``: all samples.
         batch_size: samples per forward pass.
     """
-    from replay_lcmat.seeding import derive_seed
-
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1 or steps % 2 == 0:
         raise ValueError(
             f"steps must be an odd integer >= 1 so that θ is the centre of the grid; got {steps!r}."

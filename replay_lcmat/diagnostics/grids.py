@@ -15,30 +15,6 @@ from torch import Tensor
 from replay_lcmat.diagnostics.sources import MemorySet
 
 
-def denormalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """Pixels in [0, 1] from stored images, float32 ``[m, C, H, W]``.
-
-    uint8 images are raw pixels: ``x / 255``. Float images are normalised:
-    ``x * std + mean`` per channel, clamped to [0, 1] (synthetic images may leave the range).
-
-    Args:
-        images: ``[m, C, H, W]`` uint8 or float.
-        mean, std: one value per channel, in [0, 1] pixel units.
-    """
-    if images.dim() != 4:
-        raise ValueError(f"images must be [m, C, H, W]; got shape {tuple(images.shape)}.")
-    if images.dtype == torch.uint8:
-        return images.float() / 255.0
-    if len(mean) != images.shape[1] or len(std) != images.shape[1]:
-        raise ValueError(
-            f"images have {images.shape[1]} channel(s) but mean/std have {len(mean)}/{len(std)} "
-            "values; pass the dataset's statistics."
-        )
-    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    return (images.detach().cpu().float() * s + m).clamp_(0.0, 1.0)
-
-
 @dataclass(frozen=True)
 class MemoryGrid:
     """Grids of several sets laid out alike, so the same class sits at the same height.

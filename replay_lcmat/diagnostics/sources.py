@@ -13,6 +13,34 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from replay_lcmat.condensation.storage import load_synthetic
+from replay_lcmat.data import load_dataset
+from replay_lcmat.memory import ClassMemory
+
+
+def denormalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """Pixels in [0, 1] from stored images, float32 ``[m, C, H, W]``.
+
+    uint8 images are raw pixels: ``x / 255``. Float images are normalised:
+    ``x * std + mean`` per channel, clamped to [0, 1] (synthetic images may leave the range).
+
+    Args:
+        images: ``[m, C, H, W]`` uint8 or float.
+        mean, std: one value per channel, in [0, 1] pixel units.
+    """
+    if images.dim() != 4:
+        raise ValueError(f"images must be [m, C, H, W]; got shape {tuple(images.shape)}.")
+    if images.dtype == torch.uint8:
+        return images.float() / 255.0
+    if len(mean) != images.shape[1] or len(std) != images.shape[1]:
+        raise ValueError(
+            f"images have {images.shape[1]} channel(s) but mean/std have {len(mean)}/{len(std)} "
+            "values; pass the dataset's statistics."
+        )
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return (images.detach().cpu().float() * s + m).clamp_(0.0, 1.0)
+
 
 @dataclass(frozen=True)
 class MemorySet:
@@ -62,8 +90,6 @@ class MemorySet:
 
     def pixels(self) -> Tensor:
         """float32 ``[m, C, H, W]`` in [0, 1] (see :func:`replay_lcmat.diagnostics.denormalize`)."""
-        from replay_lcmat.diagnostics.grids import denormalize
-
         return denormalize(self.images, self.mean, self.std)
 
     @classmethod
@@ -177,8 +203,6 @@ def load_selection(
     """
     record, indices = read_selection(path)
     if train_data is None:
-        from replay_lcmat.data import load_dataset
-
         if "data" not in record:
             raise ValueError(f"{path} does not say which data it indexes; pass train_data=....")
         train_data, _ = load_dataset(
@@ -202,8 +226,6 @@ def load_condensed(
     The file holds normalised images without statistics: pass the ``mean``/``std`` (and class
     names) of the dataset it was condensed from. ``name`` defaults to the file's method.
     """
-    from replay_lcmat.condensation.storage import load_synthetic
-
     _require_file(path, "synthetic set", "write one with `replay-lcmat condense --out`.")
     syn = load_synthetic(path)
     return MemorySet(
@@ -226,8 +248,6 @@ def load_class_memory(
 ) -> MemorySet:
     """A memory saved with :meth:`replay_lcmat.memory.ClassMemory.save` (e.g. by an Avalanche
     plugin); ``mean``/``std``/``classes`` of its dataset; ``name`` defaults to the file stem."""
-    from replay_lcmat.memory import ClassMemory
-
     memory = ClassMemory.load(path)
     return MemorySet.from_class_memory(
         memory, name=name or Path(path).stem, mean=mean, std=std, classes=classes

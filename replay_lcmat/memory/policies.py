@@ -7,23 +7,23 @@ with a model, its paper's defaults, and builds a :class:`ClassMemory`:
 
     memory = build_memory("lcmat-s", images, labels, per_class=10, model=model)
 
-One rule for small classes holds for every policy: a class with at most ``per_class`` samples
-is stored whole (real images, index order), with a warning when it has fewer.
+One rule for small classes holds for every policy: a class with fewer than ``per_class``
+samples is stored whole, with a warning (selection: ranked by the selector, as every class;
+condensation: its real images, index order).
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from replay_lcmat import distributed
 from replay_lcmat.memory.store import ClassMemory
 from replay_lcmat.registry import Entry, unknown_name_message
 from replay_lcmat.seeding import derive_seed
+from replay_lcmat.selection.engine import class_sizes, fit_budgets
 from replay_lcmat.validation import check_number
 
 
@@ -33,26 +33,17 @@ def check_per_class(per_class: object, owner: str = "memory") -> int:
 
 
 def split_small_classes(labels: Tensor, per_class: int) -> tuple[list[int], list[int]]:
-    """``(classes to choose from, classes kept whole)``, both ascending.
+    """``(classes to condense, classes kept whole)``, both ascending.
 
-    A class with at most ``per_class`` samples is kept whole; one with fewer is reported with
-    a ``UserWarning`` (the memory then holds fewer exemplars of it than asked for).
+    A class with at most ``per_class`` samples is kept whole; one with fewer is reported by
+    the small-class rule of every entry point
+    (:func:`replay_lcmat.selection.engine.fit_budgets`: one warning naming the classes).
     """
-    present, counts = torch.unique(torch.as_tensor(labels).cpu(), return_counts=True)
-    ranked, whole = [], []
-    for c, n in zip(present.tolist(), counts.tolist(), strict=True):
-        if n > per_class:
-            ranked.append(c)
-            continue
-        whole.append(c)
-        if n < per_class:
-            warnings.warn(
-                f"class {c} has only {n} sample(s), fewer than the {per_class} exemplars per "
-                "class asked for; all of them are stored.",
-                UserWarning,
-                stacklevel=3,
-            )
-    return ranked, whole
+    sizes = class_sizes(labels)
+    fit_budgets(sizes, dict.fromkeys(sizes, per_class))  # warns
+    return [c for c, n in sizes.items() if n > per_class], [
+        c for c, n in sizes.items() if n <= per_class
+    ]
 
 
 @dataclass(frozen=True)
@@ -259,22 +250,20 @@ def select_exemplars(
     logits: Tensor | None = None,
     per_class: int,
     seed: int = 0,
-    rank_small: bool = False,
     with_weights: bool = False,
     **options,
 ) -> Tensor | tuple[Tensor, Tensor | None]:
     """Class-balanced real exemplars picked by a selector.
 
-    Each class is ranked on its own. With a policy name, every class gets a fresh selector,
-    seeded with ``derive_seed(seed, label)`` where the selector takes a seed, and under
-    ``torch.distributed`` the classes are shared out over the ranks
-    (:func:`replay_lcmat.distributed.map_classes`; same result). Small classes
-    follow the rule of :func:`split_small_classes` (``rank_small=True``: ranked whole instead,
-    no warning).
+    The selector's ``select`` runs the class-balanced engine
+    (:func:`replay_lcmat.selection.engine.select_classes`): each class is ranked on its own,
+    with the seed ``derive_seed(seed, label)`` where the selector takes a seed, and under
+    ``torch.distributed`` the classes are shared out over the ranks (same result). A class
+    smaller than ``per_class`` is taken whole, with a warning.
 
     Args:
         policy: a selection policy name or a :class:`replay_lcmat.selection.Selector`
-            instance (used as configured).
+            instance (used as configured, with its own ``seed``).
         labels: int64 ``[n]``.
         features, logits: ``[n, d]`` / ``[n, c]`` of the selection model (see
             :func:`replay_lcmat.selection.extract_outputs`), for selectors that use them.
@@ -284,9 +273,8 @@ def select_exemplars(
 
     Returns:
         int64 ``[m]`` indices into the inputs: classes ascending, each in rank (greedy) order.
-        ``with_weights``: ``(indices, weights)``, weights float ``[m]`` aligned with them when
-        the selector gives weights (e.g. ``weighted=True``: cluster sizes, a class kept whole
-        gets 1 per sample), else ``None``.
+        ``with_weights``: ``(indices, weights)``, weights float64 ``[m]`` aligned with them when
+        the selector gives weights (e.g. ``weighted=True``: cluster sizes), else ``None``.
     """
     from replay_lcmat.selection import make_selector
 
@@ -295,56 +283,22 @@ def select_exemplars(
         entry = memory_policy(policy)
         if not isinstance(entry, SelectionPolicy):
             raise ValueError(f"{policy!r} is a {entry.kind} policy; use condense_exemplars.")
-        seeded = entry.entry.accepts("seed") and "seed" not in options
-
-        def selector_for(label: int):
-            extra = {"seed": derive_seed(seed, label)} if seeded else {}
-            return make_selector(entry.name, **options, **extra)
-
+        if entry.entry.accepts("seed"):
+            options = {"seed": seed, **options}
+        selector = make_selector(entry.name, **options)
     elif callable(getattr(policy, "select", None)):
         if options:
             raise ValueError("options apply to a policy name; configure the selector instead.")
-
-        def selector_for(label: int):
-            return policy
-
+        selector = policy
     else:
         raise ValueError(f"policy must be a selector name or a Selector; got {policy!r}.")
     labels = torch.as_tensor(labels).long().cpu()
     if len(labels) == 0:
         raise ValueError("no samples to select from: labels is empty.")
-    if rank_small:
-        ranked, whole = [c for c in torch.unique(labels).tolist()], []
-    else:
-        ranked, whole = split_small_classes(labels, per_class)
-
-    def one_class(label: int) -> tuple[Tensor, Tensor | None]:
-        members = torch.nonzero(labels == label).flatten()
-        if label in whole or len(members) == 1:
-            return members, None
-        result = selector_for(label).select(
-            labels=labels[members],
-            features=None if features is None else features[members],
-            logits=None if logits is None else logits[members],
-            per_class=min(per_class, len(members)),
-        )
-        w = None if result.weights is None else result.weights.double()
-        return members[result.indices], w
-
-    keys = sorted(ranked + whole)
-    if not isinstance(policy, str):  # one selector shared by the classes may carry state
-        parts = [one_class(label) for label in keys]
-    else:
-        sizes = [int((labels == label).sum()) ** 2 for label in keys]  # greedy cost ~ n^2
-        parts = distributed.map_classes(one_class, keys, weights=sizes, what="memory selection")
-    picks = torch.cat([p for p, _ in parts])
+    result = selector.select(labels=labels, features=features, logits=logits, per_class=per_class)
     if not with_weights:
-        return picks
-    if all(w is None for _, w in parts):
-        return picks, None
-    # a class kept whole stands for itself: weight 1 per sample
-    weights = [torch.ones(len(p), dtype=torch.float64) if w is None else w for p, w in parts]
-    return picks, torch.cat(weights)
+        return result.indices
+    return result.indices, None if result.weights is None else result.weights.double()
 
 
 def condense_exemplars(

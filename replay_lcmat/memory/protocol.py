@@ -1,4 +1,4 @@
-"""The core of the memory-only protocol (spec section 5), shared by
+"""The core of the memory-only protocol (LCMat paper, Fig. 5), shared by
 :func:`replay_lcmat.continual.memory_only_run` and the Avalanche
 ``replay_lcmat.strategies.MemoryOnlyRetrainPlugin``: the seeds of an experience, the
 retraining of a fresh model on memory only, and the row a run reports per experience."""

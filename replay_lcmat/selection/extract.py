@@ -12,6 +12,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from replay_lcmat import distributed
+from replay_lcmat.data import RandomCropFlip, holdout_split
+from replay_lcmat.models import make_model, split_head
+from replay_lcmat.seeding import seeded
+from replay_lcmat.training import predict, train
 from replay_lcmat.validation import check_channels_first, check_finite_images
 
 # How a selection model's normalisation layers see the data while its outputs are taken.
@@ -145,8 +149,6 @@ def extract_outputs(
         device: where the model runs; outputs are returned on the CPU, in the order of ``data``.
         progress: show a progress bar.
     """
-    from replay_lcmat.models import split_head
-
     check_stats(stats)
     if isinstance(data, Tensor):
         if labels is None or len(labels) != len(data):
@@ -245,7 +247,7 @@ def pretrain_selection_model(
     early_stop: float | None = None,
     patience: int = 2,
 ) -> nn.Module:
-    """The selection model θ of the spec: a fresh network trained on the full data for a few epochs.
+    """The selection model θ of the LCMat paper: a fresh network trained on the full data for a few epochs.
 
     Args:
         train_data: :class:`replay_lcmat.data.ImageData`.
@@ -259,11 +261,6 @@ def pretrain_selection_model(
             each epoch, training stops after ``patience`` epochs without a new lowest loss, and
             the weights of the lowest are returned. None (default): all data, ``epochs``.
     """
-    from replay_lcmat.data import RandomCropFlip
-    from replay_lcmat.models import make_model
-    from replay_lcmat.seeding import seeded
-    from replay_lcmat.training import predict, train
-
     channels, height, _ = train_data.shape
     with seeded(seed):
         net = make_model(
@@ -277,8 +274,6 @@ def pretrain_selection_model(
     images, labels = train_data.normalized(), train_data.labels
     on_epoch = None
     if early_stop is not None:
-        from replay_lcmat.data import holdout_split
-
         fit, held = holdout_split(labels, early_stop, seed)
         held_x, held_y = images[held], labels[held]
         images, labels = images[fit], labels[fit]

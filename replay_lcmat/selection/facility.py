@@ -111,8 +111,8 @@ class FacilityLocationSelector(Selector):
         """``[n_c, n_c]`` non-negative dissimilarities of the class's samples (the dense path)."""
         return self.distances(inputs).dense()
 
-    def start(self) -> None:
-        self._generator = torch.Generator().manual_seed(self.seed)
+    def start_class(self, seed: int) -> None:
+        self._generator = torch.Generator().manual_seed(seed)
 
     def peak_bytes(self, n: int, d: int, c: int, itemsize: int) -> int:
         """Estimated peak memory of the dense path on a class of ``n`` samples."""
@@ -430,22 +430,20 @@ def lcmat_s(
     k_dims: int = 100,
     offset: float | str = "max",
     greedy: str = "lazy",
-    take_all: bool = False,
     similarity: str = "auto",
     partitions: int = 1,
 ) -> Tensor:
-    """LCMat-S selection (spec section 3), class-balanced.
+    """LCMat-S selection (Sec. 3), class-balanced.
 
     Args:
         features: penultimate features ``[n, d]`` of the selection model.
         logits: its logits ``[n, c]``.
         labels: int64 ``[n]``.
         per_class: picks per class (int), or a mapping ``label -> picks``.
-        eps: weight of the Hessian L1 term (the spec's rho / 2); 0 gives Craig.
+        eps: weight of the Hessian L1 term (the paper's rho / 2); 0 gives Craig.
         k_dims: number of highest-variance diagonal-Hessian coordinates per class.
         offset: the constant C of ``s = C - d``: ``"max"`` or a float.
         greedy: ``"lazy"`` (default), ``"naive"`` (same picks, slower) or ``"stochastic"``.
-        take_all: a budget larger than its class keeps the whole class instead of raising.
         similarity / partitions: see :class:`FacilityLocationSelector` (``"streamed"``: no
             ``n x n`` matrix, same picks; ``partitions > 1``: approximate).
 
@@ -462,5 +460,5 @@ def lcmat_s(
         partitions=partitions,
     )
     return selector.select(
-        features=features, logits=logits, labels=labels, per_class=per_class, take_all=take_all
+        features=features, logits=logits, labels=labels, per_class=per_class
     ).indices

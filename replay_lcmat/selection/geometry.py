@@ -14,7 +14,7 @@ from replay_lcmat.validation import check_seed
 
 @registered
 class Uniform(Selector):
-    """Uniform random sampling per class (seeded); the order is the random order."""
+    """Uniform random sampling per class (seeded per class); the order is the random order."""
 
     name = "uniform"
     paper = "the random baseline of every coreset paper"
@@ -22,9 +22,8 @@ class Uniform(Selector):
     def __init__(self, *, seed: int = 0) -> None:
         self.seed = check_seed(self.name, seed)
 
-    def start(self) -> None:
-        # One generator per call, consumed in ascending class order.
-        self._generator = torch.Generator().manual_seed(self.seed)
+    def start_class(self, seed: int) -> None:
+        self._generator = torch.Generator().manual_seed(seed)
 
     def select_class(self, inputs: ClassInputs, budget: int) -> tuple[Tensor, None]:
         return torch.randperm(len(inputs.labels), generator=self._generator)[:budget], None
@@ -83,7 +82,7 @@ def kcenter_order(distance_to: Callable[[int], Tensor], n: int, budget: int, fir
 
 @registered
 class KCenter(Selector):
-    """k-Center Greedy on penultimate features; the first center is drawn from the seed."""
+    """k-Center Greedy on penultimate features; the first center is drawn from the class's seed."""
 
     name = "kcenter"
     paper = "Sener & Savarese 2018, Active Learning for CNNs: A Core-Set Approach"
@@ -92,8 +91,8 @@ class KCenter(Selector):
     def __init__(self, *, seed: int = 0) -> None:
         self.seed = check_seed(self.name, seed)
 
-    def start(self) -> None:
-        self._generator = torch.Generator().manual_seed(self.seed)
+    def start_class(self, seed: int) -> None:
+        self._generator = torch.Generator().manual_seed(seed)
 
     def first_center(self, n: int) -> int:
         return int(torch.randint(n, (1,), generator=self._generator))

@@ -1,0 +1,108 @@
+"""What a saved selection memory holds and how it is checked against a stream: the sources of
+the exemplars (experience id, index), their labels and image fingerprints.
+
+A :class:`~replay_lcmat.strategies.SelectionBuffer` state is read back only when its format and
+version are :data:`STATE_FORMAT` / :data:`STATE_VERSION`.
+"""
+
+from __future__ import annotations
+
+import torch
+from avalanche.benchmarks.utils import AvalancheDataset, concat_datasets
+from torch import Tensor
+
+from replay_lcmat.strategies.datasets import dataset_targets, dataset_tensors
+
+STATE_FORMAT = "replay-lcmat/selection-buffer"
+# The one state layout read back: per class the sources, labels and image fingerprints of the
+# exemplars, and the stream name; any other version is refused.
+STATE_VERSION = 2
+
+
+def image_fingerprint(data: AvalancheDataset) -> Tensor | None:
+    """float64 ``[k, 2]``: per sample, the sum and the sum of squares of its image as read in the
+    eval transform group; ``None`` when the images are not tensors. Cheap, and tells which
+    sample differs."""
+    if len(data) == 0:
+        return torch.zeros(0, 2, dtype=torch.float64)
+    try:
+        x, _, _ = dataset_tensors(data)
+    except ValueError:
+        return None
+    flat = x.flatten(1).double()
+    return torch.stack([flat.sum(1), flat.square().sum(1)], dim=1)
+
+
+def find_experiences(stream, sources: list[Tensor]) -> dict[int, AvalancheDataset]:
+    """``{experience id: dataset}`` of the experiences the sources refer to (any stream,
+    including generator streams without ``len``)."""
+    needed = {int(e) for s in sources for e in s[:, 0].tolist()}
+    found: dict[int, AvalancheDataset] = {}
+    if needed:
+        for exp in stream:
+            e = int(exp.current_experience)
+            if e in needed:
+                found[e] = exp.dataset
+                if len(found) == len(needed):
+                    break
+    missing = sorted(needed - set(found))
+    if missing:
+        raise ValueError(
+            f"the memory refers to experience(s) {missing}, which the "
+            f"{getattr(stream, 'name', 'given')!r} stream does not hold; restore with the train "
+            "stream of the same benchmark (same class order and number of experiences)."
+        )
+    return found
+
+
+def gather_exemplars(
+    experiences: dict[int, AvalancheDataset], sources: Tensor, name
+) -> AvalancheDataset:
+    """The samples at ``sources`` [k, 2] (experience id, index), in that order."""
+    if len(sources) == 0:
+        return concat_datasets([])
+    used = torch.unique(sources[:, 0]).tolist()
+    offsets, total = {}, 0
+    for e in used:
+        size = len(experiences[e])
+        bad = sources[(sources[:, 0] == e) & (sources[:, 1] >= size), 1]
+        if len(bad):
+            raise ValueError(
+                f"the memory refers to sample {int(bad[0])} of experience {e}, which has only "
+                f"{size} samples in the {name!r} stream; restore with the stream the memory was "
+                "built from (the train stream, same class order and number of experiences)."
+            )
+        offsets[e], total = total, total + size
+    index = torch.tensor([offsets[int(e)] + int(i) for e, i in sources.tolist()])
+    return concat_datasets([experiences[e] for e in used]).subset(index)
+
+
+def check_restored_group(label: int, group, saved_labels, saved_print) -> None:
+    """Raise unless the restored exemplars of class ``label`` have the saved labels and images."""
+    got = dataset_targets(group.buffer)
+    expected = saved_labels
+    wrong = torch.nonzero(got != expected).flatten()
+    if len(wrong):
+        j = int(wrong[0])
+        e, i = group.sources[j].tolist()
+        raise ValueError(
+            f"the stream does not match the memory: class {label}'s exemplar at experience {e}, "
+            f"sample {i} is a sample of class {int(got[j])} in this stream ({len(wrong)} of "
+            f"{len(got)} exemplars differ). The memory was built from another stream (other class "
+            "order, number of experiences or split); restore with that stream."
+        )
+    if saved_print is None:
+        return
+    now = image_fingerprint(group.buffer)
+    if now is None:
+        return
+    close = torch.isclose(now, saved_print, rtol=1e-5, atol=1e-6).all(1)
+    if not close.all():
+        j = int(torch.nonzero(~close).flatten()[0])
+        e, i = group.sources[j].tolist()
+        raise ValueError(
+            f"the stream does not match the memory: class {label}'s exemplar at experience {e}, "
+            f"sample {i} has another image than when the memory was saved ({int((~close).sum())} "
+            f"of {len(close)} differ): other data, another split or other eval transforms. "
+            "Restore with the stream the memory was built from."
+        )
