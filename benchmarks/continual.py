@@ -484,6 +484,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.perf_counter() - start:7.0f} s] {line}", flush=True)
 
     title = f"Continual learning with memory replay, preset {args.preset} ({preset.data})"
+
+    def notes() -> list[str]:
+        return preset.notes + [
+            f"Selection model: {selection_epochs} epochs per experience"
+            + (
+                f" (early stopping on the loss of a held-out {args.selection_early_stop} of the "
+                "experience)"
+                if args.selection_early_stop
+                else ""
+            )
+            + ", "
+            f"{'with' if preset.selection_augment else 'without'} crop + flip. Each cell (task "
+            "shape, budget, policy, seed) is appended to the CSV when it finishes and skipped "
+            f"on a rerun. Last session: {(time.perf_counter() - start) / 60:.1f} min on "
+            f"{args.device} ({args.threads} torch thread(s)).",
+            f"Machine: {args.note or 'not stated (--note)'}.",
+            command_markdown(command, "repository root"),
+        ]
+
     for shape, seed, pending in todo:
         if train.num_classes % shape:
             raise ValueError(
@@ -521,24 +540,10 @@ def main(argv: list[str] | None = None) -> int:
         append_csv(csv_path, new, CELL_FIELDS)
         rows += new
         done = finished_cells(rows)
-        notes = preset.notes + [
-            f"Selection model: {selection_epochs} epochs per experience"
-            + (
-                f" (early stopping on the loss of a held-out {args.selection_early_stop} of the "
-                "experience)"
-                if args.selection_early_stop
-                else ""
-            )
-            + ", "
-            f"{'with' if preset.selection_augment else 'without'} crop + flip. Each cell (task "
-            "shape, budget, policy, seed) is appended to the CSV when it finishes and skipped "
-            f"on a rerun. Last session: {(time.perf_counter() - start) / 60:.1f} min on "
-            f"{args.device} ({args.threads} torch thread(s)).",
-            f"Machine: {args.note or 'not stated (--note)'}.",
-            command_markdown(command, "repository root"),
-        ]
-        write_report(rows, args.out_dir, stem, title, notes)
+        write_report(rows, args.out_dir, stem, title, notes())
+    rows = read_rows(csv_path)  # with the cells other runs appended to the same file
     if rows:
+        write_report(rows, args.out_dir, stem, title, notes())
         print()
         for shape in sorted({r["experiences"] for r in rows}, reverse=True):
             print(f"{shape} experiences:")
