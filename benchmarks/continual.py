@@ -82,7 +82,17 @@ class Preset:
     val_per_class: int | None = None  # validation images per class, from training images left out
 
 
-ALL = ["uniform", "herding", "kcenter", "craig", "adacore", "lcmat-s", "dsa", "dm", "lcmat-c"]
+ALL = [
+    "uniform",
+    "herding",
+    "kcenter",
+    "craig",
+    "adacore",
+    "lcmat-s[eps=0.01]",  # the paper's facility location
+    "dsa",
+    "dm",
+    "lcmat-c",
+]
 
 PRESETS = {
     "paper": Preset(
@@ -106,7 +116,16 @@ PRESETS = {
     ),
     "cpu": Preset(
         data=ARCHIVE,
-        policies=["uniform", "herding", "kcenter", "craig", "adacore", "lcmat-s", "dm", "lcmat-c"],
+        policies=[
+            "uniform",
+            "herding",
+            "kcenter",
+            "craig",
+            "adacore",
+            "lcmat-s[eps=0.01]",
+            "dm",
+            "lcmat-c",
+        ],
         per_class=[10, 20],
         seeds=[0, 1, 2],
         model_options={"width": 16},
@@ -218,7 +237,7 @@ PRESETS = {
     ),
     "digits": Preset(
         data="digits",
-        policies=["uniform", "herding", "craig", "lcmat-s"],
+        policies=["uniform", "herding", "craig", "lcmat-s[eps=0.01]"],
         per_class=[10],
         seeds=[0, 1, 2],
         model_options={"hidden": (128,)},
@@ -236,7 +255,7 @@ PRESETS = {
     ),
     "smoke": Preset(
         data="digits",
-        policies=["uniform", "lcmat-s", "dm"],
+        policies=["uniform", "lcmat-s[eps=0.01]", "dm"],
         per_class=[2],
         seeds=[0],
         model_options={"hidden": (32,)},

@@ -113,7 +113,8 @@ class SelectorExemplarsStrategy(ExemplarsSelectionStrategy):
                     "(or LCMatReplayPlugin(policy=...)) for synthetic exemplars."
                 )
             seeded = {"seed": seed} if policy.entry.accepts("seed") else {}
-            selector = make_selector(policy.name, **seeded, **options)  # bad options fail here
+            chosen = policy.selector_options(options)  # none given: the memory defaults
+            selector = make_selector(policy.name, **seeded, **chosen)  # bad options fail here
         elif callable(getattr(name_or_selector, "select", None)):
             if options:
                 raise ValueError("options apply to a selector name; configure the selector.")

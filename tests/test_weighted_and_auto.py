@@ -277,3 +277,26 @@ def test_validation_accuracy_is_measured_on_the_validation_images(digits):
     )
     assert "val_accuracy" not in without[0]
     assert [r["accuracy"] for r in without] == [r["accuracy"] for r in rows]
+
+
+def test_lcmat_memory_defaults_apply_only_without_selector_options(digits):
+    from replay_lcmat.memory import MEMORY_DEFAULTS
+    from replay_lcmat.strategies.selector_strategy import SelectorExemplarsStrategy
+
+    data, _ = digits
+    with seeded(0):
+        outputs = extract_outputs(MLP(64, 10, hidden=(16,)), data)
+    x, y = data.normalized(), data.labels
+
+    def picks(**options):
+        memory = build_memory("lcmat-s", x, y, per_class=5, outputs=outputs, **options)
+        return torch.cat([memory.sources(c) for c in memory.classes()])
+
+    chosen = MEMORY_DEFAULTS["lcmat-s"]
+    assert chosen["objective"] != "facility"
+    assert torch.equal(picks(), picks(**chosen))
+    assert not torch.equal(picks(), picks(eps=0.01))  # any option: the paper's selector
+    assert SelectorExemplarsStrategy("lcmat-s")._selector.get_params() == {
+        **SelectorExemplarsStrategy("lcmat-s", **chosen)._selector.get_params()
+    }
+    assert SelectorExemplarsStrategy("lcmat-s", eps=0.01)._selector.objective == "facility"

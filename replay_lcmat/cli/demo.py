@@ -25,6 +25,7 @@ from replay_lcmat.continual import memory_only_run
 from replay_lcmat.data import per_class_subset, shared_cifar10_archive
 from replay_lcmat.devices import default_device
 from replay_lcmat.diagnostics import MemorySet, plot_memory_grid
+from replay_lcmat.memory import MEMORY_DEFAULTS
 from replay_lcmat.reporting import command_line, comparison_text, results_markdown, write_results
 from replay_lcmat.selection.extract import DEFAULT_STATS, STATS
 from replay_lcmat.training import TrainConfig
@@ -171,6 +172,9 @@ def run(args: argparse.Namespace) -> int:
         f"per class, memory {args.per_class} per class, {len(args.seeds)} seed(s) "
         f"{list(args.seeds)}, {epochs} retraining epochs."
     )
+    if "lcmat-s" in args.policies:
+        options = ", ".join(f"{k}={v}" for k, v in MEMORY_DEFAULTS["lcmat-s"].items())
+        setting += f" lcmat-s is the memory default of LCMat-S ({options})."
     verdict = verdict_text(rows, args.policies, setting)
     print(verdict)
     command = command_line("replay-lcmat demo", _settings_argv(args))

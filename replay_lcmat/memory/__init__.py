@@ -9,6 +9,7 @@ in ``replay_lcmat.strategies`` call the same functions.
 """
 
 from replay_lcmat.memory.policies import (
+    MEMORY_DEFAULTS,
     CondensationPolicy,
     MemoryPolicy,
     SelectionPolicy,
@@ -24,6 +25,7 @@ from replay_lcmat.memory.protocol import ExperienceSeeds, ResultRow, retrain_on_
 from replay_lcmat.memory.store import ClassMemory
 
 __all__ = [
+    "MEMORY_DEFAULTS",
     "ClassMemory",
     "CondensationPolicy",
     "ExperienceSeeds",
