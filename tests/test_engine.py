@@ -29,8 +29,13 @@ def _options(name: str) -> dict:
     return {"seed": SEED} if SELECTORS.entry(name).accepts("seed") else {}
 
 
-def _api(name, features, logits, labels, per_class=PER_CLASS):
-    return make_selector(name, **_options(name)).select(
+def _api(name, features, logits, labels, per_class=PER_CLASS, memory=False):
+    """The selector's picks; ``memory``: configured as a memory built by name is (with the
+    policy's MEMORY_DEFAULTS when no option is given)."""
+    from replay_lcmat.memory import memory_policy
+
+    options = memory_policy(name).selector_options({}) if memory else {}
+    return make_selector(name, **_options(name), **options).select(
         features=features, logits=logits, labels=labels, per_class=per_class
     )
 
@@ -57,7 +62,7 @@ def test_removing_a_class_leaves_the_others_picks_unchanged(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_api_select_exemplars_and_build_memory_give_the_same_picks(name):
     features, logits, labels = golden_inputs()
-    expected = _api(name, features, logits, labels)
+    expected = _api(name, features, logits, labels, memory=True)
     picks, weights = select_exemplars(
         name,
         labels=labels,
@@ -102,7 +107,7 @@ def test_the_avalanche_storage_policy_keeps_the_api_picks(name):
     strategy.train(experience)
     x, y, _ = dataset_tensors(experience.dataset)
     outputs = extract_outputs(model, x, labels=y, stats="running")
-    expected = _api(name, outputs.features, outputs.logits, y)
+    expected = _api(name, outputs.features, outputs.logits, y, memory=True)
     sources = plugin.storage_policy.exemplar_sources()
     got = torch.cat([sources[c][:, 1] for c in sorted(sources)])
     assert torch.equal(got, expected.indices)
