@@ -94,6 +94,21 @@ ALL = [
     "lcmat-c",
 ]
 
+# What the CPU presets share: the memory retraining and the condensers' settings (width-16
+# networks, real-image init, short matching loops).
+CPU_RETRAIN = TrainConfig(epochs=50, lr=0.02, batch_size=32, schedule="step", augment="crop-flip")
+CPU_CONDENSATION = {
+    "dm": {"init": "real", "batch_real": 64, "network_options": {"width": 16}},
+    "lcmat-c": {
+        "init": "real",
+        "batch_real": 32,
+        "outer_loop": 2,
+        "inner_loop": 1,
+        "batch_train": 128,
+        "network_options": {"width": 16},
+    },
+}
+
 PRESETS = {
     "paper": Preset(
         data="cifar100",
@@ -131,21 +146,9 @@ PRESETS = {
         model_options={"width": 16},
         selection_epochs=10,
         selection_lr=0.05,
-        retrain=TrainConfig(
-            epochs=50, lr=0.02, batch_size=32, schedule="step", augment="crop-flip"
-        ),
+        retrain=CPU_RETRAIN,
         iterations={"dm": 60, "lcmat-c": 12},
-        policy_options={
-            "dm": {"init": "real", "batch_real": 64, "network_options": {"width": 16}},
-            "lcmat-c": {
-                "init": "real",
-                "batch_real": 32,
-                "outer_loop": 2,
-                "inner_loop": 1,
-                "batch_train": 128,
-                "network_options": {"width": 16},
-            },
-        },
+        policy_options=CPU_CONDENSATION,
         train_per_class=500,
         test_per_class=300,
         notes=[
@@ -174,9 +177,7 @@ PRESETS = {
         selection_lr=0.05,
         selection_augment=False,
         stats=["running", "class-batch"],
-        retrain=TrainConfig(
-            epochs=50, lr=0.02, batch_size=32, schedule="step", augment="crop-flip"
-        ),
+        retrain=CPU_RETRAIN,
         iterations={},
         policy_options={},
         train_per_class=500,
@@ -204,21 +205,9 @@ PRESETS = {
         selection_lr=0.05,
         selection_augment=False,
         stats=["class-batch"],
-        retrain=TrainConfig(
-            epochs=50, lr=0.02, batch_size=32, schedule="step", augment="crop-flip"
-        ),
+        retrain=CPU_RETRAIN,
         iterations={"dm": 20, "lcmat-c": 20},  # equal outer iterations
-        policy_options={
-            "dm": {"init": "real", "batch_real": 64, "network_options": {"width": 16}},
-            "lcmat-c": {
-                "init": "real",
-                "batch_real": 32,
-                "outer_loop": 2,
-                "inner_loop": 1,
-                "batch_train": 128,
-                "network_options": {"width": 16},
-            },
-        },
+        policy_options=CPU_CONDENSATION,
         train_per_class=500,
         test_per_class=300,
         val_per_class=200,

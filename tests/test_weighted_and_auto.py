@@ -249,9 +249,7 @@ def train_one_epoch_like(data, common):
 
 def test_validation_accuracy_is_measured_on_the_validation_images(digits):
     train_data, test_data = digits
-    rows = memory_only_run(
-        train_data,
-        test_data,
+    common = dict(
         policies=["uniform"],
         per_class=3,
         n_experiences=2,
@@ -260,21 +258,11 @@ def test_validation_accuracy_is_measured_on_the_validation_images(digits):
         model_options={"hidden": (8,)},
         retrain=TrainConfig(epochs=5, batch_size=32, lr=0.05, augment="none"),
         progress=False,
-        val_data=test_data,  # the same images: the same accuracy
     )
+    # the test images again as validation: the same accuracy
+    rows = memory_only_run(train_data, test_data, val_data=test_data, **common)
     assert all(r["val_accuracy"] == r["accuracy"] for r in rows)
-    without = memory_only_run(
-        train_data,
-        test_data,
-        policies=["uniform"],
-        per_class=3,
-        n_experiences=2,
-        seed=1,
-        model="mlp",
-        model_options={"hidden": (8,)},
-        retrain=TrainConfig(epochs=5, batch_size=32, lr=0.05, augment="none"),
-        progress=False,
-    )
+    without = memory_only_run(train_data, test_data, **common)
     assert "val_accuracy" not in without[0]
     assert [r["accuracy"] for r in without] == [r["accuracy"] for r in rows]
 
