@@ -37,11 +37,12 @@ from torch import Tensor
 
 from replay_lcmat.memory import check_per_class
 from replay_lcmat.selection.engine import fit_budgets
-from replay_lcmat.strategies.datasets import dataset_targets
+from replay_lcmat.strategies.datasets import dataset_targets, dataset_task_labels
 from replay_lcmat.strategies.selection_state import (
     STATE_FORMAT,
     STATE_VERSION,
     check_restored_group,
+    check_restored_task,
     find_experiences,
     gather_exemplars,
     image_fingerprint,
@@ -50,12 +51,13 @@ from replay_lcmat.strategies.selector_strategy import SelectorExemplarsStrategy
 
 
 class _ClassExemplars(ExemplarsBuffer):
-    """The exemplars of one class, in rank order, with their sources ``[k, 2]`` =
-    (experience id, index in that experience's dataset)."""
+    """The exemplars of one class (of one task, in a task-aware memory), in rank order, with
+    their sources ``[k, 2]`` = (experience id, index in that experience's dataset)."""
 
-    def __init__(self, label: int, max_size: int, selection_strategy) -> None:
+    def __init__(self, label: int, max_size: int, selection_strategy, task: int = 0) -> None:
         super().__init__(max_size)
         self.label = label
+        self.task = task
         self.selection_strategy = selection_strategy
         self.sources = torch.zeros(0, 2, dtype=torch.int64)
         self.ranked = True
@@ -99,9 +101,14 @@ class SelectionBuffer(ParametricBuffer):
     with a warning. ``max_size`` is the current capacity, ``per_class`` x classes seen
     (0 before the first experience).
 
-    Groups are class labels, as in Avalanche's ``ParametricBuffer(groupby="class")``: in a
-    benchmark whose tasks reuse class labels, a label's exemplars are chosen among the samples of
-    all its tasks together, each ranked through its own task's head.
+    Groups are class labels in a class-incremental stream (every task label 0), as in
+    Avalanche's ``ParametricBuffer(groupby="class")``. Task-aware memory: as soon as a sample
+    with a task label above 0 arrives (a task-incremental stream, e.g.
+    ``nc_benchmark(task_labels=True)``), groups are keyed by ``(task, class)`` (the groups kept
+    so far become ``(0, class)``), with ``per_class`` exemplars per key, each ranked through its
+    own task's head: tasks that reuse class labels (``class_ids_from_zero_in_each_exp=True``)
+    keep one group per task instead of overwriting each other. ``buffer_groups`` and
+    :meth:`exemplar_sources` are keyed accordingly.
 
     With Avalanche's ``ReplayPlugin``: ``ReplayPlugin(mem_size=buffer.max_size,
     storage_policy=buffer)`` (see the module docstring); :class:`LCMatReplayPlugin` does it.
@@ -128,6 +135,7 @@ class SelectionBuffer(ParametricBuffer):
         self.per_class = per_class
         self.max_size = 0  # grows by per_class with every class seen
         self.stream_name: str | None = None
+        self.task_aware = False  # groups keyed by (task, class) once a task label > 0 is seen
 
     @classmethod
     def from_policy(
@@ -164,17 +172,30 @@ class SelectionBuffer(ParametricBuffer):
         if len(data) == 0:
             return
         self._note_stream(exp)
-        targets = dataset_targets(data)
-        for label in torch.unique(targets).tolist():
-            idx = torch.nonzero(targets == label).flatten()
+        targets, tasks = dataset_targets(data), dataset_task_labels(data)
+        if not self.task_aware and bool((tasks > 0).any()):
+            self._become_task_aware()
+        for task, label in torch.unique(torch.stack([tasks, targets], dim=1), dim=0).tolist():
+            idx = torch.nonzero((targets == label) & (tasks == task)).flatten()
             sources = torch.stack([torch.full_like(idx, exp.current_experience), idx], dim=1)
-            group = self.buffer_groups.get(label)
+            key = self._key(task, label)
+            group = self.buffer_groups.get(key)
             if group is None:
-                group = _ClassExemplars(label, self.per_class, self.selection_strategy)
-                self.buffer_groups[label] = group
+                group = _ClassExemplars(label, self.per_class, self.selection_strategy, task)
+                self.buffer_groups[key] = group
             group.add(agent, data.subset(idx), sources)
-            self.seen_groups.add(label)
+            self.seen_groups.add(key)
         self.max_size = self.per_class * len(self.buffer_groups)
+
+    def _key(self, task: int, label: int):
+        """The group of a sample: its class, or (task, class) in a task-aware memory."""
+        return (int(task), int(label)) if self.task_aware else int(label)
+
+    def _become_task_aware(self) -> None:
+        """Re-key the groups kept so far (all of task 0) as ``(0, class)``."""
+        self.task_aware = True
+        self.buffer_groups = {(0, int(k)): g for k, g in self.buffer_groups.items()}
+        self.seen_groups = set(self.buffer_groups)
 
     def _note_stream(self, exp) -> None:
         name = getattr(getattr(exp, "origin_stream", None), "name", None)
@@ -203,22 +224,25 @@ class SelectionBuffer(ParametricBuffer):
             group.resize(strategy, per_class)
         self.max_size = per_class * len(self.buffer_groups)
 
-    def exemplar_sources(self) -> dict[int, Tensor]:
-        """``{class: int64 [k, 2]}``: (experience id, index in its dataset) of each exemplar."""
+    def exemplar_sources(self) -> dict:
+        """``{class: int64 [k, 2]}`` (``{(task, class): ...}`` in a task-aware memory):
+        (experience id, index in its dataset) of each exemplar."""
         return {c: g.sources.clone() for c, g in self.buffer_groups.items()}
 
     def state_dict(self) -> dict:
         """The memory as plain tensors (loadable with ``torch.load(weights_only=True)``): per
         class, the sources of its exemplars in rank order, their labels and a fingerprint of
-        their images (:func:`image_fingerprint`), and the name of the stream they come from."""
-        classes = list(self.buffer_groups)
-        groups = [self.buffer_groups[c] for c in classes]
+        their images (:func:`image_fingerprint`), and the name of the stream they come from;
+        in a task-aware memory also the task of each group (the key is ``(task, class)``)."""
+        groups = list(self.buffer_groups.values())
         return {
             "format": STATE_FORMAT,
             "version": STATE_VERSION,
             "per_class": self.per_class,
             "stream": self.stream_name,
-            "classes": classes,
+            "task_aware": self.task_aware,
+            "classes": [g.label for g in groups],
+            "tasks": [g.task for g in groups],
             "sources": [g.sources.clone() for g in groups],
             "ranked": [g.ranked for g in groups],
             "labels": [dataset_targets(g.buffer) for g in groups],
@@ -230,9 +254,9 @@ class SelectionBuffer(ParametricBuffer):
         stream the exemplars were taken from (the benchmark's ``train_stream``, same class order
         and number of experiences; ``test_stream`` or another split is refused).
 
-        Every exemplar is checked: its experience and index exist in ``stream``, its label is
-        the saved one and its image has the saved fingerprint; the buffer is left unchanged when
-        a check fails.
+        Every exemplar is checked: its experience and index exist in ``stream``, its label
+        and task label are the saved ones (the group's key) and its image has the saved
+        fingerprint; the buffer is left unchanged when a check fails.
 
         Raises:
             ValueError: not a selection-buffer state; no stream; another ``per_class``
@@ -268,8 +292,10 @@ class SelectionBuffer(ParametricBuffer):
                 f"{name!r} stream; restore with the stream the exemplars were taken from "
                 "(benchmark.train_stream for a memory built while training)."
             )
+        task_aware = bool(state["task_aware"])
         rows = zip(
             state["classes"],
+            state["tasks"],
             state["sources"],
             state["ranked"],
             state["labels"],
@@ -278,16 +304,18 @@ class SelectionBuffer(ParametricBuffer):
         )
         experiences = find_experiences(stream, state["sources"])
         groups = {}
-        for label, sources, ranked, saved_labels, saved_print in rows:
-            group = _ClassExemplars(label, saved_per_class, self.selection_strategy)
+        for label, task, sources, ranked, saved_labels, saved_print in rows:
+            group = _ClassExemplars(label, saved_per_class, self.selection_strategy, task)
             group.buffer, group.sources = (
                 gather_exemplars(experiences, sources, name),
                 sources.clone(),
             )
             check_restored_group(label, group, saved_labels, saved_print)
+            check_restored_task(group, task_aware)
             group.ranked = ranked
-            groups[label] = group
+            groups[(task, label) if task_aware else label] = group
         self.buffer_groups = groups
+        self.task_aware = task_aware
         self.seen_groups = set(groups)
         self.stream_name = saved_name if saved_name is not None else name
         self.max_size = self.per_class * len(groups)
