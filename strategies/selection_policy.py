@@ -13,14 +13,15 @@ class seen, ``max_size`` is 0 before the first experience), so pass ``mem_size=b
     ReplayPlugin(mem_size=buffer.max_size, storage_policy=buffer)
 
 ``ReplayPlugin(mem_size=100, storage_policy=SelectionBuffer(10))`` fails Avalanche's check
-(:class:`LCMatReplayPlugin` passes the buffer's own value for you). For Avalanche's semantics (a fixed total
-split equally over the classes seen) use Avalanche's ``ParametricBuffer`` with
-:class:`SelectorExemplarsStrategy`::
+(:class:`LCMatReplayPlugin` passes the buffer's own value for you). For Avalanche's semantics (a
+fixed total split equally over the classes seen) build the buffer with the total::
 
-    buffer = ParametricBuffer(100, groupby="class", selection_strategy=SelectorExemplarsStrategy())
+    buffer = SelectionBuffer(mem_size=100, selection_strategy="lcmat-s")
     ReplayPlugin(mem_size=100, storage_policy=buffer)
 
-(Avalanche never tells the strategy the budget, so a greedy selector then ranks whole groups.)
+Avalanche's own ``ParametricBuffer(100, groupby="class",
+selection_strategy=SelectorExemplarsStrategy())`` works too, but Avalanche never tells the
+strategy the budget, so a greedy selector then ranks whole groups.
 
 Multi-task models (Avalanche's ``MultiTaskModule``: ``MTSimpleMLP``, ``MultiHeadClassifier``)
 are run with each sample's task label, through the head of that task.
@@ -48,6 +49,31 @@ from replay_lcmat.strategies.selection_state import (
     image_fingerprint,
 )
 from replay_lcmat.strategies.selector_strategy import SelectorExemplarsStrategy
+from replay_lcmat.validation import check_number
+
+
+def check_sizing(per_class, mem_size) -> tuple[int | None, int | None]:
+    """``(per_class, mem_size)`` checked: exactly one of the two sizings of a memory is given,
+    an int >= 1."""
+    if (per_class is None) == (mem_size is None):
+        given = "both" if per_class is not None else "neither"
+        raise ValueError(
+            f"give per_class= or mem_size=, not {given}: per_class=k keeps k exemplars of every "
+            "class seen (the memory grows with the classes); mem_size=N keeps a fixed total N "
+            "split evenly over the classes seen (Avalanche's sizing; each class shrinks to the "
+            "prefix of its ranking as new classes arrive)."
+        )
+    if per_class is not None:
+        return check_per_class(per_class), None
+    return None, int(check_number("memory", "mem_size", mem_size, integer=True, minimum=1))
+
+
+def split_total(total: int, groups: int) -> list[int]:
+    """A fixed total split evenly over ``groups`` groups in the order they were first seen: each
+    gets ``total // groups`` and the first ``total % groups`` one more. A group's share never
+    grows as groups are added, so shrinking to a prefix is all a new class ever asks."""
+    share, extra = divmod(total, groups)
+    return [share + (i < extra) for i in range(groups)]
 
 
 class _ClassExemplars(ExemplarsBuffer):
@@ -70,6 +96,10 @@ class _ClassExemplars(ExemplarsBuffer):
         self._keep(strategy, data, sources, self.max_size)
 
     def _keep(self, strategy, data: AvalancheDataset, sources: Tensor, k: int) -> None:
+        if k == 0:  # a fixed total smaller than the number of groups
+            self.buffer = data.subset(torch.zeros(0, dtype=torch.int64))
+            self.sources, self.ranked = sources[:0], True
+            return
         if len(data) <= k:  # fits: stored as is, ranked only if it must shrink later
             self.buffer, self.sources, self.ranked = data, sources, len(data) <= 1
             return
@@ -94,12 +124,20 @@ class _ClassExemplars(ExemplarsBuffer):
 class SelectionBuffer(ParametricBuffer):
     """``per_class`` real exemplars of every class seen so far, chosen by a selector.
 
-    A ``ParametricBuffer`` grouped by class whose groups have a fixed size ``per_class``
-    (Avalanche's own splits a fixed total over the groups). After each experience the new
-    samples of each class are merged with its exemplars and the best ``per_class`` kept;
-    the selection strategy is told that budget. A class with fewer samples is stored whole
-    with a warning. ``max_size`` is the current capacity, ``per_class`` x classes seen
-    (0 before the first experience).
+    A ``ParametricBuffer`` grouped by class, with one of two sizings (exactly one is given):
+
+    - ``per_class=k``: every group keeps ``k`` exemplars, so the memory grows with the classes
+      seen; ``max_size`` is the current capacity, ``k`` x classes seen (0 before the first
+      experience).
+    - ``mem_size=N``: Avalanche's sizing, a fixed total ``N`` (``max_size``) split evenly over
+      the groups seen (:func:`split_total`: ``N // groups`` each, one more for the first
+      ``N % groups``); when new classes arrive every older group shrinks to the prefix of its
+      greedy ranking, so it is not ranked again. With more groups than ``N`` the last ones get
+      none (with a warning).
+
+    After each experience the new samples of each group are merged with its exemplars and the
+    best ones kept; the selection strategy is told that budget. A class with fewer samples is
+    stored whole with a warning.
 
     Groups are class labels in a class-incremental stream (every task label 0), as in
     Avalanche's ``ParametricBuffer(groupby="class")``. Task-aware memory: as soon as a sample
@@ -118,22 +156,33 @@ class SelectionBuffer(ParametricBuffer):
     stream is refused.
 
     Args:
-        per_class: exemplars per class.
+        per_class: exemplars per class (a growing memory).
+        mem_size: the fixed total of the memory (Avalanche's sizing).
         selection_strategy: a selector name, a :class:`SelectorExemplarsStrategy`, or any
             Avalanche ``ExemplarsSelectionStrategy``.
         **selector_options: options of the selector when a name is given (e.g. ``seed=1``);
             checked here.
     """
 
-    def __init__(self, per_class: int, selection_strategy="lcmat-s", **selector_options) -> None:
-        per_class = check_per_class(per_class)
+    def __init__(
+        self,
+        per_class: int | None = None,
+        selection_strategy="lcmat-s",
+        *,
+        mem_size: int | None = None,
+        **selector_options,
+    ) -> None:
+        per_class, mem_size = check_sizing(per_class, mem_size)
         if isinstance(selection_strategy, str):
             selection_strategy = SelectorExemplarsStrategy(selection_strategy, **selector_options)
         elif selector_options:
             raise ValueError("selector options apply to a selector name only.")
         super().__init__(max_size=0, groupby="class", selection_strategy=selection_strategy)
         self.per_class = per_class
-        self.max_size = 0  # grows by per_class with every class seen
+        self.mem_size = mem_size
+        # per_class: grows by per_class with every class seen; mem_size: the fixed total
+        self.max_size = 0 if mem_size is None else mem_size
+        self._short_warned = False
         self.stream_name: str | None = None
         self.task_aware = False  # groups keyed by (task, class) once a task label > 0 is seen
 
@@ -141,8 +190,9 @@ class SelectionBuffer(ParametricBuffer):
     def from_policy(
         cls,
         policy: str,
-        per_class: int,
+        per_class: int | None = None,
         *,
+        mem_size: int | None = None,
         seed: int = 0,
         iterations: int | None = None,
         device=None,
@@ -161,10 +211,13 @@ class SelectionBuffer(ParametricBuffer):
                 )
         if stats is not None:
             options["stats"] = stats
+        check_sizing(per_class, mem_size)  # before the selector's options
         strategy = SelectorExemplarsStrategy(policy, seed=seed, batch_size=batch_size, **options)
-        return cls(per_class, strategy)
+        return cls(per_class, strategy, mem_size=mem_size)
 
     def get_group_lengths(self, num_groups: int) -> list[int]:
+        if self.mem_size is not None:
+            return split_total(self.mem_size, num_groups)
         return [self.per_class] * num_groups
 
     def post_adapt(self, agent, exp) -> None:
@@ -175,17 +228,41 @@ class SelectionBuffer(ParametricBuffer):
         targets, tasks = dataset_targets(data), dataset_task_labels(data)
         if not self.task_aware and bool((tasks > 0).any()):
             self._become_task_aware()
-        for task, label in torch.unique(torch.stack([tasks, targets], dim=1), dim=0).tolist():
+        pairs = torch.unique(torch.stack([tasks, targets], dim=1), dim=0).tolist()
+        keys = [self._key(task, label) for task, label in pairs]
+        order = list(self.buffer_groups) + [k for k in keys if k not in self.buffer_groups]
+        sizes = dict(zip(order, self.get_group_lengths(len(order)), strict=True))
+        self._warn_if_short(sizes)
+        for key, group in self.buffer_groups.items():  # older groups shrink to their prefix
+            if key not in keys:
+                group.resize(agent, sizes[key])
+        for (task, label), key in zip(pairs, keys, strict=True):
             idx = torch.nonzero((targets == label) & (tasks == task)).flatten()
             sources = torch.stack([torch.full_like(idx, exp.current_experience), idx], dim=1)
-            key = self._key(task, label)
             group = self.buffer_groups.get(key)
             if group is None:
-                group = _ClassExemplars(label, self.per_class, self.selection_strategy, task)
+                group = _ClassExemplars(label, sizes[key], self.selection_strategy, task)
                 self.buffer_groups[key] = group
+            group.max_size = sizes[key]
             group.add(agent, data.subset(idx), sources)
             self.seen_groups.add(key)
-        self.max_size = self.per_class * len(self.buffer_groups)
+        self._update_max_size()
+
+    def _update_max_size(self) -> None:
+        groups = len(self.buffer_groups)
+        self.max_size = self.mem_size if self.mem_size is not None else self.per_class * groups
+
+    def _warn_if_short(self, sizes: dict) -> None:
+        empty = [k for k, n in sizes.items() if n == 0]
+        if empty and not self._short_warned:
+            self._short_warned = True
+            warnings.warn(
+                f"mem_size={self.mem_size} is smaller than the {len(sizes)} classes seen: "
+                f"{len(empty)} of them (the last seen, e.g. {empty[0]}) keep no exemplar. "
+                "Pass a larger mem_size, or per_class= for a memory that grows.",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def _key(self, task: int, label: int):
         """The group of a sample: its class, or (task, class) in a task-aware memory."""
@@ -211,8 +288,22 @@ class SelectionBuffer(ParametricBuffer):
             )
 
     def resize(self, strategy, new_size: int) -> None:
-        """Avalanche semantics: ``new_size`` is the total, split equally over the seen classes."""
+        """Avalanche semantics: ``new_size`` is the total, split equally over the seen classes.
+
+        A ``mem_size`` memory keeps ``new_size`` as its fixed total (:func:`split_total`); a
+        ``per_class`` memory takes ``new_size // classes`` as its new ``per_class``. Groups
+        shrink to the prefix of their ranking (they cannot grow without their data)."""
         groups = max(1, len(self.buffer_groups))
+        if self.mem_size is not None:
+            self.mem_size = int(
+                check_number("memory", "mem_size", new_size, integer=True, minimum=1)
+            )
+            sizes = self.get_group_lengths(groups)
+            self._warn_if_short(dict(zip(self.buffer_groups, sizes, strict=False)))
+            for group, size in zip(self.buffer_groups.values(), sizes, strict=False):
+                group.resize(strategy, size)
+            self._update_max_size()
+            return
         per_class = new_size // groups
         if per_class < 1:
             raise ValueError(
@@ -222,7 +313,7 @@ class SelectionBuffer(ParametricBuffer):
         self.per_class = per_class
         for group in self.buffer_groups.values():
             group.resize(strategy, per_class)
-        self.max_size = per_class * len(self.buffer_groups)
+        self._update_max_size()
 
     def exemplar_sources(self) -> dict:
         """``{class: int64 [k, 2]}`` (``{(task, class): ...}`` in a task-aware memory):
@@ -239,6 +330,7 @@ class SelectionBuffer(ParametricBuffer):
             "format": STATE_FORMAT,
             "version": STATE_VERSION,
             "per_class": self.per_class,
+            "mem_size": self.mem_size,
             "stream": self.stream_name,
             "task_aware": self.task_aware,
             "classes": [g.label for g in groups],
@@ -259,8 +351,9 @@ class SelectionBuffer(ParametricBuffer):
         fingerprint; the buffer is left unchanged when a check fails.
 
         Raises:
-            ValueError: not a selection-buffer state; no stream; another ``per_class``
-                (build the buffer with the saved one, then :meth:`resize`); another stream.
+            ValueError: not a selection-buffer state; no stream; another ``per_class`` or
+                ``mem_size`` (build the buffer with the saved one, then :meth:`resize`);
+                another stream.
         """
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise ValueError(
@@ -276,12 +369,20 @@ class SelectionBuffer(ParametricBuffer):
                 "a selection memory stores indices into the stream: pass stream=<the benchmark's "
                 "train_stream> to restore it."
             )
-        saved_per_class = state["per_class"]
-        if saved_per_class != self.per_class:
+        saved_per_class, saved_total = state["per_class"], state["mem_size"]
+        if (saved_per_class, saved_total) != (self.per_class, self.mem_size):
+            saved = (
+                f"per_class={saved_per_class}" if saved_total is None else f"mem_size={saved_total}"
+            )
+            mine = (
+                f"per_class={self.per_class}"
+                if self.mem_size is None
+                else f"mem_size={self.mem_size}"
+            )
             raise ValueError(
-                f"the saved memory keeps {saved_per_class} exemplars per class, this buffer "
-                f"{self.per_class}; restore into a buffer (or plugin) built with "
-                f"per_class={saved_per_class}, then resize it if you want another size."
+                f"the saved memory was built with {saved}, this buffer with {mine}; restore "
+                f"into a buffer (or plugin) built with {saved}, then resize it if you want "
+                "another size."
             )
         saved_name, name = state["stream"], getattr(stream, "name", None)
         # a memory built from an unnamed stream only refuses the test stream
@@ -303,9 +404,12 @@ class SelectionBuffer(ParametricBuffer):
             strict=True,
         )
         experiences = find_experiences(stream, state["sources"])
+        sizes = self.get_group_lengths(len(state["classes"]))
         groups = {}
-        for label, task, sources, ranked, saved_labels, saved_print in rows:
-            group = _ClassExemplars(label, saved_per_class, self.selection_strategy, task)
+        for (label, task, sources, ranked, saved_labels, saved_print), size in zip(
+            rows, sizes, strict=True
+        ):
+            group = _ClassExemplars(label, size, self.selection_strategy, task)
             group.buffer, group.sources = (
                 gather_exemplars(experiences, sources, name),
                 sources.clone(),
@@ -318,4 +422,4 @@ class SelectionBuffer(ParametricBuffer):
         self.task_aware = task_aware
         self.seen_groups = set(groups)
         self.stream_name = saved_name if saved_name is not None else name
-        self.max_size = self.per_class * len(groups)
+        self._update_max_size()

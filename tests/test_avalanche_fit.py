@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -116,3 +118,114 @@ def test_task_aware_memory_restores_with_its_keys_and_refuses_another_task_layou
         LCMatReplayPlugin(per_class=3, policy="uniform").load_state_dict(
             dict(state, storage=storage), bench.train_stream
         )
+
+
+# ------------------------------------------------------------ Avalanche's sizing
+def _class_bench():
+    return nc_benchmark(
+        _data(PER_CLASS, 0),
+        _data(4, 1),
+        n_experiences=N_TASKS,
+        task_labels=False,
+        fixed_class_order=list(range(CLASSES)),
+    )
+
+
+def _mlp_strategy(plugins):
+    with seeded(0):
+        model = torch.nn.Sequential(
+            torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 6)
+        )
+    return _naive(model, plugins)
+
+
+def test_mem_size_is_a_fixed_total_split_over_the_classes_each_shrunk_to_its_prefix():
+    bench = _class_bench()
+    plugin = LCMatReplayPlugin(mem_size=10, policy="lcmat-s")
+    assert plugin.mem_size == 10 and plugin.storage_policy.max_size == 10
+    strategy = _mlp_strategy([plugin])
+    expected = {1: [5, 5], 2: [3, 3, 2, 2], 3: [2, 2, 2, 2, 1, 1]}  # classes in order seen
+    before = {}
+    for k, exp in enumerate(bench.train_stream, start=1):
+        strategy.train(exp)
+        sources = plugin.storage_policy.exemplar_sources()
+        assert list(sources) == list(range(2 * k))
+        assert [len(s) for s in sources.values()] == expected[k]
+        _, y, _ = dataset_tensors(plugin.storage_policy.buffer)
+        assert len(y) == 10 and plugin.mem_size == 10 and plugin.storage_policy.max_size == 10
+        for c, old in before.items():  # an older class keeps the prefix of its ranking
+            assert torch.equal(sources[c], old[: len(sources[c])])
+        before = sources
+    # a growing memory of the same policy ranks the same way: its prefixes are these memories
+    grown = LCMatReplayPlugin(per_class=5, policy="lcmat-s")
+    other = _mlp_strategy([grown])
+    other.train(bench.train_stream[0])
+    first = grown.storage_policy.exemplar_sources()
+    for c in (0, 1):
+        assert torch.equal(before[c], first[c][: len(before[c])])
+
+
+def test_mem_size_works_with_avalanches_replay_plugin_and_restores():
+    from avalanche.training.plugins import ReplayPlugin
+
+    bench = _class_bench()
+    buffer = SelectionBuffer(mem_size=8, selection_strategy="herding")
+    plugin = ReplayPlugin(mem_size=8, storage_policy=buffer)  # Avalanche's own check passes
+    strategy = _mlp_strategy([plugin])
+    for exp in bench.train_stream[:2]:
+        strategy.train(exp)
+    assert [len(s) for s in buffer.exemplar_sources().values()] == [2, 2, 2, 2]
+    restored = SelectionBuffer(mem_size=8, selection_strategy="herding")
+    restored.load_state_dict(buffer.state_dict(), bench.train_stream)
+    assert restored.max_size == 8
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            restored.exemplar_sources().values(), buffer.exemplar_sources().values(), strict=True
+        )
+    )
+    with pytest.raises(ValueError, match=r"built with mem_size=8, this buffer with per_class=2"):
+        SelectionBuffer(2, "herding").load_state_dict(buffer.state_dict(), bench.train_stream)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"per_class": 3, "mem_size": 10}], ids=["neither", "both"])
+def test_sizing_needs_exactly_one_of_per_class_and_mem_size(kwargs):
+    for build in (LCMatReplayPlugin, SelectionBuffer):
+        with pytest.raises(ValueError, match=r"give per_class= or mem_size=, not (both|neither)"):
+            build(**kwargs)
+    with pytest.raises(ValueError, match=r"give per_class= or mem_size="):
+        LCMatReplayPlugin(policy="dm", iterations=1, **kwargs)
+
+
+def test_condensed_memory_with_mem_size_shares_the_total():
+    bench = _class_bench()
+    plugin = LCMatReplayPlugin(
+        mem_size=6,
+        policy="dm",
+        iterations=1,
+        network_options={"width": 4, "depth": 1},
+        progress=False,
+    )
+    strategy = _mlp_strategy([plugin])
+    strategy.train(bench.train_stream[0])
+    _, y, _ = dataset_tensors(plugin.storage_policy.buffer)
+    assert sorted(y.tolist()) == [0, 0, 0, 1, 1, 1] and plugin.mem_size == 6
+    strategy.train(bench.train_stream[1])
+    _, y, _ = dataset_tensors(plugin.storage_policy.buffer)
+    assert sorted(y.tolist()) == [0, 1, 2, 3] and plugin.storage_policy.per_class == 1
+
+
+def test_a_second_replay_plugin_on_the_strategy_is_warned_about():
+    from avalanche.training.plugins import ReplayPlugin
+
+    bench = _class_bench()
+    alone = _mlp_strategy([LCMatReplayPlugin(2, "uniform")])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        alone.train(bench.train_stream[0])
+    assert not [w for w in caught if "another replay plugin" in str(w.message)]
+    both = _mlp_strategy([ReplayPlugin(mem_size=20), LCMatReplayPlugin(2, "uniform")])
+    with pytest.warns(
+        UserWarning, match=r"another replay plugin is on this strategy \(ReplayPlugin\)"
+    ):
+        both.train(bench.train_stream[0])

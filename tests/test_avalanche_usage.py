@@ -295,7 +295,7 @@ def test_restore_of_an_online_memory_with_another_online_split(bench):
 
 @pytest.mark.slow
 def test_restore_into_another_per_class_is_refused(bench, saved):
-    with pytest.raises(ValueError, match="keeps 2 exemplars per class, this buffer 5"):
+    with pytest.raises(ValueError, match="built with per_class=2, this buffer with per_class=5"):
         LCMatReplayPlugin(5, "uniform").load_state_dict(saved, stream=bench.train_stream)
     plugin = LCMatReplayPlugin(MEM, "dm", iterations=1, progress=False)
     plugin.after_training_exp(_fake_strategy(bench.train_stream[0]))
