@@ -3,8 +3,11 @@ for the long greedy selection of ``replay-lcmat select``."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
+import pytest
 import torch
 
 from replay_lcmat.cli import main
@@ -76,3 +79,47 @@ def test_select_command_shows_the_bar_over_classes(tmp_path, capsys):
     assert json.loads((tmp_path / "s.json").read_text())["num_selected"] == 20
     assert main(argv("q.json", "--no-progress")) == 0
     assert "herding selection" not in capsys.readouterr().err
+
+
+def _split_example():
+    spec = importlib.util.spec_from_file_location(
+        "split_example",
+        Path(__file__).resolve().parents[1] / "examples" / "split_cifar100_5tasks.py",
+    )
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    return example
+
+
+def test_cifar100_example_takes_the_readmes_policy_specs(tmp_path, capsys):
+    example = _split_example()
+    base = ["--data", "digits", "--model", "mlp", "--protocol", "replay", "--train-epochs", "1"]
+    base += ["--per-class", "2", "--out-dir", str(tmp_path)]
+    assert example.parse_args(["--policy", "lcmat-s[eps=0.05]"]).policy == ["lcmat-s[eps=0.05]"]
+    with pytest.raises(SystemExit):
+        example.parse_args(["--policy", "nope[eps=1]"])
+    assert "unknown policy 'nope'" in capsys.readouterr().err
+    assert example.main([*base, "--policy", "herding[stats=running]"]) == 0
+    assert "| herding[stats=running] |" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="eps"):  # the spec's options reach the selector
+        example.main([*base, "--policy", "lcmat-s[eps=-1]"])
+
+
+def test_lcmat_s_takes_a_fraction_like_the_selector():
+    from replay_lcmat.selection import lcmat_s
+
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.cat([torch.zeros(30), torch.ones(50)]).long()
+    features, logits = torch.randn(80, 6, generator=gen), torch.randn(80, 2, generator=gen)
+    picks = lcmat_s(features, logits, labels, fraction=0.1)
+    assert labels[picks].bincount().tolist() == [3, 5]
+    expected = make_selector("lcmat-s").select(
+        features=features, logits=logits, labels=labels, fraction=0.1
+    )
+    assert torch.equal(picks, expected.indices)
+    assert torch.equal(
+        lcmat_s(features, logits, labels, fraction=0.1),
+        lcmat_s(features, logits, labels, {0: 3, 1: 5}),
+    )
+    with pytest.raises(ValueError, match="exactly one of per_class"):
+        lcmat_s(features, logits, labels, 3, fraction=0.1)
