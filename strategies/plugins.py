@@ -179,7 +179,8 @@ class LCMatReplayPlugin(MemoryStateMixin, ReplayPlugin):
             for p in getattr(strategy, "plugins", [])
             if p is not self and isinstance(p, ReplayPlugin | MemoryStateMixin)
         ]
-        if others:
+        if others and not getattr(self, "_stacked_warned", False):
+            self._stacked_warned = True  # once per plugin, not at every train() call
             warnings.warn(
                 f"another replay plugin is on this strategy ({', '.join(others)}) besides "
                 f"LCMatReplayPlugin({self.policy!r}): each adds its own memory to the training "

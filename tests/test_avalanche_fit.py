@@ -229,3 +229,15 @@ def test_a_second_replay_plugin_on_the_strategy_is_warned_about():
         UserWarning, match=r"another replay plugin is on this strategy \(ReplayPlugin\)"
     ):
         both.train(bench.train_stream[0])
+
+
+def test_the_stacked_replay_warning_is_given_once_per_plugin():
+    from avalanche.training.plugins import ReplayPlugin
+
+    bench = _class_bench()
+    both = _mlp_strategy([ReplayPlugin(mem_size=20), LCMatReplayPlugin(2, "uniform")])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for exp in bench.train_stream[:2]:
+            both.train(exp)
+    assert len([w for w in caught if "another replay plugin" in str(w.message)]) == 1
