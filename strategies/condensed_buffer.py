@@ -124,11 +124,12 @@ class CondensedClassBuffer(ExemplarsBuffer):
     ) -> CondensedClassBuffer:
         """The buffer of a condensation policy name (see
         :func:`replay_lcmat.strategies.make_storage_policy`); refuses selection-only options."""
-        if stats is not None:
-            raise ValueError(
-                f"stats applies to selection policies; the condenser {policy!r} trains its own "
-                "networks. Drop stats=."
-            )
+        for name, value in (("stats", stats), ("layer_name", options.get("layer_name"))):
+            if value is not None:
+                raise ValueError(
+                    f"{name} applies to selection policies; the condenser {policy!r} trains its "
+                    f"own networks. Drop {name}=."
+                )
         return cls(
             per_class,
             policy,

@@ -241,3 +241,32 @@ def test_the_stacked_replay_warning_is_given_once_per_plugin():
         for exp in bench.train_stream[:2]:
             both.train(exp)
     assert len([w for w in caught if "another replay plugin" in str(w.message)]) == 1
+
+
+# ------------------------------------------------------------ layer_name
+def test_layer_name_ranks_by_the_named_layers_output():
+    from replay_lcmat.selection import make_selector
+
+    bench = _class_bench()
+    plugin = LCMatReplayPlugin(3, "herding", layer_name="1")  # the first Linear, before ReLU
+    strategy = _mlp_strategy([plugin])
+    strategy.model.train()
+    exp = bench.train_stream[0]
+    strategy.train(exp)
+    assert strategy.model.training  # the mode is left as it was
+    x, y, _ = dataset_tensors(exp.dataset)
+    with torch.no_grad():
+        h = strategy.model[1](x.flatten(1))
+    for c, sources in plugin.storage_policy.exemplar_sources().items():
+        rows = torch.nonzero(y == c).flatten()
+        picks = (
+            make_selector("herding").select(features=h[rows], labels=y[rows], per_class=3).indices
+        )
+        assert torch.equal(sources[:, 1], rows[picks])
+    with pytest.raises(ValueError, match=r"layer_name applies to selectors that rank by features"):
+        LCMatReplayPlugin(3, "lcmat-s", layer_name="1")
+    with pytest.raises(ValueError, match=r"layer_name applies to selection policies"):
+        LCMatReplayPlugin(3, "dm", iterations=1, layer_name="1")
+    wrong = _mlp_strategy([LCMatReplayPlugin(3, "herding", layer_name="nope")])
+    with pytest.raises(ValueError, match=r"layer_name 'nope' is not a module of Sequential"):
+        wrong.train(exp)
