@@ -24,6 +24,7 @@ from replay_lcmat.strategies import (  # noqa: E402
 )
 
 N_TASKS, CLASSES, PER_CLASS = 3, 6, 12
+MOMENTUM = 0.9
 
 
 def _data(per_class: int, seed: int):
@@ -270,3 +271,65 @@ def test_layer_name_ranks_by_the_named_layers_output():
     wrong = _mlp_strategy([LCMatReplayPlugin(3, "herding", layer_name="nope")])
     with pytest.raises(ValueError, match=r"layer_name 'nope' is not a module of Sequential"):
         wrong.train(exp)
+
+
+# ------------------------------------------------------------ resuming a stopped run
+def _resumable(seed):
+    from avalanche.evaluation.metrics import accuracy_metrics
+    from avalanche.training.plugins import EvaluationPlugin
+
+    with seeded(seed):
+        model = torch.nn.Sequential(
+            torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 6)
+        )
+    plugin = LCMatReplayPlugin(mem_size=8, policy="herding")
+    strategy = Naive(
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.05, momentum=MOMENTUM),
+        train_mb_size=8,
+        train_epochs=2,
+        eval_mb_size=64,
+        plugins=[plugin],
+        evaluator=EvaluationPlugin(accuracy_metrics(stream=True), loggers=[]),
+    )
+    return strategy, plugin
+
+
+def test_a_run_stopped_after_experience_2_resumes_as_if_never_stopped(tmp_path):
+    from replay_lcmat.strategies import load_run, save_run, stream_accuracy
+
+    bench = _class_bench()
+    torch.manual_seed(1)
+    strategy, plugin = _resumable(0)
+    accuracies = []
+    for exp in bench.train_stream:
+        strategy.train(exp)
+        accuracies.append(stream_accuracy(strategy.eval(bench.test_stream)))
+
+    torch.manual_seed(1)
+    first, _ = _resumable(0)
+    stopped = []
+    for exp in bench.train_stream[:2]:
+        first.train(exp)
+        stopped.append(stream_accuracy(first.eval(bench.test_stream)))
+    save_run(tmp_path / "run.pt", first, next_experience=2)
+    del first
+
+    torch.manual_seed(99)  # another process: other random state, another initial model
+    second, resumed = _resumable(5)
+    start = load_run(tmp_path / "run.pt", second, bench.train_stream)
+    assert start == 2 and second.clock.train_exp_counter == 2
+    for exp in bench.train_stream[start:]:
+        second.train(exp)
+        stopped.append(stream_accuracy(second.eval(bench.test_stream)))
+    assert stopped == accuracies
+    for a, b in zip(strategy.model.parameters(), second.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    mine, theirs = (
+        plugin.storage_policy.exemplar_sources(),
+        resumed.storage_policy.exemplar_sources(),
+    )
+    assert mine.keys() == theirs.keys()
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+    with pytest.raises(ValueError, match="holds 1 LCMat memories, this strategy has 0"):
+        load_run(tmp_path / "run.pt", _mlp_strategy([]), bench.train_stream)
