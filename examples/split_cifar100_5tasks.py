@@ -27,15 +27,37 @@ from replay_lcmat.devices import default_device
 from replay_lcmat.memory import memory_policies, memory_policy
 from replay_lcmat.reporting import command_line, results_markdown, write_results
 from replay_lcmat.selection.extract import DEFAULT_STATS, STATS
+from replay_lcmat.specs import parse_policy
 from replay_lcmat.strategies import PROTOCOLS, run_continual, tensor_benchmark
 from replay_lcmat.training import TrainConfig
 
 POLICIES = list(memory_policies())
 
 
+def policy_spec(spec: str) -> str:
+    """``--policy`` value: a policy name or ``name[key=value,...]`` (the README's syntax),
+    checked when the arguments are read."""
+    try:
+        name, _ = parse_policy(spec)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    if name not in POLICIES:
+        raise argparse.ArgumentTypeError(
+            f"unknown policy {name!r} in {spec!r}; choose from {', '.join(POLICIES)}."
+        )
+    return spec
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--policy", nargs="+", default=["lcmat-s", "uniform"], choices=POLICIES)
+    parser.add_argument(
+        "--policy",
+        nargs="+",
+        type=policy_spec,
+        default=["lcmat-s", "uniform"],
+        metavar="NAME[K=V,...]",
+        help=f"memory policies, e.g. lcmat-s 'lcmat-s[eps=0.05]'; names: {', '.join(POLICIES)}",
+    )
     parser.add_argument("--protocol", default="paper", choices=PROTOCOLS)
     parser.add_argument("--data", default="cifar100")
     parser.add_argument("--data-root", default=None, help="torchvision root for CIFAR")
@@ -92,15 +114,16 @@ def main(argv=None) -> int:
     rows = []
     for seed in args.seeds:
         benchmark = tensor_benchmark(train, test, n_experiences=args.experiences, seed=seed)
-        for policy in args.policy:
-            method, options = memory_policy(policy), {}
+        for spec in args.policy:
+            policy, options = parse_policy(spec)  # options in the spec win over the flags
+            method = memory_policy(policy)
             if args.iterations is not None and method.entry.accepts("iterations"):
-                options["iterations"] = args.iterations
+                options.setdefault("iterations", args.iterations)
             if args.width and method.entry.accepts("network_options"):
-                options["network_options"] = {"width": args.width}
+                options.setdefault("network_options", {"width": args.width})
             if method.needs_model:
-                options["stats"] = args.stats
-            rows += run_continual(
+                options.setdefault("stats", args.stats)
+            run = run_continual(
                 benchmark,
                 policy=policy,
                 model=args.model,
@@ -116,6 +139,7 @@ def main(argv=None) -> int:
                 log=print,
                 **options,
             )
+            rows += [dict(row, policy=spec) for row in run]  # tells apart two specs of one name
     print()
     print(results_markdown(rows))
     command = command_line("python examples/split_cifar100_5tasks.py", argv)

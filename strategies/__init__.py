@@ -14,8 +14,11 @@
 - :func:`tensor_benchmark`: class- (or task-) incremental benchmark from in-memory images (no
   download).
 - :func:`run_continual`: one whole run, accuracy after every experience.
+- :func:`save_run` / :func:`load_run`: resume a stopped run (model, optimizer, clock, memories,
+  random state).
 """
 
+from replay_lcmat.strategies.checkpoint import load_run, save_run
 from replay_lcmat.strategies.condensed_buffer import CondensedClassBuffer
 from replay_lcmat.strategies.datasets import dataset_tensors, tensor_benchmark, tensor_dataset
 from replay_lcmat.strategies.memory_only import MemoryOnlyRetrainPlugin
@@ -31,8 +34,10 @@ __all__ = [
     "SelectionBuffer",
     "SelectorExemplarsStrategy",
     "dataset_tensors",
+    "load_run",
     "make_storage_policy",
     "run_continual",
+    "save_run",
     "stream_accuracy",
     "tensor_benchmark",
     "tensor_dataset",

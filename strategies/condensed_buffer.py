@@ -8,8 +8,9 @@ import torch
 from avalanche.benchmarks.utils import concat_datasets
 from avalanche.training.storage_policy import ExemplarsBuffer
 
-from replay_lcmat.memory import ClassMemory, CondensationPolicy, check_per_class, memory_policy
+from replay_lcmat.memory import ClassMemory, CondensationPolicy, memory_policy
 from replay_lcmat.strategies.datasets import dataset_tensors, tensor_dataset
+from replay_lcmat.strategies.selection_policy import check_sizing
 
 STATE_FORMAT = "replay-lcmat/condensed-buffer"
 STATE_VERSION = 1  # the one state layout read back; any other version is refused
@@ -44,7 +45,11 @@ class CondensedClassBuffer(ExemplarsBuffer):
     shown by default.
 
     Args:
-        per_class: synthetic images per class.
+        per_class: synthetic images per class (a growing memory).
+        mem_size: instead of ``per_class``, Avalanche's sizing: a fixed total split evenly
+            (``mem_size // classes`` each) over the classes seen; the new classes of an
+            experience are condensed at the new share and the stored ones keep their first
+            images.
         condenser: condenser name (``"lcmat-c"``, ``"dm"``, ``"dsa"``, ``"dc"``).
         iterations: outer iterations (default: the method's paper value).
         device: where condensation runs (default: the strategy's device).
@@ -57,9 +62,10 @@ class CondensedClassBuffer(ExemplarsBuffer):
 
     def __init__(
         self,
-        per_class: int,
+        per_class: int | None = None,
         condenser: str = "lcmat-c",
         *,
+        mem_size: int | None = None,
         iterations: int | None = None,
         device: torch.device | str | None = None,
         seed: int = 0,
@@ -67,7 +73,7 @@ class CondensedClassBuffer(ExemplarsBuffer):
         batch_size: int = 256,
         **condenser_options,
     ) -> None:
-        per_class = check_per_class(per_class)
+        per_class, mem_size = check_sizing(per_class, mem_size)
         policy = memory_policy(condenser)
         if not isinstance(policy, CondensationPolicy):
             raise ValueError(
@@ -86,8 +92,10 @@ class CondensedClassBuffer(ExemplarsBuffer):
             **condenser_options,
         )
         super().__init__(max_size=0)
-        self.max_size = 0  # grows by per_class with every class seen
-        self.per_class = per_class
+        # per_class: grows by per_class with every class seen; mem_size: the fixed total
+        self.max_size = 0 if mem_size is None else mem_size
+        self.mem_size = mem_size
+        self.per_class = per_class  # with mem_size: the current share, set at each experience
         self.condenser = condenser
         self.policy = policy
         self.device = device
@@ -103,8 +111,9 @@ class CondensedClassBuffer(ExemplarsBuffer):
     def from_policy(
         cls,
         policy: str,
-        per_class: int,
+        per_class: int | None = None,
         *,
+        mem_size: int | None = None,
         seed: int = 0,
         iterations: int | None = None,
         device=None,
@@ -115,14 +124,16 @@ class CondensedClassBuffer(ExemplarsBuffer):
     ) -> CondensedClassBuffer:
         """The buffer of a condensation policy name (see
         :func:`replay_lcmat.strategies.make_storage_policy`); refuses selection-only options."""
-        if stats is not None:
-            raise ValueError(
-                f"stats applies to selection policies; the condenser {policy!r} trains its own "
-                "networks. Drop stats=."
-            )
+        for name, value in (("stats", stats), ("layer_name", options.get("layer_name"))):
+            if value is not None:
+                raise ValueError(
+                    f"{name} applies to selection policies; the condenser {policy!r} trains its "
+                    f"own networks. Drop {name}=."
+                )
         return cls(
             per_class,
             policy,
+            mem_size=mem_size,
             iterations=iterations,
             device=device,
             seed=seed,
@@ -147,6 +158,9 @@ class CondensedClassBuffer(ExemplarsBuffer):
                     f"{c} would replace them. Build the benchmark with distinct class labels per "
                     "task (e.g. class_ids_from_zero_in_each_exp=False)."
                 )
+        if self.mem_size is not None:  # Avalanche's sizing: the total over all classes seen
+            classes = set(self.memory.classes()) | set(torch.unique(y).tolist())
+            self._set_share(self.mem_size // len(classes), len(classes))
         device = torch.device(self.device if self.device is not None else agent.device)
         if (
             "iterations" not in self.condenser_options
@@ -184,6 +198,11 @@ class CondensedClassBuffer(ExemplarsBuffer):
         its data, so a larger size only raises the capacity for classes still to come.
         """
         classes = max(1, len(self.memory.classes()))
+        if self.mem_size is not None:
+            self.mem_size = new_size
+            self._set_share(new_size // classes, classes)
+            self._refresh()
+            return
         per_class = new_size // classes
         if per_class < 1:
             raise ValueError(
@@ -203,14 +222,27 @@ class CondensedClassBuffer(ExemplarsBuffer):
         self.per_class = per_class
         self._refresh()
 
+    def _set_share(self, share: int, classes: int) -> None:
+        """``share`` images per class for a ``mem_size`` memory: the classes stored shrink to
+        their first ``share`` images."""
+        if share < 1:
+            raise ValueError(
+                f"mem_size={self.mem_size} cannot hold one synthetic image for each of {classes} "
+                f"classes; pass mem_size >= {classes}, or per_class= for a memory that grows."
+            )
+        if self.per_class is not None and share < self.per_class and len(self.memory):
+            self.memory.truncate(share)
+        self.per_class = share
+
     def _refresh(self) -> None:
         classes = self.memory.classes()
         if not classes:
-            self.max_size = 0
+            self.max_size = 0 if self.mem_size is None else self.mem_size
             self.buffer = concat_datasets([])
             return
         x, y = self.memory.tensors()
-        self.max_size = len(y)  # what is stored: a grown memory's old classes stay smaller
+        # what is stored (a grown memory's old classes stay smaller), or the fixed total
+        self.max_size = len(y) if self.mem_size is None else self.mem_size
         t = torch.tensor([self.task_labels[int(c)] for c in y], dtype=torch.int64)
         self.buffer = tensor_dataset(x, y, t)
 
@@ -221,6 +253,7 @@ class CondensedClassBuffer(ExemplarsBuffer):
             "format": STATE_FORMAT,
             "version": STATE_VERSION,
             "per_class": self.per_class,
+            "mem_size": self.mem_size,
             "memory": self.memory.state_dict(),
             "task_labels": [self.task_labels[c] for c in classes],
         }
@@ -241,8 +274,16 @@ class CondensedClassBuffer(ExemplarsBuffer):
                 f"condensed-buffer state version {state.get('version')!r}; this replay-lcmat "
                 f"reads version {STATE_VERSION} only. Rebuild the memory with this version."
             )
-        saved_per_class = state["per_class"]
-        if saved_per_class != self.per_class:
+        saved_per_class, saved_total = state["per_class"], state.get("mem_size")
+        if saved_total is not None or self.mem_size is not None:
+            if saved_total != self.mem_size:
+                raise ValueError(
+                    f"the saved memory was built with mem_size={saved_total}, this buffer with "
+                    f"mem_size={self.mem_size}; restore into a buffer (or plugin) built with "
+                    "the saved sizing, then resize it if you want another size."
+                )
+            self.per_class = saved_per_class
+        elif saved_per_class != self.per_class:
             raise ValueError(
                 f"the saved memory keeps {saved_per_class} images per class, this buffer "
                 f"{self.per_class}; restore into a buffer (or plugin) built with "

@@ -112,3 +112,11 @@ def tensor_benchmark(
         train_transform=train_transform,
         eval_transform=eval_transform,
     )
+
+
+def dataset_task_labels(data: AvalancheDataset) -> Tensor:
+    """int64 ``[n]``: the task label of every sample of ``data`` (0 when it has none)."""
+    tasks = getattr(data, "targets_task_labels", None)
+    if tasks is None:
+        return torch.zeros(len(data), dtype=torch.int64)
+    return torch.tensor([int(v) for v in tasks], dtype=torch.int64)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from avalanche.training.plugins import ReplayPlugin
 
 from replay_lcmat.memory import memory_policy
 from replay_lcmat.strategies.condensed_buffer import CondensedClassBuffer
-from replay_lcmat.strategies.selection_policy import SelectionBuffer
+from replay_lcmat.strategies.selection_policy import SelectionBuffer, check_sizing
 
 # The Avalanche storage policy of each kind of memory policy (replay_lcmat.memory).
 STORAGE_POLICIES = {"selection": SelectionBuffer, "condensation": CondensedClassBuffer}
@@ -15,8 +17,9 @@ STORAGE_POLICIES = {"selection": SelectionBuffer, "condensation": CondensedClass
 
 def make_storage_policy(
     policy: str,
-    per_class: int,
+    per_class: int | None = None,
     *,
+    mem_size: int | None = None,
     seed: int = 0,
     iterations: int | None = None,
     device: torch.device | str | None = None,
@@ -42,9 +45,11 @@ def make_storage_policy(
         **options: selector or condenser options (e.g. ``eps=0.05``, ``network_options=...``).
     """
     storage = STORAGE_POLICIES[memory_policy(policy).kind]
+    check_sizing(per_class, mem_size)
     return storage.from_policy(
         policy,
         per_class,
+        mem_size=mem_size,
         seed=seed,
         iterations=iterations,
         device=device,
@@ -86,9 +91,14 @@ class LCMatReplayPlugin(MemoryStateMixin, ReplayPlugin):
 
     An Avalanche ``ReplayPlugin``: while training on an experience every mini-batch is the
     current data plus a mini-batch of memory (Avalanche's ``ReplayDataLoader``); after the
-    experience the storage policy adds ``per_class`` exemplars of each new class. The memory
-    is ``plugin.storage_policy.buffer``; ``mem_size`` follows its capacity
-    (``per_class`` x classes seen). Every option is checked here, before any training.
+    experience the storage policy adds the exemplars of each new class. Two sizings, exactly
+    one of which is given: ``per_class=k`` keeps ``k`` exemplars of every class seen (the memory
+    grows; ``plugin.mem_size`` follows it, ``k`` x classes seen), ``mem_size=N`` is Avalanche's
+    fixed total split evenly over the classes seen (older classes shrink to the prefix of their
+    greedy ranking as new ones arrive). The memory is ``plugin.storage_policy.buffer``. Every
+    option is checked here, before any training; a warning is given when training starts if
+    another replay plugin (Avalanche's ``ReplayPlugin``, e.g. from its ``Replay`` strategy, or
+    another of ours) is on the same strategy: each would add its own memory to the batches.
 
     Works with any Avalanche classifier (``SimpleMLP``, ``SimpleCNN``, torchvision models,
     ``IncrementalClassifier`` heads) and with multi-task models (``MTSimpleMLP``,
@@ -110,7 +120,8 @@ class LCMatReplayPlugin(MemoryStateMixin, ReplayPlugin):
     shown while condensing.
 
     Args:
-        per_class: exemplars per class.
+        per_class: exemplars per class (a growing memory).
+        mem_size: the fixed total of the memory (Avalanche's sizing).
         policy: a selector name (real exemplars, ranked with the strategy's current model) or a
             condenser name (synthetic exemplars); see :func:`make_storage_policy`.
         batch_size, batch_size_mem, task_balanced_dataloader: as in ``ReplayPlugin``.
@@ -119,9 +130,10 @@ class LCMatReplayPlugin(MemoryStateMixin, ReplayPlugin):
 
     def __init__(
         self,
-        per_class: int = 10,
+        per_class: int | None = None,
         policy: str = "lcmat-s",
         *,
+        mem_size: int | None = None,
         batch_size: int | None = None,
         batch_size_mem: int | None = None,
         task_balanced_dataloader: bool = False,
@@ -139,6 +151,7 @@ class LCMatReplayPlugin(MemoryStateMixin, ReplayPlugin):
         storage = make_storage_policy(
             policy,
             per_class,
+            mem_size=mem_size,
             seed=seed,
             iterations=iterations,
             device=device,
@@ -155,8 +168,28 @@ class LCMatReplayPlugin(MemoryStateMixin, ReplayPlugin):
         self.policy = policy
 
     @property
-    def per_class(self) -> int:
+    def per_class(self) -> int | None:
+        """Exemplars per class of a ``per_class`` memory; the current share of a ``mem_size``
+        memory (selection: ``None``, shares differ by one; see ``storage_policy``)."""
         return self.storage_policy.per_class
+
+    def before_training(self, strategy, *args, **kwargs) -> None:
+        others = [
+            type(p).__name__
+            for p in getattr(strategy, "plugins", [])
+            if p is not self and isinstance(p, ReplayPlugin | MemoryStateMixin)
+        ]
+        if others and not getattr(self, "_stacked_warned", False):
+            self._stacked_warned = True  # once per plugin, not at every train() call
+            warnings.warn(
+                f"another replay plugin is on this strategy ({', '.join(others)}) besides "
+                f"LCMatReplayPlugin({self.policy!r}): each adds its own memory to the training "
+                "batches. Keep one replay plugin (with Avalanche's Replay strategy, use Naive "
+                "with this plugin instead).",
+                UserWarning,
+                stacklevel=2,
+            )
+        super().before_training(strategy, *args, **kwargs)
 
     def after_training_exp(self, strategy, **kwargs) -> None:
         self.storage_policy.post_adapt(strategy, strategy.experience)

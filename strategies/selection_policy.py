@@ -13,14 +13,15 @@ class seen, ``max_size`` is 0 before the first experience), so pass ``mem_size=b
     ReplayPlugin(mem_size=buffer.max_size, storage_policy=buffer)
 
 ``ReplayPlugin(mem_size=100, storage_policy=SelectionBuffer(10))`` fails Avalanche's check
-(:class:`LCMatReplayPlugin` passes the buffer's own value for you). For Avalanche's semantics (a fixed total
-split equally over the classes seen) use Avalanche's ``ParametricBuffer`` with
-:class:`SelectorExemplarsStrategy`::
+(:class:`LCMatReplayPlugin` passes the buffer's own value for you). For Avalanche's semantics (a
+fixed total split equally over the classes seen) build the buffer with the total::
 
-    buffer = ParametricBuffer(100, groupby="class", selection_strategy=SelectorExemplarsStrategy())
+    buffer = SelectionBuffer(mem_size=100, selection_strategy="lcmat-s")
     ReplayPlugin(mem_size=100, storage_policy=buffer)
 
-(Avalanche never tells the strategy the budget, so a greedy selector then ranks whole groups.)
+Avalanche's own ``ParametricBuffer(100, groupby="class",
+selection_strategy=SelectorExemplarsStrategy())`` works too, but Avalanche never tells the
+strategy the budget, so a greedy selector then ranks whole groups.
 
 Multi-task models (Avalanche's ``MultiTaskModule``: ``MTSimpleMLP``, ``MultiHeadClassifier``)
 are run with each sample's task label, through the head of that task.
@@ -37,25 +38,52 @@ from torch import Tensor
 
 from replay_lcmat.memory import check_per_class
 from replay_lcmat.selection.engine import fit_budgets
-from replay_lcmat.strategies.datasets import dataset_targets
+from replay_lcmat.strategies.datasets import dataset_targets, dataset_task_labels
 from replay_lcmat.strategies.selection_state import (
     STATE_FORMAT,
     STATE_VERSION,
     check_restored_group,
+    check_restored_task,
     find_experiences,
     gather_exemplars,
     image_fingerprint,
 )
 from replay_lcmat.strategies.selector_strategy import SelectorExemplarsStrategy
+from replay_lcmat.validation import check_number
+
+
+def check_sizing(per_class, mem_size) -> tuple[int | None, int | None]:
+    """``(per_class, mem_size)`` checked: exactly one of the two sizings of a memory is given,
+    an int >= 1."""
+    if (per_class is None) == (mem_size is None):
+        given = "both" if per_class is not None else "neither"
+        raise ValueError(
+            f"give per_class= or mem_size=, not {given}: per_class=k keeps k exemplars of every "
+            "class seen (the memory grows with the classes); mem_size=N keeps a fixed total N "
+            "split evenly over the classes seen (Avalanche's sizing; each class shrinks to the "
+            "prefix of its ranking as new classes arrive)."
+        )
+    if per_class is not None:
+        return check_per_class(per_class), None
+    return None, int(check_number("memory", "mem_size", mem_size, integer=True, minimum=1))
+
+
+def split_total(total: int, groups: int) -> list[int]:
+    """A fixed total split evenly over ``groups`` groups in the order they were first seen: each
+    gets ``total // groups`` and the first ``total % groups`` one more. A group's share never
+    grows as groups are added, so shrinking to a prefix is all a new class ever asks."""
+    share, extra = divmod(total, groups)
+    return [share + (i < extra) for i in range(groups)]
 
 
 class _ClassExemplars(ExemplarsBuffer):
-    """The exemplars of one class, in rank order, with their sources ``[k, 2]`` =
-    (experience id, index in that experience's dataset)."""
+    """The exemplars of one class (of one task, in a task-aware memory), in rank order, with
+    their sources ``[k, 2]`` = (experience id, index in that experience's dataset)."""
 
-    def __init__(self, label: int, max_size: int, selection_strategy) -> None:
+    def __init__(self, label: int, max_size: int, selection_strategy, task: int = 0) -> None:
         super().__init__(max_size)
         self.label = label
+        self.task = task
         self.selection_strategy = selection_strategy
         self.sources = torch.zeros(0, 2, dtype=torch.int64)
         self.ranked = True
@@ -68,6 +96,10 @@ class _ClassExemplars(ExemplarsBuffer):
         self._keep(strategy, data, sources, self.max_size)
 
     def _keep(self, strategy, data: AvalancheDataset, sources: Tensor, k: int) -> None:
+        if k == 0:  # a fixed total smaller than the number of groups
+            self.buffer = data.subset(torch.zeros(0, dtype=torch.int64))
+            self.sources, self.ranked = sources[:0], True
+            return
         if len(data) <= k:  # fits: stored as is, ranked only if it must shrink later
             self.buffer, self.sources, self.ranked = data, sources, len(data) <= 1
             return
@@ -92,16 +124,29 @@ class _ClassExemplars(ExemplarsBuffer):
 class SelectionBuffer(ParametricBuffer):
     """``per_class`` real exemplars of every class seen so far, chosen by a selector.
 
-    A ``ParametricBuffer`` grouped by class whose groups have a fixed size ``per_class``
-    (Avalanche's own splits a fixed total over the groups). After each experience the new
-    samples of each class are merged with its exemplars and the best ``per_class`` kept;
-    the selection strategy is told that budget. A class with fewer samples is stored whole
-    with a warning. ``max_size`` is the current capacity, ``per_class`` x classes seen
-    (0 before the first experience).
+    A ``ParametricBuffer`` grouped by class, with one of two sizings (exactly one is given):
 
-    Groups are class labels, as in Avalanche's ``ParametricBuffer(groupby="class")``: in a
-    benchmark whose tasks reuse class labels, a label's exemplars are chosen among the samples of
-    all its tasks together, each ranked through its own task's head.
+    - ``per_class=k``: every group keeps ``k`` exemplars, so the memory grows with the classes
+      seen; ``max_size`` is the current capacity, ``k`` x classes seen (0 before the first
+      experience).
+    - ``mem_size=N``: Avalanche's sizing, a fixed total ``N`` (``max_size``) split evenly over
+      the groups seen (:func:`split_total`: ``N // groups`` each, one more for the first
+      ``N % groups``); when new classes arrive every older group shrinks to the prefix of its
+      greedy ranking, so it is not ranked again. With more groups than ``N`` the last ones get
+      none (with a warning).
+
+    After each experience the new samples of each group are merged with its exemplars and the
+    best ones kept; the selection strategy is told that budget. A class with fewer samples is
+    stored whole with a warning.
+
+    Groups are class labels in a class-incremental stream (every task label 0), as in
+    Avalanche's ``ParametricBuffer(groupby="class")``. Task-aware memory: as soon as a sample
+    with a task label above 0 arrives (a task-incremental stream, e.g.
+    ``nc_benchmark(task_labels=True)``), groups are keyed by ``(task, class)`` (the groups kept
+    so far become ``(0, class)``), with ``per_class`` exemplars per key, each ranked through its
+    own task's head: tasks that reuse class labels (``class_ids_from_zero_in_each_exp=True``)
+    keep one group per task instead of overwriting each other. ``buffer_groups`` and
+    :meth:`exemplar_sources` are keyed accordingly.
 
     With Avalanche's ``ReplayPlugin``: ``ReplayPlugin(mem_size=buffer.max_size,
     storage_policy=buffer)`` (see the module docstring); :class:`LCMatReplayPlugin` does it.
@@ -111,30 +156,43 @@ class SelectionBuffer(ParametricBuffer):
     stream is refused.
 
     Args:
-        per_class: exemplars per class.
+        per_class: exemplars per class (a growing memory).
+        mem_size: the fixed total of the memory (Avalanche's sizing).
         selection_strategy: a selector name, a :class:`SelectorExemplarsStrategy`, or any
             Avalanche ``ExemplarsSelectionStrategy``.
         **selector_options: options of the selector when a name is given (e.g. ``seed=1``);
             checked here.
     """
 
-    def __init__(self, per_class: int, selection_strategy="lcmat-s", **selector_options) -> None:
-        per_class = check_per_class(per_class)
+    def __init__(
+        self,
+        per_class: int | None = None,
+        selection_strategy="lcmat-s",
+        *,
+        mem_size: int | None = None,
+        **selector_options,
+    ) -> None:
+        per_class, mem_size = check_sizing(per_class, mem_size)
         if isinstance(selection_strategy, str):
             selection_strategy = SelectorExemplarsStrategy(selection_strategy, **selector_options)
         elif selector_options:
             raise ValueError("selector options apply to a selector name only.")
         super().__init__(max_size=0, groupby="class", selection_strategy=selection_strategy)
         self.per_class = per_class
-        self.max_size = 0  # grows by per_class with every class seen
+        self.mem_size = mem_size
+        # per_class: grows by per_class with every class seen; mem_size: the fixed total
+        self.max_size = 0 if mem_size is None else mem_size
+        self._short_warned = False
         self.stream_name: str | None = None
+        self.task_aware = False  # groups keyed by (task, class) once a task label > 0 is seen
 
     @classmethod
     def from_policy(
         cls,
         policy: str,
-        per_class: int,
+        per_class: int | None = None,
         *,
+        mem_size: int | None = None,
         seed: int = 0,
         iterations: int | None = None,
         device=None,
@@ -153,10 +211,13 @@ class SelectionBuffer(ParametricBuffer):
                 )
         if stats is not None:
             options["stats"] = stats
+        check_sizing(per_class, mem_size)  # before the selector's options
         strategy = SelectorExemplarsStrategy(policy, seed=seed, batch_size=batch_size, **options)
-        return cls(per_class, strategy)
+        return cls(per_class, strategy, mem_size=mem_size)
 
     def get_group_lengths(self, num_groups: int) -> list[int]:
+        if self.mem_size is not None:
+            return split_total(self.mem_size, num_groups)
         return [self.per_class] * num_groups
 
     def post_adapt(self, agent, exp) -> None:
@@ -164,17 +225,54 @@ class SelectionBuffer(ParametricBuffer):
         if len(data) == 0:
             return
         self._note_stream(exp)
-        targets = dataset_targets(data)
-        for label in torch.unique(targets).tolist():
-            idx = torch.nonzero(targets == label).flatten()
+        targets, tasks = dataset_targets(data), dataset_task_labels(data)
+        if not self.task_aware and bool((tasks > 0).any()):
+            self._become_task_aware()
+        pairs = torch.unique(torch.stack([tasks, targets], dim=1), dim=0).tolist()
+        keys = [self._key(task, label) for task, label in pairs]
+        order = list(self.buffer_groups) + [k for k in keys if k not in self.buffer_groups]
+        sizes = dict(zip(order, self.get_group_lengths(len(order)), strict=True))
+        self._warn_if_short(sizes)
+        for key, group in self.buffer_groups.items():  # older groups shrink to their prefix
+            if key not in keys:
+                group.resize(agent, sizes[key])
+        for (task, label), key in zip(pairs, keys, strict=True):
+            idx = torch.nonzero((targets == label) & (tasks == task)).flatten()
             sources = torch.stack([torch.full_like(idx, exp.current_experience), idx], dim=1)
-            group = self.buffer_groups.get(label)
+            group = self.buffer_groups.get(key)
             if group is None:
-                group = _ClassExemplars(label, self.per_class, self.selection_strategy)
-                self.buffer_groups[label] = group
+                group = _ClassExemplars(label, sizes[key], self.selection_strategy, task)
+                self.buffer_groups[key] = group
+            group.max_size = sizes[key]
             group.add(agent, data.subset(idx), sources)
-            self.seen_groups.add(label)
-        self.max_size = self.per_class * len(self.buffer_groups)
+            self.seen_groups.add(key)
+        self._update_max_size()
+
+    def _update_max_size(self) -> None:
+        groups = len(self.buffer_groups)
+        self.max_size = self.mem_size if self.mem_size is not None else self.per_class * groups
+
+    def _warn_if_short(self, sizes: dict) -> None:
+        empty = [k for k, n in sizes.items() if n == 0]
+        if empty and not self._short_warned:
+            self._short_warned = True
+            warnings.warn(
+                f"mem_size={self.mem_size} is smaller than the {len(sizes)} classes seen: "
+                f"{len(empty)} of them (the last seen, e.g. {empty[0]}) keep no exemplar. "
+                "Pass a larger mem_size, or per_class= for a memory that grows.",
+                UserWarning,
+                stacklevel=3,
+            )
+
+    def _key(self, task: int, label: int):
+        """The group of a sample: its class, or (task, class) in a task-aware memory."""
+        return (int(task), int(label)) if self.task_aware else int(label)
+
+    def _become_task_aware(self) -> None:
+        """Re-key the groups kept so far (all of task 0) as ``(0, class)``."""
+        self.task_aware = True
+        self.buffer_groups = {(0, int(k)): g for k, g in self.buffer_groups.items()}
+        self.seen_groups = set(self.buffer_groups)
 
     def _note_stream(self, exp) -> None:
         name = getattr(getattr(exp, "origin_stream", None), "name", None)
@@ -190,8 +288,22 @@ class SelectionBuffer(ParametricBuffer):
             )
 
     def resize(self, strategy, new_size: int) -> None:
-        """Avalanche semantics: ``new_size`` is the total, split equally over the seen classes."""
+        """Avalanche semantics: ``new_size`` is the total, split equally over the seen classes.
+
+        A ``mem_size`` memory keeps ``new_size`` as its fixed total (:func:`split_total`); a
+        ``per_class`` memory takes ``new_size // classes`` as its new ``per_class``. Groups
+        shrink to the prefix of their ranking (they cannot grow without their data)."""
         groups = max(1, len(self.buffer_groups))
+        if self.mem_size is not None:
+            self.mem_size = int(
+                check_number("memory", "mem_size", new_size, integer=True, minimum=1)
+            )
+            sizes = self.get_group_lengths(groups)
+            self._warn_if_short(dict(zip(self.buffer_groups, sizes, strict=False)))
+            for group, size in zip(self.buffer_groups.values(), sizes, strict=False):
+                group.resize(strategy, size)
+            self._update_max_size()
+            return
         per_class = new_size // groups
         if per_class < 1:
             raise ValueError(
@@ -201,24 +313,28 @@ class SelectionBuffer(ParametricBuffer):
         self.per_class = per_class
         for group in self.buffer_groups.values():
             group.resize(strategy, per_class)
-        self.max_size = per_class * len(self.buffer_groups)
+        self._update_max_size()
 
-    def exemplar_sources(self) -> dict[int, Tensor]:
-        """``{class: int64 [k, 2]}``: (experience id, index in its dataset) of each exemplar."""
+    def exemplar_sources(self) -> dict:
+        """``{class: int64 [k, 2]}`` (``{(task, class): ...}`` in a task-aware memory):
+        (experience id, index in its dataset) of each exemplar."""
         return {c: g.sources.clone() for c, g in self.buffer_groups.items()}
 
     def state_dict(self) -> dict:
         """The memory as plain tensors (loadable with ``torch.load(weights_only=True)``): per
         class, the sources of its exemplars in rank order, their labels and a fingerprint of
-        their images (:func:`image_fingerprint`), and the name of the stream they come from."""
-        classes = list(self.buffer_groups)
-        groups = [self.buffer_groups[c] for c in classes]
+        their images (:func:`image_fingerprint`), and the name of the stream they come from;
+        in a task-aware memory also the task of each group (the key is ``(task, class)``)."""
+        groups = list(self.buffer_groups.values())
         return {
             "format": STATE_FORMAT,
             "version": STATE_VERSION,
             "per_class": self.per_class,
+            "mem_size": self.mem_size,
             "stream": self.stream_name,
-            "classes": classes,
+            "task_aware": self.task_aware,
+            "classes": [g.label for g in groups],
+            "tasks": [g.task for g in groups],
             "sources": [g.sources.clone() for g in groups],
             "ranked": [g.ranked for g in groups],
             "labels": [dataset_targets(g.buffer) for g in groups],
@@ -230,13 +346,14 @@ class SelectionBuffer(ParametricBuffer):
         stream the exemplars were taken from (the benchmark's ``train_stream``, same class order
         and number of experiences; ``test_stream`` or another split is refused).
 
-        Every exemplar is checked: its experience and index exist in ``stream``, its label is
-        the saved one and its image has the saved fingerprint; the buffer is left unchanged when
-        a check fails.
+        Every exemplar is checked: its experience and index exist in ``stream``, its label
+        and task label are the saved ones (the group's key) and its image has the saved
+        fingerprint; the buffer is left unchanged when a check fails.
 
         Raises:
-            ValueError: not a selection-buffer state; no stream; another ``per_class``
-                (build the buffer with the saved one, then :meth:`resize`); another stream.
+            ValueError: not a selection-buffer state; no stream; another ``per_class`` or
+                ``mem_size`` (build the buffer with the saved one, then :meth:`resize`);
+                another stream.
         """
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise ValueError(
@@ -252,12 +369,20 @@ class SelectionBuffer(ParametricBuffer):
                 "a selection memory stores indices into the stream: pass stream=<the benchmark's "
                 "train_stream> to restore it."
             )
-        saved_per_class = state["per_class"]
-        if saved_per_class != self.per_class:
+        saved_per_class, saved_total = state["per_class"], state["mem_size"]
+        if (saved_per_class, saved_total) != (self.per_class, self.mem_size):
+            saved = (
+                f"per_class={saved_per_class}" if saved_total is None else f"mem_size={saved_total}"
+            )
+            mine = (
+                f"per_class={self.per_class}"
+                if self.mem_size is None
+                else f"mem_size={self.mem_size}"
+            )
             raise ValueError(
-                f"the saved memory keeps {saved_per_class} exemplars per class, this buffer "
-                f"{self.per_class}; restore into a buffer (or plugin) built with "
-                f"per_class={saved_per_class}, then resize it if you want another size."
+                f"the saved memory was built with {saved}, this buffer with {mine}; restore "
+                f"into a buffer (or plugin) built with {saved}, then resize it if you want "
+                "another size."
             )
         saved_name, name = state["stream"], getattr(stream, "name", None)
         # a memory built from an unnamed stream only refuses the test stream
@@ -268,8 +393,10 @@ class SelectionBuffer(ParametricBuffer):
                 f"{name!r} stream; restore with the stream the exemplars were taken from "
                 "(benchmark.train_stream for a memory built while training)."
             )
+        task_aware = bool(state["task_aware"])
         rows = zip(
             state["classes"],
+            state["tasks"],
             state["sources"],
             state["ranked"],
             state["labels"],
@@ -277,17 +404,22 @@ class SelectionBuffer(ParametricBuffer):
             strict=True,
         )
         experiences = find_experiences(stream, state["sources"])
+        sizes = self.get_group_lengths(len(state["classes"]))
         groups = {}
-        for label, sources, ranked, saved_labels, saved_print in rows:
-            group = _ClassExemplars(label, saved_per_class, self.selection_strategy)
+        for (label, task, sources, ranked, saved_labels, saved_print), size in zip(
+            rows, sizes, strict=True
+        ):
+            group = _ClassExemplars(label, size, self.selection_strategy, task)
             group.buffer, group.sources = (
                 gather_exemplars(experiences, sources, name),
                 sources.clone(),
             )
             check_restored_group(label, group, saved_labels, saved_print)
+            check_restored_task(group, task_aware)
             group.ranked = ranked
-            groups[label] = group
+            groups[(task, label) if task_aware else label] = group
         self.buffer_groups = groups
+        self.task_aware = task_aware
         self.seen_groups = set(groups)
         self.stream_name = saved_name if saved_name is not None else name
-        self.max_size = self.per_class * len(groups)
+        self._update_max_size()

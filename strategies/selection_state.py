@@ -11,12 +11,13 @@ import torch
 from avalanche.benchmarks.utils import AvalancheDataset, concat_datasets
 from torch import Tensor
 
-from replay_lcmat.strategies.datasets import dataset_targets, dataset_tensors
+from replay_lcmat.strategies.datasets import dataset_targets, dataset_task_labels, dataset_tensors
 
 STATE_FORMAT = "replay-lcmat/selection-buffer"
-# The one state layout read back: per class the sources, labels and image fingerprints of the
-# exemplars, and the stream name; any other version is refused.
-STATE_VERSION = 2
+# The one state layout read back: per group the class, task, sources, labels and image
+# fingerprints of the exemplars, whether groups are keyed by (task, class), and the stream name;
+# any other version is refused.
+STATE_VERSION = 3
 
 
 def image_fingerprint(data: AvalancheDataset) -> Tensor | None:
@@ -105,4 +106,25 @@ def check_restored_group(label: int, group, saved_labels, saved_print) -> None:
             f"sample {i} has another image than when the memory was saved ({int((~close).sum())} "
             f"of {len(close)} differ): other data, another split or other eval transforms. "
             "Restore with the stream the memory was built from."
+        )
+
+
+def check_restored_task(group, task_aware: bool) -> None:
+    """Raise unless the restored exemplars carry the task label of their group's key: every one
+    ``group.task`` in a task-aware memory (keyed by (task, class)), every one 0 otherwise."""
+    got = dataset_task_labels(group.buffer)
+    wrong = torch.nonzero(got != group.task).flatten()
+    if len(wrong):
+        j = int(wrong[0])
+        e, i = group.sources[j].tolist()
+        kind = (
+            f"task {group.task}'s class {group.label}"
+            if task_aware
+            else f"class {group.label} (a class-incremental memory, task 0)"
+        )
+        raise ValueError(
+            f"the stream does not match the memory: {kind} has an exemplar at experience {e}, "
+            f"sample {i} with task label {int(got[j])} in this stream ({len(wrong)} of "
+            f"{len(got)} exemplars differ). Restore with the stream the memory was built from "
+            "(the same task labels: task-incremental or class-incremental)."
         )

@@ -87,6 +87,13 @@ class SelectorExemplarsStrategy(ExemplarsSelectionStrategy):
             code) or ``"class-center"``; default
             :data:`replay_lcmat.selection.extract.DEFAULT_STATS`.
         batch_size: samples per batch when the data are read.
+        layer_name: the features are the output of this module of the model (a name of
+            ``model.named_modules()``, e.g. ``"features.2"``), flattened, read in eval mode
+            (BatchNorm running statistics; ``stats`` is not used), as the ``layer_name`` of
+            Avalanche's herding strategy. Only for selectors that rank by features alone
+            (``herding``, ``kcenter``): LCMat-S, Craig and the other gradient selectors take the
+            last linear layer's gradients and curvature (LCMat Sec. 3), whose input is the
+            default features. ``None``: the input of the last linear layer.
         **options: selector options, e.g. ``eps=0.05`` for LCMat-S.
     """
 
@@ -97,9 +104,12 @@ class SelectorExemplarsStrategy(ExemplarsSelectionStrategy):
         seed: int = 0,
         stats: str = DEFAULT_STATS,
         batch_size: int = 256,
+        layer_name: str | None = None,
         **options,
     ) -> None:
         check_stats(stats)
+        if layer_name is not None and not isinstance(layer_name, str):
+            raise ValueError(f"layer_name must be a module name (str) or None; got {layer_name!r}.")
         for name, value in (("seed", seed), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise ValueError(f"{name} must be an integer; got {value!r}.")
@@ -126,6 +136,14 @@ class SelectorExemplarsStrategy(ExemplarsSelectionStrategy):
         self.selector = name_or_selector
         self._selector = selector
         self.needs = tuple(getattr(selector, "needs", ("features", "logits")))
+        if layer_name is not None and self.needs != ("features",):
+            raise ValueError(
+                f"layer_name applies to selectors that rank by features alone (herding, kcenter); "
+                f"{name_or_selector!r} uses {' and '.join(self.needs) or 'no model outputs'}: "
+                "its gradients and curvature are the last linear layer's (LCMat Sec. 3), whose "
+                "input is the default feature layer. Drop layer_name."
+            )
+        self.layer_name = layer_name
         self.seed = seed
         self.stats = stats
         self.batch_size = batch_size
@@ -171,6 +189,8 @@ class SelectorExemplarsStrategy(ExemplarsSelectionStrategy):
         """Features and logits of the strategy's model; a multi-task model per task label, with
         logits of narrower heads padded with :data:`PAD_LOGIT`."""
         model = strategy.model
+        if self.layer_name is not None:
+            return self._layer_features(model, x, tasks, strategy.device), None
         if not isinstance(model, MultiTaskModule):
             out = extract_outputs(model, x, labels=labels, stats=self.stats, device=strategy.device)
             return out.features, out.logits
@@ -193,8 +213,43 @@ class SelectorExemplarsStrategy(ExemplarsSelectionStrategy):
             logits[rows, : out.logits.shape[1]] = out.logits
         return features, logits
 
+    def _layer_features(self, model: nn.Module, x: Tensor, tasks: Tensor, device) -> Tensor:
+        """The flattened output of the module ``layer_name`` for every sample, in eval mode, each
+        sample run with its task label on a multi-task model; the model's mode is restored."""
+        modules = dict(model.named_modules())
+        layer = modules.get(self.layer_name)
+        if layer is None:
+            names = [n for n in modules if n][:12]
+            raise ValueError(
+                f"layer_name {self.layer_name!r} is not a module of {type(model).__name__}; its "
+                f"modules include {names}."
+            )
+        captured: list[Tensor] = []
+        hook = layer.register_forward_hook(lambda _m, _i, out: captured.append(out.detach()))
+        modes = [(m, m.training) for m in model.modules()]  # restored module by module
+        features = None
+        try:
+            model.eval()
+            with torch.no_grad():
+                for task in torch.unique(tasks).tolist():
+                    rows = torch.nonzero(tasks == task).flatten()
+                    for batch in rows.split(self.batch_size):
+                        xb = x[batch].to(device)
+                        captured.clear()
+                        model(xb, task) if isinstance(model, MultiTaskModule) else model(xb)
+                        out = captured[-1].flatten(1).float().cpu()
+                        if features is None:
+                            features = torch.empty(len(x), out.shape[1])
+                        features[batch] = out
+        finally:
+            hook.remove()
+            for module, training in modes:
+                module.training = training
+        return features
+
     def __repr__(self) -> str:
+        layer = "" if self.layer_name is None else f", layer_name={self.layer_name!r}"
         return (
             f"SelectorExemplarsStrategy({self.selector!r}, seed={self.seed}, "
-            f"stats={self.stats!r}, {self.options})"
+            f"stats={self.stats!r}{layer}, {self.options})"
         )

@@ -133,7 +133,7 @@ def test_split_names_the_fix_for_a_model_that_needs_task_labels():
 
 def test_replay_with_simple_mlp_and_an_incremental_classifier_ranks_masked_logits(bench):
     model = _simple_mlp(IncrementalClassifier(HIDDEN, initial_out_features=1))
-    plugin = LCMatReplayPlugin(MEM, "lcmat-s", eps=0.01)  # the paper's facility location
+    plugin = LCMatReplayPlugin(MEM, "lcmat-s", eps=0.01)  # the paper's LCMat-S, as lcmat_s below
     strategy = _strategy(model, [plugin])
     for exp in bench.train_stream[:2]:
         strategy.train(exp)
@@ -178,7 +178,7 @@ def task_bench(digits):
 def test_multi_task_model_is_ranked_through_its_task_head(task_bench):
     with seeded(0):
         model = MTSimpleMLP(input_size=64, hidden_size=HIDDEN)
-    plugin = LCMatReplayPlugin(MEM, "lcmat-s", eps=0.01)  # the paper's LCMat-S
+    plugin = LCMatReplayPlugin(MEM, "lcmat-s", eps=0.01)  # the paper's LCMat-S, as lcmat_s below
     strategy = _strategy(model, [plugin])
     task_of = {}
     for exp in task_bench.train_stream[:3]:
@@ -297,7 +297,7 @@ def test_restore_of_an_online_memory_with_another_online_split(bench):
 
 @pytest.mark.slow
 def test_restore_into_another_per_class_is_refused(bench, saved):
-    with pytest.raises(ValueError, match="keeps 2 exemplars per class, this buffer 5"):
+    with pytest.raises(ValueError, match="built with per_class=2, this buffer with per_class=5"):
         LCMatReplayPlugin(5, "uniform").load_state_dict(saved, stream=bench.train_stream)
     plugin = LCMatReplayPlugin(MEM, "dm", iterations=1, progress=False)
     plugin.after_training_exp(_fake_strategy(bench.train_stream[0]))

@@ -16,6 +16,7 @@ from replay_lcmat.cli import main
 from replay_lcmat.cli.common import selection_model_outputs
 from replay_lcmat.data import load_dataset
 from replay_lcmat.memory import build_memory, select_exemplars
+from replay_lcmat.memory.policies import MEMORY_DEFAULTS
 from replay_lcmat.models import MLP
 from replay_lcmat.seeding import seeded
 from replay_lcmat.selection import SELECTORS, extract_outputs, make_selector
@@ -29,13 +30,11 @@ def _options(name: str) -> dict:
     return {"seed": SEED} if SELECTORS.entry(name).accepts("seed") else {}
 
 
-def _api(name, features, logits, labels, per_class=PER_CLASS, memory=False):
-    """The selector's picks; ``memory``: configured as a memory built by name is (with the
-    policy's MEMORY_DEFAULTS when no option is given)."""
-    from replay_lcmat.memory import memory_policy
-
-    options = memory_policy(name).selector_options({}) if memory else {}
-    return make_selector(name, **_options(name), **options).select(
+def _api(name, features, logits, labels, per_class=PER_CLASS, *, memory=False):
+    """The selector's picks; ``memory``: with the options a memory uses when none is given
+    (:data:`replay_lcmat.memory.policies.MEMORY_DEFAULTS`)."""
+    chosen = MEMORY_DEFAULTS.get(name, {}) if memory else {}
+    return make_selector(name, **_options(name), **chosen).select(
         features=features, logits=logits, labels=labels, per_class=per_class
     )
 
@@ -62,7 +61,7 @@ def test_removing_a_class_leaves_the_others_picks_unchanged(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_api_select_exemplars_and_build_memory_give_the_same_picks(name):
     features, logits, labels = golden_inputs()
-    expected = _api(name, features, logits, labels, memory=True)
+    expected = _api(name, features, logits, labels, memory=True)  # both are memory entry points
     picks, weights = select_exemplars(
         name,
         labels=labels,

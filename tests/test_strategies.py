@@ -108,7 +108,7 @@ def _check_memory_after_each_experience(bench, plugin, epochs=0):
 
 
 def test_selection_policy_keeps_real_exemplars_of_the_right_class(bench):
-    plugin = LCMatReplayPlugin(MEM, "lcmat-s", eps=0.01)  # the paper's LCMat-S
+    plugin = LCMatReplayPlugin(MEM, "lcmat-s", eps=0.01)  # the paper's LCMat-S, as lcmat_s below
     strategy = _check_memory_after_each_experience(bench, plugin)
     benchmark, train_set, _ = bench
     x, y, _ = _memory(plugin)

@@ -23,6 +23,7 @@ from replay_lcmat.selection import (
     SELECTORS,
     make_selector,
 )
+from replay_lcmat.selection.engine import class_progress
 from replay_lcmat.specs import parse_options
 
 
@@ -91,13 +92,14 @@ def _run(args: argparse.Namespace) -> int:
     _, outputs = selection_model_outputs(args, train_data, progress=progress)
     pretrain_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    result = selector.select(
-        features=outputs.features,
-        logits=outputs.logits,
-        labels=outputs.labels,
-        per_class=args.per_class,
-        fraction=args.fraction,
-    )
+    with class_progress(progress):  # the greedy step: one bar tick per class, with time left
+        result = selector.select(
+            features=outputs.features,
+            logits=outputs.logits,
+            labels=outputs.labels,
+            per_class=args.per_class,
+            fraction=args.fraction,
+        )
     select_seconds = time.perf_counter() - start
     labels = outputs.labels[result.indices]
     by_class = []

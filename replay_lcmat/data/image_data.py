@@ -63,6 +63,16 @@ class ImageData:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def __repr__(self) -> str:
+        """One line (shapes, dtype, classes, statistics), never the pixels: safe in logs."""
+        shape = "x".join(str(d) for d in self.images.shape)
+        stats = ", ".join(
+            f"{name}=({', '.join(f'{v:.4g}' for v in values)})"
+            for name, values in (("mean", self.mean), ("std", self.std))
+        )
+        dtype = str(self.images.dtype).removeprefix("torch.")
+        return f"ImageData(images {shape} {dtype}, {self.num_classes} classes, {stats})"
+
     @property
     def shape(self) -> tuple[int, int, int]:
         """``(C, H, W)`` of one image."""

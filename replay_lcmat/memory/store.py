@@ -198,4 +198,17 @@ class ClassMemory:
             raise CorruptDataError(f"{path}: {err}") from None
 
     def __repr__(self) -> str:
-        return f"ClassMemory({self.counts()})"
+        """One line (classes, exemplars per class, image shape and dtype), whatever the number of
+        classes."""
+        counts = sorted(set(self.counts().values()))
+        if not counts:
+            return "ClassMemory(empty)"
+        per = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+        first = self._images[self.classes()[0]]
+        shape = "x".join(str(d) for d in first.shape[1:])
+        dtype = str(first.dtype).removeprefix("torch.")
+        weighted = ", weighted" if any(w is not None for w in self._weights.values()) else ""
+        return (
+            f"ClassMemory({len(self.classes())} classes, {per} per class, "
+            f"{len(self)} images {shape} {dtype}{weighted})"
+        )

@@ -16,15 +16,18 @@ so the same selector, budget and seed give the same picks through any of them:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import numbers
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from replay_lcmat import distributed
 from replay_lcmat.seeding import derive_seed
@@ -139,6 +142,24 @@ def fit_budgets(sizes: Mapping[int, int], budgets: Mapping[int, int]) -> dict[in
     return {c: min(b, sizes[c]) for c, b in budgets.items()}
 
 
+# Whether select_classes shows a progress bar over classes (set by class_progress).
+_CLASS_PROGRESS: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "replay_lcmat_class_progress", default=False
+)
+
+
+@contextlib.contextmanager
+def class_progress(enabled: bool = True) -> Iterator[None]:
+    """Inside the block, every :func:`select_classes` (any selector's ``select``) shows a tqdm
+    bar over its classes, with the time left; for long greedy selections (a command line's
+    select step). Off by default, so library calls stay quiet."""
+    token = _CLASS_PROGRESS.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _CLASS_PROGRESS.reset(token)
+
+
 def select_classes(
     selector: ClassSelector,
     *,
@@ -182,12 +203,26 @@ def select_classes(
         return members[picks.to(members.device)].cpu(), None if weights is None else weights.cpu()
 
     keys = list(budgets)
-    results = distributed.map_classes(
-        one_class,
-        keys,
-        weights=[sizes[c] ** 2 for c in keys],
-        what=f"{selector.name} selection",
-    )
+    bar = None
+    if _CLASS_PROGRESS.get():  # under torch.distributed: this rank's share of the classes
+        bar = tqdm(total=len(keys), desc=f"{selector.name} selection", unit="class")
+
+        def one_class_shown(label: int, run=one_class) -> tuple[Tensor, Tensor | None]:
+            out = run(label)
+            bar.update(1)
+            return out
+
+        one_class = one_class_shown
+    try:
+        results = distributed.map_classes(
+            one_class,
+            keys,
+            weights=[sizes[c] ** 2 for c in keys],
+            what=f"{selector.name} selection",
+        )
+    finally:
+        if bar is not None:
+            bar.close()
     weights = [w for _, w in results]
     has_weights = all(w is not None for w in weights)
     return SelectionResult(

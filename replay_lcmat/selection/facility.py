@@ -424,8 +424,9 @@ def lcmat_s(
     features: Tensor,
     logits: Tensor,
     labels: Tensor,
-    per_class: int | Mapping[int, int],
+    per_class: int | Mapping[int, int] | None = None,
     *,
+    fraction: float | None = None,
     eps: float = 0.01,
     k_dims: int = 100,
     offset: float | str = "max",
@@ -439,7 +440,9 @@ def lcmat_s(
         features: penultimate features ``[n, d]`` of the selection model.
         logits: its logits ``[n, c]``.
         labels: int64 ``[n]``.
-        per_class: picks per class (int), or a mapping ``label -> picks``.
+        per_class / fraction: the budget, exactly one of the two: picks per class (int) or a
+            mapping ``label -> picks``, or a share of each class (as
+            :meth:`replay_lcmat.selection.Selector.select`).
         eps: weight of the Hessian L1 term (the paper's rho / 2); 0 gives Craig.
         k_dims: number of highest-variance diagonal-Hessian coordinates per class.
         offset: the constant C of ``s = C - d``: ``"max"`` or a float.
@@ -460,5 +463,5 @@ def lcmat_s(
         partitions=partitions,
     )
     return selector.select(
-        features=features, logits=logits, labels=labels, per_class=per_class
+        features=features, logits=logits, labels=labels, per_class=per_class, fraction=fraction
     ).indices
