@@ -34,6 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from replay_lcmat.data import RandomCropFlip, load_dataset
+from replay_lcmat.memory.store import class_mean_one
 from replay_lcmat.models import make_model
 from replay_lcmat.seeding import seeded
 from replay_lcmat.selection import (
@@ -214,16 +215,6 @@ def method_runs(
             options.setdefault("weighted", True)
         runs.append((label, name, options, check_stats(stats) if stats else "-", power))
     return runs
-
-
-def class_mean_one(weights: torch.Tensor, labels: torch.Tensor, power: float) -> torch.Tensor:
-    """``weights ** power`` scaled to mean 1 inside every class of ``labels``."""
-    w = weights.double().pow(power)
-    out = torch.empty_like(w)
-    for c in labels.unique().tolist():
-        mine = labels == c
-        out[mine] = w[mine] / w[mine].mean()
-    return out.float()
 
 
 def main(argv=None) -> int:

@@ -55,7 +55,7 @@ def test_coreset_benchmark_trains_weighted_methods_with_their_cluster_sizes(tmp_
 def test_class_mean_one_scales_each_class_to_mean_one():
     import torch
 
-    from replay_lcmat.benchmarks.coreset import class_mean_one
+    from replay_lcmat.memory.store import class_mean_one
 
     w = torch.tensor([1.0, 3.0, 4.0, 4.0, 1.0])
     labels = torch.tensor([0, 0, 1, 1, 1])

@@ -16,6 +16,18 @@ MEMORY_FORMAT = "replay-lcmat/class-memory"
 MEMORY_VERSION = 1
 
 
+def class_mean_one(weights: Tensor, labels: Tensor, power: float = 1.0) -> Tensor:
+    """Replay weights: ``weights ** power`` (1: cluster sizes, 0.5: tempered, 0: uniform)
+    scaled to mean 1 inside every class of ``labels``, so that weighting moves emphasis
+    between the exemplars of a class and never between classes. float32 ``[m]``."""
+    w = weights.double().pow(power)
+    out = torch.empty_like(w)
+    for c in torch.unique(labels).tolist():
+        mine = labels == c
+        out[mine] = w[mine] / w[mine].mean()
+    return out.float()
+
+
 class ClassMemory:
     """Exemplars stored per class, each class in rank order (first = most important).
 
@@ -136,11 +148,8 @@ class ClassMemory:
             raise ValueError("the memory is empty; build it first (build_memory or put).")
         if any(self._weights[c] is None for c in self.classes()):
             return None
-        parts = []
-        for c in self.classes():
-            w = self._weights[c].pow(power)
-            parts.append(w / w.mean())
-        return torch.cat(parts).float()
+        _, labels = self.tensors()
+        return class_mean_one(torch.cat([self._weights[c] for c in self.classes()]), labels, power)
 
     def state_dict(self) -> dict:
         """Plain tensors, ints and strings (loadable with ``torch.load(weights_only=True)``)."""

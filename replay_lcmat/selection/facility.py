@@ -340,29 +340,19 @@ class LCMatS(FacilityLocationSelector):
             )
 
     def select_class(self, inputs: ClassInputs, budget: int) -> tuple[Tensor, Tensor | None]:
+        if self.objective == "facility":
+            return super().select_class(inputs, budget)
         if self.objective == "bound":
-            order = bound_order(
-                inputs.features,
-                inputs.logits,
-                inputs.labels,
-                budget,
-                eps=self.eps,
-                k_dims=self.k_dims,
-                gap=self.gap,
-            )
-            return order, None
-        if self.objective == "joint":
-            order = joint_order(
-                inputs.features,
-                inputs.logits,
-                inputs.labels,
-                budget,
-                gradient_weight=self.gradient_weight,
-                curvature_weight=self.curvature_weight,
-                k_dims=self.k_dims,
-            )
-            return order, None
-        return super().select_class(inputs, budget)
+            options = {"eps": self.eps, "gap": self.gap}
+            order_of = bound_order
+        else:
+            options = {
+                "gradient_weight": self.gradient_weight,
+                "curvature_weight": self.curvature_weight,
+            }
+            order_of = joint_order
+        part = (inputs.features, inputs.logits, inputs.labels)
+        return order_of(*part, budget, k_dims=self.k_dims, **options), None  # unweighted
 
     def _per_point(self, d: int, c: int) -> int:
         k = min(self.k_dims, c * (d + 1)) if self.eps != 0 else 0
