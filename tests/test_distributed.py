@@ -35,7 +35,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 # ------------------------------------------------------------------------ the harness
-def _entry(rank: int, fn, store: str, ranks: int, out: str, args: tuple) -> None:
+def _entry(
+    rank: int, fn, store: str, ranks: int, out: str, args: tuple, settle: bool = True
+) -> None:
+    """Rank ``rank`` of a gloo group: ``fn(*args)``, its result (or error) saved to ``out``.
+
+    ``settle``: wait for every rank before tearing the group down, so that no rank destroys
+    its gloo context while another still talks to it (the fault scenarios, where a rank dies
+    or hangs on purpose, skip it)."""
     torch.set_num_threads(1)
     dist.init_process_group(
         "gloo",
@@ -50,6 +57,8 @@ def _entry(rank: int, fn, store: str, ranks: int, out: str, args: tuple) -> None
         except Exception as err:  # the test inspects what each rank raised
             result = {"raised": type(err).__name__, "message": str(err)}
         torch.save(result, Path(out) / f"rank{rank}.pt")
+        if settle:
+            dist.barrier()
     finally:
         dist.destroy_process_group()
 
@@ -406,7 +415,7 @@ def _spawn_with_a_fault(fn, tmp_path: Path) -> tuple[dict, float]:
     the ranks that are left are killed once rank 0 has answered."""
     context = mp.start_processes(
         _entry,
-        args=(fn, str(tmp_path / "store"), 2, str(tmp_path), ()),
+        args=(fn, str(tmp_path / "store"), 2, str(tmp_path), (), False),
         nprocs=2,
         join=False,
         start_method="spawn",
