@@ -18,6 +18,7 @@ from replay_lcmat.cli import main
 from replay_lcmat.data import load_dataset
 from replay_lcmat.data.folder import image_folder_files, load_image_folder
 from replay_lcmat.selection import LCMatS, lcmat_dissimilarity, make_selector, selection_subset
+from replay_lcmat.selection.record import selection_record
 from replay_lcmat.selection.report import curvature_share, selection_report
 from replay_lcmat.submodular import FacilityLocation, maximize
 
@@ -183,3 +184,41 @@ def test_selection_dataset_for_avalanche(tmp_path):
     x, label, task = data[4]
     ref_x, ref_label = reference[int(selection.indices[4])]
     assert np.array_equal(np.asarray(x), np.asarray(ref_x)) and label == ref_label and task == 2
+
+
+def test_cifar10_archive_indices_address_the_same_images_in_imagefolder(cifar10_archive, tmp_path):
+    """The real archive: a selection file made on it, read back through torchvision's
+    ImageFolder over the extracted train/ folder (same file names, same pixels)."""
+    cache = tmp_path / "cache"
+    train, _ = load_image_folder(cifar10_archive, cache_dir=cache, progress=False)
+    files = image_folder_files(cifar10_archive, cache_dir=cache)
+    with tarfile.open(cifar10_archive) as tar:
+        members = [m for m in tar.getmembers() if "/train/" in f"/{m.name}"]
+        tar.extractall(tmp_path / "x", members=members, filter="data")
+    (root,) = {p.parent for p in (tmp_path / "x").rglob("train")}
+    reference = ImageFolder(str(root / "train"))
+    assert [("/".join(p.split("/")[-2:]), t) for p, t in reference.samples] == [
+        (f, int(c)) for f, c in zip(files, train.labels.tolist(), strict=True)
+    ]
+    result = make_selector("uniform", seed=3).select(labels=train.labels, per_class=2)
+    record = selection_record_for(train, result, files)
+    (tmp_path / "u.json").write_text(json.dumps(record))
+    subset = selection_subset(tmp_path / "u.json", reference)
+    for k, i in enumerate(result.indices.tolist()):
+        image, label = subset[k]
+        assert torch.equal(torch.from_numpy(np.array(image)).permute(2, 0, 1), train.images[i])
+        assert label == int(train.labels[i])
+
+
+def selection_record_for(train, result, files):
+    return selection_record(
+        indices=result.indices,
+        labels=train.labels[result.indices],
+        classes=train.classes,
+        method="uniform",
+        options={"seed": 3},
+        seed=3,
+        data="cifar10-jpeg.tar.gz",
+        num_samples=len(train),
+        files=files,
+    )
