@@ -20,6 +20,7 @@ from replay_lcmat.diagnostics import (
 from replay_lcmat.files import read_torch_file
 from replay_lcmat.memory.store import MEMORY_FORMAT
 from replay_lcmat.selection.record import FORMAT as SELECTION_FORMAT
+from replay_lcmat.selection.record import load_selection
 
 RUN_FORMAT = "replay-lcmat/avalanche-run"  # replay_lcmat.strategies.save_run (the core never
 # imports the Avalanche adapters, so the name is repeated here)
@@ -143,7 +144,7 @@ def run_grid(args: argparse.Namespace) -> int:
     sets = []
     for kind, path in sources:
         if kind == "selection":
-            source = args.data or json.loads(Path(path).read_text()).get("data")
+            source = args.data or load_selection(path).data
             sets.append(selection_images(path, train_of(source) if source else None))
         else:
             train = train_of(args.data)

@@ -19,6 +19,7 @@ from replay_lcmat.selection.facility import (
 )
 from replay_lcmat.selection.record import Selection, load_selection, selection_subset
 from replay_lcmat.selection.registry import SELECTORS, available_selectors, make_selector
+from replay_lcmat.selection.report import curvature_share, selection_report
 
 __all__ = [
     "SELECTORS",
@@ -32,11 +33,13 @@ __all__ = [
     "Selector",
     "available_selectors",
     "class_budgets",
+    "curvature_share",
     "extract_outputs",
     "lcmat_dissimilarity",
     "lcmat_s",
     "load_selection",
     "make_selector",
     "pretrain_selection_model",
+    "selection_report",
     "selection_subset",
 ]
