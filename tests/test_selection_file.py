@@ -222,3 +222,15 @@ def selection_record_for(train, result, files):
         num_samples=len(train),
         files=files,
     )
+
+
+def test_curvature_share_grows_with_the_scale_of_the_features():
+    """README: lambda grows with h², g with h, so larger features (same logits) weigh the
+    curvature term more; ratio of the two terms ~ the scale once ||h|| >> 1."""
+    h, z, y = class_problem(n=30, scale=5.0)
+    small, large = (curvature_share(a * h, z, y, eps=0.01, k_dims=7) for a in (1.0, 10.0))
+    assert large.share > small.share
+    ratio = (large.curvature_mean / large.gradient_rms) / (
+        small.curvature_mean / small.gradient_rms
+    )
+    assert 8 < ratio < 10.5
