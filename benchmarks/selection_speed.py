@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import torch
 
 from ._common import (
@@ -116,11 +117,7 @@ def _rss_bytes() -> int:
 
 
 def _available_bytes() -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    return int(psutil.virtual_memory().available)
 
 
 def worker(spec: dict) -> dict:

@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Protocol
 
+import psutil
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -39,7 +40,6 @@ BLOCK_BYTES = 1 << 20
 # 10,000, 1.4-1.5 at 5,000 (those O(n d) temporaries weigh only where memory is no concern).
 # It was 3.3 before the blocked builder and greedy.
 FACILITY_PEAK_FACTOR = 1.2
-MEMINFO = "/proc/meminfo"
 # Process limits that cap what may be allocated whatever the host's free memory says (a
 # container's cgroup, a ulimit); module attributes so tests can point them at files of their own.
 PROC_CGROUP = "/proc/self/cgroup"
@@ -196,20 +196,12 @@ def rlimit_available_bytes() -> int | None:
 
 
 def _host_available_bytes() -> int | None:
+    """The host's available memory (``psutil``: ``MemAvailable`` on Linux, the equivalent
+    elsewhere); ``None`` when the platform does not say."""
     try:
-        import psutil
-    except ImportError:
-        pass
-    else:
         return int(psutil.virtual_memory().available)
-    try:
-        with open(MEMINFO) as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024  # the value is in kB
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+    except (psutil.Error, OSError, RuntimeError, AttributeError):
+        return None
 
 
 def available_memory_bytes(device: torch.device | str = "cpu") -> int | None:
@@ -217,8 +209,8 @@ def available_memory_bytes(device: torch.device | str = "cpu") -> int | None:
 
     ``REPLAY_LCMAT_MEMORY_LIMIT`` (bytes, or ``12G``, ``512M``), when set, is the answer for
     every device: it replaces what is detected. Otherwise, CUDA: free device memory plus what
-    PyTorch's cache holds unused. CPU: the smallest of the host's available memory (``psutil``,
-    else ``MemAvailable`` of ``/proc/meminfo``), what the memory cgroup still allows
+    PyTorch's cache holds unused. CPU: the smallest of the host's available memory (``psutil``:
+    ``MemAvailable`` on Linux), what the memory cgroup still allows
     (:func:`cgroup_available_bytes`: Docker, Kubernetes, SLURM) and what the address-space and
     data ulimits still allow (:func:`rlimit_available_bytes`); ``None`` when none is known.
     """

@@ -35,14 +35,23 @@ def _check_pair(images: Tensor, labels: Tensor) -> None:
     check_finite_images(images, "images")
 
 
-def _lr_factor(schedule: str, epochs: int, steps_per_epoch: int) -> Callable[[int], float]:
-    total = max(1, epochs * steps_per_epoch)
-    if schedule == "cosine":  # per step, from 1 down to 0 at the last step
-        return lambda step: 0.5 * (1.0 + math.cos(math.pi * step / total))
-    if schedule == "step":  # x0.1 from the halfway epoch on (DC/DM evaluation protocol)
-        half = (epochs // 2) * steps_per_epoch
-        return lambda step: 1.0 if step < half else 0.1
-    return lambda step: 1.0
+def lr_scheduler(
+    optimizer: torch.optim.Optimizer, schedule: str, *, epochs: int, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The per-step learning-rate schedule of :func:`train`, from ``torch.optim.lr_scheduler``.
+
+    ``"cosine"``: ``lr · ½ (1 + cos(π t / T))`` at step ``t`` of ``T = epochs · steps_per_epoch``
+    (``CosineAnnealingLR``, down to 0 after the last step); ``"step"``: ``lr`` then ``0.1 lr``
+    from the first step of epoch ``epochs // 2`` on (``MultiStepLR``; the DC/DM evaluation
+    protocol); ``"constant"``: None (no scheduler). Call ``.step()`` after every optimiser step.
+    """
+    if schedule == "cosine":
+        total = max(1, epochs * steps_per_epoch)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    if schedule == "step":
+        half = (epochs // 2) * steps_per_epoch  # 0 (one epoch): 0.1 lr from the first step
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[half], gamma=0.1)
+    return None
 
 
 def train(
@@ -102,9 +111,7 @@ def train(
     optimizer = torch.optim.SGD(
         model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_factor(schedule, epochs, steps_per_epoch)
-    )
+    scheduler = lr_scheduler(optimizer, schedule, epochs=epochs, steps_per_epoch=steps_per_epoch)
     loss_fn = nn.CrossEntropyLoss(reduction="none" if weights is not None else "mean")
     was_training = model.training
     model.train()
@@ -124,7 +131,8 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            scheduler.step()
+            if scheduler is not None:
+                scheduler.step()
             total += loss.item() * len(idx)
         bar.set_postfix(loss=f"{total / n:.4f}")
         if on_epoch is not None and on_epoch(epoch, model):

@@ -11,6 +11,8 @@
 - :class:`LCMatReplayPlugin`: replay with either, picked by policy name. With Avalanche's own
   ``ReplayPlugin`` pass ``mem_size=buffer.max_size`` (the buffers grow per class seen).
 - :class:`MemoryOnlyRetrainPlugin`: the paper's protocol (fresh model trained on memory only).
+- :func:`selection_dataset`: a saved selection (``replay-lcmat select``) of a torchvision
+  dataset as an Avalanche dataset.
 - :func:`tensor_benchmark`: class- (or task-) incremental benchmark from in-memory images (no
   download).
 - :func:`run_continual`: one whole run, accuracy after every experience.
@@ -20,7 +22,12 @@
 
 from replay_lcmat.strategies.checkpoint import load_run, save_run
 from replay_lcmat.strategies.condensed_buffer import CondensedClassBuffer
-from replay_lcmat.strategies.datasets import dataset_tensors, tensor_benchmark, tensor_dataset
+from replay_lcmat.strategies.datasets import (
+    dataset_tensors,
+    selection_dataset,
+    tensor_benchmark,
+    tensor_dataset,
+)
 from replay_lcmat.strategies.memory_only import MemoryOnlyRetrainPlugin
 from replay_lcmat.strategies.plugins import LCMatReplayPlugin, make_storage_policy
 from replay_lcmat.strategies.protocol import PROTOCOLS, run_continual, stream_accuracy
@@ -38,6 +45,7 @@ __all__ = [
     "make_storage_policy",
     "run_continual",
     "save_run",
+    "selection_dataset",
     "stream_accuracy",
     "tensor_benchmark",
     "tensor_dataset",

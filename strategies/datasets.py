@@ -1,5 +1,6 @@
-"""Between Avalanche datasets and plain tensors: read a dataset out, wrap tensors in, and build a
-class-incremental benchmark from :class:`replay_lcmat.data.ImageData` without any download."""
+"""Between Avalanche datasets and plain tensors: read a dataset out, wrap tensors in, build a
+class-incremental benchmark from :class:`replay_lcmat.data.ImageData` without any download, and
+turn a saved selection into an Avalanche dataset (:func:`selection_dataset`)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ import torch
 from avalanche.benchmarks.scenarios.deprecated.generators import nc_benchmark
 from avalanche.benchmarks.utils import AvalancheDataset, concat_datasets
 from avalanche.benchmarks.utils.classification_dataset import (
+    _make_taskaware_classification_dataset,
     _make_taskaware_tensor_classification_dataset,
 )
 from torch import Tensor
 from torch.utils.data import DataLoader
 
 from replay_lcmat.data import ImageData, class_order
+from replay_lcmat.selection.record import Selection, selection_subset
 
 
 def dataset_tensors(
@@ -67,6 +70,22 @@ def tensor_dataset(x: Tensor, y: Tensor, t: Tensor | int = 0) -> AvalancheDatase
     return _make_taskaware_tensor_classification_dataset(
         x.detach().cpu(), y, task_labels=t.tolist(), targets=y.tolist()
     )
+
+
+def selection_dataset(
+    selection: Selection | str, dataset, *, task_label: int = 0
+) -> AvalancheDataset:
+    """The selected samples of ``dataset`` as an Avalanche classification dataset whose items
+    are ``(x, y, task_label)`` like a stream's, in the selection's order.
+
+    Args:
+        selection: a :class:`~replay_lcmat.selection.Selection` or the path of a selection file.
+        dataset: the torchvision dataset it was made on, e.g. ``ImageFolder(<folder>/train,
+            transform=...)``; checked as in :func:`replay_lcmat.selection.selection_subset`
+            (size, labels, file names).
+    """
+    indices = selection_subset(selection, dataset).indices
+    return _make_taskaware_classification_dataset(dataset, task_labels=task_label).subset(indices)
 
 
 def tensor_benchmark(

@@ -72,3 +72,22 @@ def test_condense_rejects_options_of_other_methods(tmp_path, capsys):
         == 1
     )
     assert "per_class must be an int >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["dm", "lcmat-c"])
+def test_condense_says_its_cost_before_the_long_step(method, tmp_path, capsys):
+    outer, inner, iterations = 2, 3, 1
+    extra = ["--method", method, "--iterations", str(iterations), "--out", str(tmp_path / "a.pt")]
+    if method != "dm":
+        extra += ["--option", f"outer_loop={outer}", "--option", f"inner_loop={inner}"]
+    assert main(BASE + extra) == 0
+    out = capsys.readouterr().out
+    cost = out.split("\n")[0]
+    assert out.index(cost) < out.index("saved to")  # printed first
+    if method == "dm":
+        assert f"= {iterations * 10} steps" in cost
+    else:
+        steps = iterations * outer
+        assert f"= {steps} matching and {steps * inner} network steps" in cost
+        assert "--option outer_loop" in cost
+    assert "--iterations N" in cost and "--resume" in cost

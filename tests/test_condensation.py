@@ -300,14 +300,31 @@ def test_the_old_ipc_option_is_refused_with_its_new_place():
         make_condenser("dsa", iterations=1, ipc=2)
 
 
-def test_lcmat_c_needs_two_images_per_class():
+def test_lcmat_c_at_one_image_per_class_is_gradient_matching_plus_a_constant():
+    # the variance of one synthetic image is its population variance, 0: the term is
+    # ½ rho sum_k Var_k(G_real) (unbiased, by hand), with no gradient in the synthetic side
+    g = torch.Generator().manual_seed(3)
+    g_real = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    g_syn = torch.randn(1, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    rho = 0.3
+    mean = [sum(float(g_real[i, k]) for i in range(7)) / 7 for k in range(5)]
+    by_hand = sum(sum((float(g_real[i, k]) - mean[k]) ** 2 for i in range(7)) / 6 for k in range(5))
+    gap = gradient_variance_gap(g_real, g_syn, rho)
+    torch.testing.assert_close(float(gap.detach()), 0.5 * rho * by_hand)
+    (grad,) = torch.autograd.grad(gap, g_syn)
+    assert torch.equal(grad, torch.zeros_like(grad))
+    # so at per_class 1 LCMat-C takes plain gradient matching's steps, bit for bit
     images, labels = _data()
-    with pytest.raises(ValueError, match="per_class >= 2.*rho=0"):
-        make_condenser("lcmat-c", iterations=1, **GM_FAST).condense(images, labels, per_class=1)
-    # plain matching is fine
-    make_condenser("lcmat-c", iterations=0, rho=0.0, **GM_FAST).condense(
-        images, labels, per_class=1
-    )
+    runs = [
+        make_condenser("lcmat-c", iterations=2, seed=1, rho=rho, **GM_FAST).condense(
+            images, labels, per_class=1
+        )
+        for rho in (0.02, 0.0)
+    ]
+    assert runs[0].images.shape[0] == 3
+    assert torch.equal(runs[0].images, runs[1].images)
+    assert runs[0].losses != runs[1].losses  # the constant is in the loss
+    # the real side still needs two images per class for its variance
     images, labels = _data(per_class=1)
     with pytest.raises(ValueError, match="class 0 has 1 samples.*at least 2"):
         make_condenser("lcmat-c", iterations=1, **GM_FAST).condense(images, labels, per_class=2)

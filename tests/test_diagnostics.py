@@ -29,13 +29,13 @@ from replay_lcmat.diagnostics import (
     filter_normalized_direction,
     load_class_memory,
     load_condensed,
-    load_selection,
     loss_surface,
     memory_grid,
     plot_bound_terms,
     plot_curvature_spectrum,
     plot_loss_contours,
     plot_memory_grid,
+    selection_images,
     write_bound_csv,
 )
 from replay_lcmat.memory import ClassMemory
@@ -304,16 +304,15 @@ def test_memory_grid_denormalised_pixels_equal_source_images(digits):
 
 def test_memory_grid_from_selection_condensed_and_memory_files(tmp_path, digits):
     idx = torch.cat([digits.class_indices(c)[:2] for c in range(10)])
-    record = {
-        "data": "digits",
-        "method": "lcmat-s",
-        "by_class": [
+    record = selection_file(
+        "lcmat-s",
+        [
             {"label": c, "class": str(c), "indices": idx[2 * c : 2 * c + 2].tolist()}
             for c in range(10)
         ],
-    }
+    )
     (tmp_path / "sel.json").write_text(json.dumps(record))
-    selection = load_selection(tmp_path / "sel.json", digits)
+    selection = selection_images(tmp_path / "sel.json", digits)
     assert torch.equal(selection.images, digits.images[idx]) and selection.name == "lcmat-s"
     x, y = digits.normalized()[idx], digits.labels[idx]
     SyntheticSet(x + 0.1, y, "dm", {}, 0, 5).save(tmp_path / "syn.pt")
@@ -330,9 +329,9 @@ def test_memory_grid_from_selection_condensed_and_memory_files(tmp_path, digits)
     record["by_class"][0]["label"] = 1
     (tmp_path / "bad.json").write_text(json.dumps(record))
     with pytest.raises(ValueError, match="other data"):
-        load_selection(tmp_path / "bad.json", digits)
+        selection_images(tmp_path / "bad.json", digits)
     with pytest.raises(FileNotFoundError, match="replay-lcmat select"):
-        load_selection(tmp_path / "missing.json", digits)
+        selection_images(tmp_path / "missing.json", digits)
 
 
 # ----------------------------------------------------------------------------- spectrum
@@ -351,17 +350,19 @@ def test_curvature_spectrum_is_the_sorted_variance_of_one_class(tmp_path):
 
 
 # ----------------------------------------------------------------------------------- CLI
+def selection_file(method: str, groups: list[dict]) -> dict:
+    """A version-1 selection record of digits with these class groups."""
+    flat = [i for g in groups for i in g["indices"]]
+    return {"format": "replay-lcmat selection", "version": 1, "data": "digits", "method": method, "indices": flat, "by_class": groups}  # fmt: skip
+
+
 MODEL = ["--data", "digits", "--model", "mlp", "--pretrain-epochs", "1", "--no-progress"]
 
 
 @pytest.mark.slow
 def test_inspect_cli_writes_every_picture(tmp_path, digits, capsys):
     idx = [digits.class_indices(c)[:3].tolist() for c in range(10)]
-    record = {
-        "data": "digits",
-        "method": "uniform",
-        "by_class": [{"label": c, "indices": idx[c]} for c in range(10)],
-    }
+    record = selection_file("uniform", [{"label": c, "indices": idx[c]} for c in range(10)])
     sel = tmp_path / "uniform.json"
     sel.write_text(json.dumps(record))
     assert main(["inspect", "grid", "--selection", str(sel), str(sel), "--out", str(tmp_path / "g.png")]) == 0  # fmt: skip
@@ -415,12 +416,31 @@ def test_inspect_cli_errors_name_the_fix(tmp_path, capsys):
     assert main(["inspect", "bounds", *MODEL, "--methods", "uniform", "--fraction", "2", "--out", out]) == 1  # fmt: skip
     assert "--fraction must be in (0, 1]" in capsys.readouterr().err
     empty = tmp_path / "empty.json"
-    empty.write_text(json.dumps({"data": "digits", "method": "uniform", "by_class": []}))
+    empty.write_text(json.dumps(selection_file("uniform", [])))
     assert main(["inspect", "grid", "--selection", str(empty), "--out", out]) == 1
     assert "hold no images" in capsys.readouterr().err
     binary = tmp_path / "x.pt"  # a condensed set passed as a selection: name the file and flag
     binary.write_bytes(b"PK\x03\x04\x80\xff\xfe binary")
     assert main(["inspect", "grid", "--selection", str(binary), "--out", out]) == 1
     err = capsys.readouterr().err
-    assert f"{binary} is not a selection JSON" in err and "--condensed" in err
-    assert "codec" not in err
+    assert f"{binary} is neither JSON nor a torch file" in err and "codec" not in err
+
+
+def test_inspect_names_the_kind_of_a_file_given_to_the_wrong_option(tmp_path, digits, capsys):
+    out = str(tmp_path / "g.png")
+    sel = tmp_path / "sel.json"
+    sel.write_text(json.dumps(selection_file("uniform", [{"label": 0, "indices": [0]}])))
+    memory = ClassMemory()
+    memory.put(0, digits.normalized()[:2], sources=torch.arange(2))
+    memory.save(tmp_path / "mem.pt")
+    torch.save({"format": "replay-lcmat/avalanche-run", "version": 1}, tmp_path / "run.pt")
+    data = ["--data", "digits"]
+    cases = [
+        (["--selection", str(tmp_path / "mem.pt")], "mem.pt is a class memory", "--memory"),
+        ([*data, "--condensed", str(sel)], "sel.json is a selection file", "--selection"),
+        ([*data, "--memory", str(tmp_path / "run.pt")], "run.pt is an Avalanche run", "load_run"),
+    ]
+    for argv, kind, fix in cases:
+        assert main(["inspect", "grid", *argv, "--out", out]) == 1
+        err = capsys.readouterr().err
+        assert kind in err and fix in err, err

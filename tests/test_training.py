@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -51,3 +53,32 @@ def test_schedules_and_bad_input(digits):
         train(model, (x * 10).to(torch.uint8), y, epochs=1)
     with pytest.raises(ValueError, match="5 images but 4 labels"):
         evaluate(model, x[:5], y[:4])
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "step", "constant"])
+@pytest.mark.parametrize("epochs", [1, 3, 4])
+def test_per_step_learning_rates_follow_the_schedule_formulas(
+    digits, monkeypatch, schedule, epochs
+):
+    """The lr of every optimiser step, recorded, against the closed forms written out here."""
+    x, y = digits[0][:40], digits[1][:40]
+    seen = []
+    step = torch.optim.SGD.step
+
+    def recording_step(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", recording_step)
+    model = MLP(64, 10, hidden=(8,))
+    train(model, x, y, epochs=epochs, lr=0.2, batch_size=16, schedule=schedule, progress=False)
+    per_epoch = 3  # ceil(40 / 16)
+    total = epochs * per_epoch
+    if schedule == "cosine":
+        expected = [0.2 * 0.5 * (1 + math.cos(math.pi * t / total)) for t in range(total)]
+    elif schedule == "step":
+        expected = [0.2 if t < (epochs // 2) * per_epoch else 0.02 for t in range(total)]
+    else:
+        expected = [0.2] * total
+    assert len(seen) == total
+    torch.testing.assert_close(seen, expected, rtol=1e-12, atol=1e-15)

@@ -82,6 +82,41 @@ def checkpoint_path(out: Path) -> Path:
     return out.with_name(out.name + ".ckpt")
 
 
+def expected_cost(condenser, args: argparse.Namespace, num_classes: int) -> str:
+    """One line, printed before the long step: how many steps the run takes and how to lower it.
+
+    Gradient matching (DC, DSA, LCMat-C) does ``outer_loop`` matching steps per iteration, each a
+    forward/backward pass per class on real and synthetic images, with ``inner_loop`` network
+    steps between them; DM does one embedding step per class per iteration.
+    """
+    iterations = condenser.iterations
+    classes = len(args.classes) if args.classes else num_classes
+    loops = getattr(condenser, "loops", None)
+    if loops is not None:
+        outer, inner = loops(args.per_class)
+        steps = iterations * outer
+        detail = (
+            f"{iterations} iterations x {outer} matching steps (each over {classes} classes, "
+            f"then {inner} network steps) = {steps:,} matching and {steps * inner:,} network "
+            "steps"
+        )
+    else:
+        detail = f"{iterations} iterations x {classes} classes = {iterations * classes:,} steps"
+    every = condenser.checkpoint_every
+    return (
+        f"{args.method}: {detail} on {args.device}, with a progress bar and its time left. "
+        "Lower the cost with --iterations N (the published value is the default)"
+        + (", or --option outer_loop=... / inner_loop=..." if loops is not None else "")
+        + (
+            f"; a checkpoint every {every} iterations in {checkpoint_path(Path(args.out))} lets "
+            "you stop and --resume it"
+            if every
+            else ""
+        )
+        + "."
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     # every check that needs no data comes first: options, --resume, --out
     out = check_output_path(args.out)
@@ -120,6 +155,8 @@ def run(args: argparse.Namespace) -> int:
             per_class=args.per_class,
             path=out,
         )
+        if distributed.is_writer():
+            print(expected_cost(condenser, args, train.labels.unique().numel()))
         start = time.perf_counter()
         result = condenser.condense(
             images, train.labels, per_class=args.per_class, resume=args.resume

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -15,26 +14,21 @@ from replay_lcmat.cli.common import (
     check_output_path,
     selection_model_outputs,
 )
-from replay_lcmat.data import load_dataset
+from replay_lcmat.cli.inspect_grid import check_kind, load_train, run_grid, unique_names
 from replay_lcmat.devices import default_device
 from replay_lcmat.diagnostics import (
     bound_markdown,
     compare_subsets,
     curvature_spectrum,
-    load_class_memory,
-    load_condensed,
-    load_selection,
     loss_surface,
     plot_bound_terms,
     plot_curvature_spectrum,
     plot_loss_contours,
-    plot_memory_grid,
-    read_selection,
     top_k_share,
     write_bound_csv,
 )
-from replay_lcmat.diagnostics.sources import check_selection_labels
-from replay_lcmat.selection import SELECTORS, make_selector
+from replay_lcmat.selection import SELECTORS, load_selection, make_selector
+from replay_lcmat.selection.record import check_labels
 from replay_lcmat.specs import parse_policy
 
 PICTURES = ("grid", "bounds", "contours", "spectrum")
@@ -206,80 +200,10 @@ def run(args: argparse.Namespace) -> int:
     return modes[args.picture](args)
 
 
-def _load_train(args: argparse.Namespace, source: str | None = None):
-    train, _ = load_dataset(
-        source or args.data,
-        root=args.data_root,
-        download=args.download,
-        cache_dir=args.cache_dir,
-        progress=False,
-    )
-    return train
-
-
-def _unique_names(names: list[str], paths: list[str]) -> list[str]:
-    """Names as given; where two are equal the file stem is appended, then a number."""
-    out = [
-        f"{name} ({Path(path).stem})" if names.count(name) > 1 else name
-        for name, path in zip(names, paths, strict=True)
-    ]
-    return [f"{n} #{out[:i].count(n) + 1}" if out.count(n) > 1 else n for i, n in enumerate(out)]
-
-
-def run_grid(args: argparse.Namespace) -> int:
-    sources = (
-        [("selection", p) for p in args.selection]
-        + [("condensed", p) for p in args.condensed]
-        + [("memory", p) for p in args.memory]
-    )
-    if not sources:
-        raise ValueError("nothing to show; pass --selection, --condensed and/or --memory files.")
-    if args.names is not None and len(args.names) != len(sources):
-        raise ValueError(
-            f"{len(args.names)} --names for {len(sources)} sources; give one name per file, in "
-            "the order --selection, --condensed, --memory."
-        )
-    if (args.condensed or args.memory) and args.data is None:
-        raise ValueError(
-            "--condensed and --memory files hold normalised images without statistics: pass "
-            "--data (the dataset they were made from) for its mean/std and class names."
-        )
-    datasets: dict[str, object] = {}
-
-    def train_of(source: str):
-        if source not in datasets:
-            datasets[source] = _load_train(args, source)
-        return datasets[source]
-
-    sets = []
-    for kind, path in sources:
-        if kind == "selection":
-            record, _ = read_selection(path)
-            source = args.data or record.get("data")
-            if source is None:
-                raise ValueError(f"{path} does not name its data; pass --data.")
-            sets.append(load_selection(path, train_of(source)))
-        else:
-            train = train_of(args.data)
-            load = load_condensed if kind == "condensed" else load_class_memory
-            sets.append(load(path, mean=train.mean, std=train.std, classes=train.classes))
-    names = args.names or _unique_names([s.name for s in sets], [p for _, p in sources])
-    sets = [replace(s, name=n) for s, n in zip(sets, names, strict=True)]
-    out = plot_memory_grid(
-        sets,
-        args.out,
-        max_per_class=args.max_per_class,
-        columns=args.columns,
-        classes=args.classes,
-    )
-    print(f"memory grid of {', '.join(names)} written to {out}")
-    return 0
-
-
 def _selection_model(args: argparse.Namespace, train=None):
     """``(train, model, outputs)``: θ trained on the training split (loaded from --data unless
     given) and its outputs."""
-    train = _load_train(args) if train is None else train
+    train = load_train(args) if train is None else train
     model, outputs = selection_model_outputs(args, train, progress=args.progress)
     return train, model, outputs
 
@@ -298,10 +222,7 @@ def _check_subset_arguments(args: argparse.Namespace, required: bool) -> list:
             options.setdefault("seed", args.seed)
         selectors.append((spec, make_selector(name, **options)))
     for path in args.selection:
-        if not Path(path).is_file():
-            raise FileNotFoundError(
-                f"no selection file at {path}; write one with `replay-lcmat select --out`."
-            )
+        check_kind(path, "selection")
     return selectors
 
 
@@ -312,16 +233,12 @@ def _subsets(
     --selection files and --methods."""
     names, paths, indices, weights = [], [], [], []
     for path in args.selection:
-        record, idx = read_selection(path)
-        check_selection_labels(record, idx, outputs.labels, path)
-        names.append(str(record.get("method", Path(path).stem)))
+        selection = load_selection(path)
+        check_labels(selection, outputs.labels, "the training split of --data")
+        names.append(selection.method)
         paths.append(path)
-        indices.append(idx)
-        entries = record["by_class"]
-        has_weights = all("weights" in e for e in entries)
-        weights.append(
-            torch.tensor([float(v) for e in entries for v in e["weights"]]) if has_weights else None
-        )
+        indices.append(selection.indices)
+        weights.append(None if selection.weights is None else selection.weights.float())
     for spec, selector in selectors:
         result = selector.select(
             features=outputs.features,
@@ -334,7 +251,7 @@ def _subsets(
         paths.append(spec)
         indices.append(result.indices)
         weights.append(result.weights)
-    names = _unique_names(names, paths)
+    names = unique_names(names, paths)
     return dict(zip(names, indices, strict=True)), dict(zip(names, weights, strict=True))
 
 
@@ -398,7 +315,7 @@ def run_contours(args: argparse.Namespace) -> int:
 def run_spectrum(args: argparse.Namespace) -> int:
     if args.k_dims < 1:
         raise ValueError(f"--k-dims must be >= 1; got {args.k_dims}.")
-    train = _load_train(args)
+    train = load_train(args)
     missing = [c for c in args.classes if not 0 <= c < train.num_classes]
     if missing:
         raise ValueError(

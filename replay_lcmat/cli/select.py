@@ -16,7 +16,8 @@ from replay_lcmat.cli.common import (
     check_output_path,
     selection_model_outputs,
 )
-from replay_lcmat.data import load_dataset
+from replay_lcmat.data import DATASET_NAMES, load_dataset
+from replay_lcmat.data.folder import image_folder_files
 from replay_lcmat.devices import default_device
 from replay_lcmat.files import atomic_write_text, exclusive_output
 from replay_lcmat.selection import (
@@ -24,6 +25,8 @@ from replay_lcmat.selection import (
     make_selector,
 )
 from replay_lcmat.selection.engine import class_progress
+from replay_lcmat.selection.record import selection_record
+from replay_lcmat.selection.report import selection_report
 from replay_lcmat.specs import parse_options
 
 
@@ -32,8 +35,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "select",
         help="select a class-balanced coreset (lcmat-s, craig, uniform, ...) and save its indices",
         description="Train a selection model on the training split for --pretrain-epochs, extract "
-        "features and logits once, select with --method, and write the indices grouped by class, "
-        "the options and the seed to --out (JSON).",
+        "features and logits once, select with --method, and write a selection file to --out "
+        "(JSON, read with replay_lcmat.load_selection): the indices in pick order, per class "
+        "with weights, greedy gains and file names where there are any, the options and the "
+        "seed. For lcmat-s it also reports per class the curvature term's share of the "
+        "dissimilarity and the overlap with the eps=0 (gradient-only) picks.",
     )
     add_data_arguments(parser)
     parser.add_argument("--method", required=True, choices=list(SELECTORS))
@@ -52,6 +58,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="JSON file for the selection")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing --out (default: refuse)"
+    )
+    parser.add_argument(
+        "--compare-eps0",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="lcmat-s: also select with eps=0 to report the overlap (costs a second selection)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=default_device())
@@ -101,26 +113,34 @@ def _run(args: argparse.Namespace) -> int:
             fraction=args.fraction,
         )
     select_seconds = time.perf_counter() - start
-    labels = outputs.labels[result.indices]
-    by_class = []
-    for label in labels.unique().tolist():
-        mask = labels == label
-        entry = {
-            "label": label,
-            "class": train_data.classes[label],
-            "indices": result.indices[mask].tolist(),
-        }
-        if result.weights is not None:
-            entry["weights"] = result.weights[mask].tolist()
-        by_class.append(entry)
-    record = {
-        "data": str(args.data),
-        "method": args.method,
-        "options": selector.get_params(),
-        "fraction": args.fraction,
-        "per_class": args.per_class,
-        "seed": args.seed,
-        "pretrain": {
+    gains, report = selection_report(
+        selector,
+        result,
+        features=outputs.features,
+        logits=outputs.logits,
+        labels=outputs.labels,
+        compare_eps0=args.compare_eps0,
+    )
+    source = Path(str(args.data)).expanduser()
+    files = None
+    if str(args.data) not in DATASET_NAMES and source.exists():
+        files = image_folder_files(source, cache_dir=args.cache_dir, progress=False)
+    record = selection_record(
+        indices=result.indices,
+        labels=outputs.labels[result.indices].cpu(),
+        classes=train_data.classes,
+        method=args.method,
+        options=selector.get_params(),
+        seed=args.seed,
+        data=str(args.data),
+        num_samples=len(train_data),
+        weights=result.weights,
+        gains=gains,
+        files=files,
+        report=report,
+        fraction=args.fraction,
+        per_class=args.per_class,
+        pretrain={
             "model": args.model,
             "width": args.width,
             "epochs": args.pretrain_epochs,
@@ -129,12 +149,9 @@ def _run(args: argparse.Namespace) -> int:
             "augment": args.pretrain_augment,
             "early_stop": args.pretrain_early_stop,
         },
-        "stats": args.stats,
-        "indices_refer_to": "the training split as returned by replay_lcmat.data.load_dataset",
-        "num_selected": len(result.indices),
-        "by_class": by_class,
-        "seconds": {"pretrain_and_extract": pretrain_seconds, "select": select_seconds},
-    }
+        stats=args.stats,
+        seconds={"pretrain_and_extract": pretrain_seconds, "select": select_seconds},
+    )
     # every rank got here: rank 0 writes only a result all ranks finished
     distributed.check_peers("the end of select, before rank 0 writes --out")
     if not distributed.is_writer():
@@ -142,7 +159,33 @@ def _run(args: argparse.Namespace) -> int:
     atomic_write_text(args.out, json.dumps(record, indent=1) + "\n")
     print(
         f"{args.method}: {len(result.indices)} of {len(train_data)} samples "
-        f"({len(by_class)} classes) written to {args.out}; pretrain+extract "
+        f"({len(record['by_class'])} classes) written to {args.out}; pretrain+extract "
         f"{pretrain_seconds:.1f} s, select {select_seconds:.1f} s on {args.device}"
     )
+    if report:
+        print(report_lines(report, train_data.classes))
     return 0
+
+
+def report_lines(report: dict[int, dict[str, float]], classes: tuple[str, ...]) -> str:
+    """LCMat-S's per-class report as text: the curvature term's share of d (a lower bound, see
+    :func:`replay_lcmat.selection.report.curvature_share`) and the overlap with eps=0."""
+    lines = ["class: curvature share of d (lower bound) | overlap with eps=0 picks"]
+    for label, entry in report.items():
+        share = entry.get("curvature_share")
+        overlap = entry.get("eps0_overlap")
+        lines.append(
+            f"  {label} ({classes[label]}): "
+            + ("-" if share is None else f"{100 * share:.1f}%")
+            + " | "
+            + ("-" if overlap is None else f"{100 * overlap:.0f}%")
+        )
+    overlaps = [e["eps0_overlap"] for e in report.values() if "eps0_overlap" in e]
+    if overlaps and min(overlaps) == 1.0:
+        lines.append(
+            "every class picked exactly what eps=0 (Craig) picks: the curvature term is too "
+            "small for these features; raise eps (e.g. --option eps=0.1), or in a continual run "
+            'let the memory policy "lcmat-s[eps=auto]" choose it on held-out data (README, "What '
+            'LCMat-S adds").'
+        )
+    return "\n".join(lines)

@@ -76,8 +76,10 @@ class GradientMatchingCondenser(Condenser):
     """Gradient matching (+ LCMat-C's curvature term when ``rho > 0``).
 
     Args (besides :class:`Condenser`'s):
-        rho: weight ρ of ``½ ρ Σ |Var_T − Var_S|`` (0 = plain gradient matching); needs
-            per_class >= 2 and at least 2 real images per class when positive.
+        rho: weight ρ of ``½ ρ Σ |Var_T − Var_S|`` (0 = plain gradient matching); needs at
+            least 2 real images per class when positive. At per_class 1 the synthetic variance
+            is 0 and the term a constant (see
+            :func:`~replay_lcmat.condensation.objectives.gradient_variance_gap`).
         outer_loop, inner_loop: matching steps per network / network steps between them
             (``None``: DC's values for the budget, see :func:`default_loops`).
         lr_net: SGD learning rate of the network steps.
@@ -115,16 +117,6 @@ class GradientMatchingCondenser(Condenser):
             outer_default if self.outer_loop is None else self.outer_loop,
             inner_default if self.inner_loop is None else self.inner_loop,
         )
-
-    def check_budget(self, per_class: object) -> int:
-        per_class = super().check_budget(per_class)
-        if self.rho > 0 and per_class < 2:
-            raise ValueError(
-                f"the variance term of {self.method} needs per_class >= 2 (an unbiased variance "
-                f"of one image is undefined); got per_class={per_class}. Use per_class >= 2 or "
-                "rho=0."
-            )
-        return per_class
 
     def _min_real_per_class(self) -> int:
         return 2 if self.rho > 0 else 1

@@ -49,24 +49,32 @@ def layerwise_distance(real: Sequence[Tensor], synthetic: Sequence[Tensor]) -> T
 
 
 def gradient_variance_gap(real_grads: Tensor, synthetic_grads: Tensor, rho: float) -> Tensor:
-    """LCMat-C's curvature term ``½ ρ Σ_k |Var(G^T)_k − Var(G^S)_k|``.
+    """LCMat-C's curvature term ``½ ρ Σ_k |Var(G^T)_k − Var(G^S)_k|`` (paper Eq. 15).
+
+    ``Var`` is the per-coordinate variance of the per-sample gradients of one class: unbiased
+    (divide by ``n − 1``) for ``n >= 2`` samples, and for a single sample its population
+    variance, 0 (one point has no spread; the unbiased estimate 0/0 is undefined).
+
+    What Eq. 15 then means at one synthetic image per class (ipc 1): ``Var(G^S) = 0``, so the
+    term is ``½ ρ Σ_k Var(G^T)_k``, the real class's gradient variance, a constant in the
+    synthetic image: its gradient with respect to the image is exactly zero and LCMat-C at ipc 1
+    takes the same steps as plain gradient matching (its loss is shifted by that constant).
+    The curvature match needs at least two synthetic images per class to act.
 
     Args:
-        real_grads: per-sample gradients of the real class batch, ``[n, D]`` (n >= 2).
-        synthetic_grads: per-sample gradients of the synthetic class batch, ``[m, D]`` (m >= 2).
+        real_grads: per-sample gradients of the real class batch, ``[n, D]``, ``n >= 1``.
+        synthetic_grads: per-sample gradients of the synthetic class batch, ``[m, D]``, ``m >= 1``.
         rho: neighbourhood radius ρ (>= 0).
 
     Returns:
-        Scalar; variances are per coordinate and unbiased (divide by n − 1).
+        Scalar.
     """
     for name, grads in (("real", real_grads), ("synthetic", synthetic_grads)):
-        if grads.dim() != 2 or grads.shape[0] < 2:
+        if grads.dim() != 2 or grads.shape[0] < 1:
             raise ValueError(
-                f"{name} per-sample gradients must be [n >= 2, D] for an unbiased variance, got "
-                f"{tuple(grads.shape)}; use at least 2 images per class (ipc >= 2) or rho=0."
+                f"{name} per-sample gradients must be [n >= 1, D]; got {tuple(grads.shape)}."
             )
-    var_real = real_grads.var(dim=0, unbiased=True)
-    var_syn = synthetic_grads.var(dim=0, unbiased=True)
+    var_real, var_syn = (g.var(dim=0, unbiased=len(g) >= 2) for g in (real_grads, synthetic_grads))
     return 0.5 * rho * (var_real - var_syn).abs().sum()
 
 

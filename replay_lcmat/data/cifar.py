@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import socket
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,18 +31,12 @@ def _socket_timeout(seconds: float):
         socket.setdefaulttimeout(previous)
 
 
-def _md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _damage(dataset_cls: type, root: Path) -> list[str] | None:
     """What is wrong with torchvision's extracted folder under ``root``: None when there is no
     such folder, else one line per batch or meta file that is missing or fails its MD5 checksum
     (torchvision's own check reports both as "not found or corrupted")."""
+    from torchvision.datasets.utils import check_integrity  # torchvision loads on first use
+
     folder = root / dataset_cls.base_folder
     if not folder.is_dir():
         return None
@@ -57,7 +50,7 @@ def _damage(dataset_cls: type, root: Path) -> list[str] | None:
         path = folder / name
         if not path.is_file():
             problems.append(f"{path} is missing")
-        elif _md5(path) != md5:
+        elif not check_integrity(path, md5):  # torchvision's MD5 check
             problems.append(f"{path} is corrupt (truncated or damaged: its MD5 checksum differs)")
     return problems
 

@@ -47,7 +47,7 @@ _CACHE_KEYS = {
     "classes",
     "mean",
     "std",
-    *(f"{s}_{k}" for s in SPLITS for k in ("images", "labels")),
+    *(f"{s}_{k}" for s in SPLITS for k in ("images", "labels", "files")),
 }
 _EXAMPLES = 3  # paths named in a message about many files
 
@@ -395,13 +395,29 @@ def _decode_source(
     if source.is_dir():
         folder = folder if folder is not None else _scan_folder(source)
         order = sorted(e.name for e in folder.entries if not e.is_dir)
-        return decode_plan(
+        arrays = decode_plan(
             source, folder.plan, order, lambda name: (source / name).read_bytes(), progress, SPLITS
         )
+        return _with_files(arrays, folder.plan)
     with _open_tar(source) as tar:
         entries, payloads = _read_tar(tar, source)
     plan = _plan(source, entries)
-    return decode_plan(source, plan, list(payloads), payloads.pop, progress, SPLITS)
+    return _with_files(
+        decode_plan(source, plan, list(payloads), payloads.pop, progress, SPLITS), plan
+    )
+
+
+def _with_files(
+    arrays: dict[str, np.ndarray], plan: dict[str, dict[str, list[str]]]
+) -> dict[str, np.ndarray]:
+    """Add ``<split>_files``: ``<class>/<file name>`` of every image, in the arrays' order
+    (classes sorted, files sorted by name: the order of :func:`decode_plan`)."""
+    classes = [str(c) for c in arrays["classes"]]
+    for split in SPLITS:
+        arrays[f"{split}_files"] = np.array(
+            [f"{c}/{_parts(n)[-1]}" for c in classes for n in plan[split].get(c, [])]
+        )
+    return arrays
 
 
 # ---------------------------------------------------------------------------------------------
@@ -418,13 +434,56 @@ def _scan_folder(root: Path) -> _Folder:
     return _Folder(entries, _plan(root, entries))
 
 
+def _load_arrays(
+    path: str | Path, cache_dir: str | Path | None, progress: bool
+) -> dict[str, np.ndarray]:
+    """The cached arrays of a source (decoded on a cache miss)."""
+    source = Path(path).expanduser()
+    if not source.exists():
+        raise FileNotFoundError(
+            f"data path {str(source)!r} does not exist. Pass an ImageFolder directory with "
+            "train/ and test/ inside, a .tar.gz of one, or a dataset name (cifar10, cifar100, "
+            "digits)."
+        )
+    folder = _scan_folder(source) if source.is_dir() else None  # layout checked on every load
+    cache = cache_file(source, Path(cache_dir) if cache_dir else default_cache_dir(), folder)
+    arrays = read_cache(cache, _CACHE_KEYS)
+    if arrays is None:
+        arrays = _decode_source(source, progress, folder)
+        write_cache(cache, arrays)
+    return arrays
+
+
+def image_folder_files(
+    path: str | Path,
+    split: str = "train",
+    *,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> tuple[str, ...]:
+    """``<class>/<file name>`` of every image of ``split``, in the order of the
+    :class:`ImageData` that :func:`load_image_folder` returns (index ``i`` is image ``i``).
+
+    That order is torchvision ``ImageFolder``'s over the same ``<split>/`` folder: class folders
+    sorted by name, files sorted by name inside each (both Python string order), provided the
+    folder holds no file that only one of them reads (torchvision also reads hidden files and
+    ``.pgm``/``.tif``/``.tiff`` and skips ``.gif``).
+
+    Read from the decode cache (written by the first load; a miss decodes the source).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}; got {split!r}.")
+    return tuple(str(n) for n in _load_arrays(path, cache_dir, progress)[f"{split}_files"])
+
+
 def load_image_folder(
     path: str | Path, *, cache_dir: str | Path | None = None, progress: bool = True
 ) -> tuple[ImageData, ImageData]:
     """Load ``train/`` and ``test/`` splits of an ImageFolder directory or ``.tar.gz`` of one.
 
     Labels follow the sorted class-folder names of ``train/``; within a class, files are in
-    name order. Normalisation statistics are computed on the train split. The layout rules (what
+    name order: torchvision ``ImageFolder``'s order (:func:`image_folder_files` gives the file
+    of every index). Normalisation statistics are computed on the train split. The layout rules (what
     is an error, a warning, or accepted) are in this module's docstring.
 
     Args:
@@ -442,19 +501,7 @@ def load_image_folder(
         CorruptDataError: (a ValueError) a corrupt, truncated or empty archive or image.
         ValueError: the layout breaks a rule; the message names the paths and the fix.
     """
-    source = Path(path).expanduser()
-    if not source.exists():
-        raise FileNotFoundError(
-            f"data path {str(source)!r} does not exist. Pass an ImageFolder directory with "
-            "train/ and test/ inside, a .tar.gz of one, or a dataset name (cifar10, cifar100, "
-            "digits)."
-        )
-    folder = _scan_folder(source) if source.is_dir() else None  # layout checked on every load
-    cache = cache_file(source, Path(cache_dir) if cache_dir else default_cache_dir(), folder)
-    arrays = read_cache(cache, _CACHE_KEYS)
-    if arrays is None:
-        arrays = _decode_source(source, progress, folder)
-        write_cache(cache, arrays)
+    arrays = _load_arrays(path, cache_dir, progress)
     classes = tuple(str(c) for c in arrays["classes"])
     mean, std = tuple(arrays["mean"].tolist()), tuple(arrays["std"].tolist())
     return tuple(  # type: ignore[return-value]

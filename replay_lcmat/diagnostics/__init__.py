@@ -1,7 +1,7 @@
 """Diagnostics: look at a memory and at the quantities LCMat matches.
 
 - Memory grids (paper Fig. 7): :func:`plot_memory_grid` of :class:`MemorySet` s, loaded with
-  :func:`load_selection`, :func:`load_condensed`, :func:`load_class_memory` or built from
+  :func:`selection_images`, :func:`load_condensed`, :func:`load_class_memory` or built from
   tensors; :func:`memory_grid` returns the pixels.
 - Bound terms (Fig. 2): :func:`bound_terms` for one subset, :func:`compare_subsets` for several,
   :func:`bound_markdown`, :func:`write_bound_csv`, :func:`plot_bound_terms`.
@@ -32,8 +32,7 @@ from replay_lcmat.diagnostics.sources import (
     denormalize,
     load_class_memory,
     load_condensed,
-    load_selection,
-    read_selection,
+    selection_images,
 )
 from replay_lcmat.diagnostics.spectrum import (
     curvature_spectrum,
@@ -55,7 +54,6 @@ __all__ = [
     "filter_normalized_direction",
     "load_class_memory",
     "load_condensed",
-    "load_selection",
     "loss_surface",
     "mean_last_layer_terms",
     "mean_loss",
@@ -64,7 +62,7 @@ __all__ = [
     "plot_curvature_spectrum",
     "plot_loss_contours",
     "plot_memory_grid",
-    "read_selection",
+    "selection_images",
     "top_k_share",
     "write_bound_csv",
 ]

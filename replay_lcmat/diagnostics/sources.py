@@ -4,7 +4,6 @@ plain tensors."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from torch import Tensor
 from replay_lcmat.condensation.storage import load_synthetic
 from replay_lcmat.data import load_dataset
 from replay_lcmat.memory import ClassMemory
+from replay_lcmat.selection.record import check_labels, load_selection
 
 
 def denormalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
@@ -131,59 +131,7 @@ def _require_file(path: str | os.PathLike, what: str, fix: str) -> Path:
     return path
 
 
-def read_selection(path: str | os.PathLike) -> tuple[dict, Tensor]:
-    """A ``replay-lcmat select`` JSON: ``(record, indices)``.
-
-    ``indices`` is int64 ``[m]``, the ``by_class`` entries concatenated (classes in file order,
-    each in pick order); they index the training split of ``record["data"]``.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: not JSON, or no ``by_class`` list of ``{label, indices}``.
-    """
-    path = _require_file(path, "selection file", "write one with `replay-lcmat select --out`.")
-    try:
-        record = json.loads(path.read_text())
-    except UnicodeDecodeError:
-        raise ValueError(
-            f"{path} is not a selection JSON (binary content, not UTF-8 text); pass a file "
-            "written by `replay-lcmat select --out` (a condensed set .pt goes to --condensed, a "
-            "saved memory to --memory)."
-        ) from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not JSON ({err}); pass a file written by select.") from None
-    entries = record.get("by_class") if isinstance(record, dict) else None
-    if not isinstance(entries, list) or not all(
-        isinstance(e, dict) and "label" in e and "indices" in e for e in entries
-    ):
-        raise ValueError(
-            f"{path} has no 'by_class' list of {{label, indices}}; pass a file written by "
-            "`replay-lcmat select`."
-        )
-    indices = [int(i) for e in entries for i in e["indices"]]
-    return record, torch.tensor(indices, dtype=torch.int64)
-
-
-def check_selection_labels(record: dict, indices: Tensor, labels: Tensor, source: str) -> None:
-    """Raise unless every index of a selection exists in ``labels`` and has its entry's label."""
-    if len(indices) and int(indices.max()) >= len(labels):
-        raise ValueError(
-            f"{source} indexes sample {int(indices.max())} but the training split has "
-            f"{len(labels)}; it was made on other data (its data: {record.get('data')!r}). Pass "
-            "the same --data as the select run."
-        )
-    expected = torch.tensor(
-        [int(e["label"]) for e in record["by_class"] for _ in e["indices"]], dtype=torch.int64
-    )
-    if not torch.equal(labels[indices], expected):
-        raise ValueError(
-            f"{source}: the labels of its indices differ from those in the file; it was made "
-            f"on other data (its data: {record.get('data')!r}). Pass the same --data (and seed) "
-            "as the select run."
-        )
-
-
-def load_selection(
+def selection_images(
     path: str | os.PathLike,
     train_data=None,
     *,
@@ -192,25 +140,26 @@ def load_selection(
     cache_dir: str | os.PathLike | None = None,
     download: bool = False,
 ) -> MemorySet:
-    """The images a ``select`` JSON picked, as raw pixels of the training split.
+    """The images a selection file (``replay-lcmat select``, read by
+    :func:`replay_lcmat.selection.record.load_selection`) picked, as raw pixels of the
+    training split.
 
     Args:
-        path: the JSON written by ``replay-lcmat select``.
+        path: the selection file.
         train_data: the training :class:`ImageData` the indices refer to; default: loaded with
             :func:`replay_lcmat.data.load_dataset` from the file's ``data`` (``root``,
             ``cache_dir``, ``download`` as there).
         name: column title (default: the file's ``method``).
     """
-    record, indices = read_selection(path)
+    selection = load_selection(path)
     if train_data is None:
-        if "data" not in record:
+        if selection.data is None:
             raise ValueError(f"{path} does not say which data it indexes; pass train_data=....")
         train_data, _ = load_dataset(
-            record["data"], root=root, cache_dir=cache_dir, download=download, progress=False
+            selection.data, root=root, cache_dir=cache_dir, download=download, progress=False
         )
-    check_selection_labels(record, indices, train_data.labels, str(path))
-    label = name or str(record.get("method", Path(path).stem))
-    return MemorySet.from_image_data(train_data, indices, name=label)
+    check_labels(selection, train_data.labels, f"the training split of {selection.data!r}")
+    return MemorySet.from_image_data(train_data, selection.indices, name=name or selection.method)
 
 
 def load_condensed(
