@@ -26,26 +26,11 @@ from replay_lcmat.curvature import (
     softmax_residuals,
     top_variance_coordinates,
 )
+from replay_lcmat.selection.l1 import l1_block, l1_rows
 
 # Rows per block when building an [n, n] dissimilarity: the temporaries are a few [BLOCK_ROWS, n]
 # blocks, so the result is the only n x n allocation.
 BLOCK_ROWS = 128
-
-
-def _l1_rows(x: Tensor, x_t: Tensor, start: int, stop: int, out: Tensor, scratch: Tensor) -> Tensor:
-    """``out[i, j] = sum_k |x[start + i, k] - x[start + j, k]|``: rows ``start:stop`` of the L1
-    distances from their diagonal on (columns ``start:``); ``k`` is summed in order, from 0.
-
-    One subtract, abs and add over the block per coordinate (torch has no fused kernel for it).
-    ``x_t`` is ``x.T.contiguous()``; ``out`` and ``scratch`` are ``[stop - start, n - start]``.
-    """
-    out.zero_()
-    columns = x[start:stop].T.unsqueeze(2).unbind(0)  # K views [rows, 1], made in one call
-    rows = x_t[:, None, start:].unbind(0)  # K views [1, n - start]
-    for column, row in zip(columns, rows, strict=True):
-        torch.sub(column, row, out=scratch)
-        out.add_(scratch.abs_())
-    return out
 
 
 def _mirror_rows(out: Tensor, start: int, stop: int) -> None:
@@ -65,7 +50,7 @@ def l1_distances(x: Tensor, *, block_rows: int = BLOCK_ROWS) -> Tensor:
     Exact: like the CPU kernel of ``torch.cdist``, each pair sums ``|x_ik - x_jk|`` over
     ``k = 0, 1, ...`` in order starting from 0, and ``|a - b| = |b - a|`` in floating point, so
     only blocks of rows on and above the diagonal are computed and the rest is mirrored (half
-    the work of the full matrix). Temporaries: two ``[block_rows, n]`` blocks.
+    the work of the full matrix; :mod:`~replay_lcmat.selection.l1`).
 
     Args:
         x: ``[n, k]``.
@@ -73,11 +58,9 @@ def l1_distances(x: Tensor, *, block_rows: int = BLOCK_ROWS) -> Tensor:
     n = x.shape[0]
     out = x.new_empty(n, n)
     x_t = x.T.contiguous()
-    scratch = x.new_empty(min(block_rows, n) * n)
     for start in range(0, n, block_rows):
         stop = min(start + block_rows, n)
-        diff = scratch[: (stop - start) * (n - start)].view(stop - start, n - start)
-        _l1_rows(x, x_t, start, stop, out[start:stop, start:], diff)
+        l1_block(x, x_t, start, stop, out[start:stop, start:])
         _mirror_rows(out, start, stop)
     return out
 
@@ -182,21 +165,6 @@ def _take(a: tuple, rows) -> tuple:
     return [part[rows] for part in q], scale[rows], bits
 
 
-def _l1_to_all(x: Tensor, x_t: Tensor, ids: Tensor, out: Tensor, scratch: Tensor) -> Tensor:
-    """``out[r, i] = sum_k |x[ids[r], k] - x[i, k]|``, ``k`` summed in order from 0: the entries
-    of :func:`l1_distances` bit for bit (each entry is computed alike wherever it sits). A few
-    rows on the CPU: ``torch.cdist(p=1)``'s kernel (the same sums), faster there; else one pass
-    per coordinate."""
-    if x.device.type == "cpu" and len(ids) <= 4:
-        return out.copy_(torch.cdist(x[ids], x, p=1))
-    out.zero_()
-    columns = x[ids].T.unsqueeze(2).unbind(0)  # K views [m, 1]
-    for column, row in zip(columns, x_t[:, None, :].unbind(0), strict=True):
-        torch.sub(column, row, out=scratch)
-        out.add_(scratch.abs_())
-    return out
-
-
 def _grad_distances(gram: Tensor, sq_rows: Tensor, sq_cols: Tensor) -> Tensor:
     """In place, float64: ``sqrt(max(0, (G_jj + G_ii) - 2 G_ji))`` (symmetric in i, j)."""
     gram.mul_(-2.0).add_(sq_rows[:, None] + sq_cols[None, :])
@@ -234,8 +202,8 @@ class ClassDistances:
         out = self._grad(ids).to(self.dtype)
         out[torch.arange(len(ids), device=self.device), ids] = 0.0
         if self.lam is not None:
-            l1, scratch = self.lam.new_empty(2, len(ids), self.n).unbind(0)
-            out.add_(_l1_to_all(self.lam, self.lam_t, ids, l1, scratch).mul_(self.eps))
+            l1 = l1_rows(self.lam, self.lam_t, ids, self.lam.new_empty(len(ids), self.n))
+            out.add_(l1.mul_(self.eps))
         return out
 
     def dense(self) -> Tensor:
@@ -243,7 +211,7 @@ class ClassDistances:
         ``block_rows`` rows on and above the diagonal, mirrored; temporaries of a few blocks."""
         n, rows = self.n, self.block_rows
         out = torch.empty(n, n, dtype=self.dtype, device=self.device)
-        scratch = None if self.lam is None else self.lam.new_empty(2, min(rows, n) * n)
+        scratch = None if self.lam is None else self.lam.new_empty(min(rows, n) * n)
         for start in range(0, n, rows):
             stop = min(start + rows, n)
             ids = torch.arange(start, stop, device=self.device)
@@ -251,9 +219,8 @@ class ClassDistances:
             upper.copy_(self._grad(ids, start))
             upper[:, : stop - start].fill_diagonal_(0.0)
             if scratch is not None:
-                size = (stop - start) * (n - start)
-                l1, diff = (part[:size].view(stop - start, n - start) for part in scratch)
-                upper.add_(_l1_rows(self.lam, self.lam_t, start, stop, l1, diff).mul_(self.eps))
+                l1 = scratch[: (stop - start) * (n - start)].view(stop - start, n - start)
+                upper.add_(l1_block(self.lam, self.lam_t, start, stop, l1).mul_(self.eps))
             _mirror_rows(out, start, stop)
         return out
 
