@@ -26,6 +26,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from replay_lcmat import kernels
+
 OPTIMIZERS = ("naive", "lazy", "stochastic")
 
 # Size of the row blocks FacilityLocation works in: big enough that each torch call does real
@@ -404,17 +406,30 @@ class FacilityLocation:
 
         Returns:
             ``[len(candidates)]`` (``[n_candidates]`` for ``None``). A row's gain is rounded the
-            same way whatever the other candidates of the call: rows are summed in blocks of at
-            least two, because torch splits a one-output sum over threads (another order).
+            same way whatever the other candidates of the call: on the CPU the compiled kernel
+            (:func:`~replay_lcmat.kernels.coverage_gains`, float64 partial sums in a fixed
+            order); elsewhere torch, rows summed in blocks of at least two, because torch splits
+            a one-output sum over threads (another order).
         """
         sim = self.similarity
         count = self.n_candidates if candidates is None else len(candidates)
         out = torch.empty(count, dtype=self.dtype, device=self.device)
-        buffer = self._rows_buffer()
         full_pass = candidates is None and self.progress_label is not None
         starts = range(0, count, self._block_rows)
         if full_pass:  # a streamed pass over every row: minutes on a large class
             starts = tqdm(starts, desc=f"{self.progress_label}: first gains", leave=False)
+        if kernels.gains_compiled(self.device):
+            for a in starts:
+                b = min(a + self._block_rows, count)
+                if sim is None:
+                    ids = self._range(a, b) if candidates is None else candidates[a:b]
+                    block = self.source.rows(ids)
+                    kernels.coverage_gains(block, self._range(0, b - a), state, out[a:b])
+                else:
+                    ids = self._range(a, b) if candidates is None else candidates[a:b]
+                    kernels.coverage_gains(sim, ids, state, out[a:b])
+            return out
+        buffer = self._rows_buffer()
         for a in starts:
             b = min(a + self._block_rows, count)
             if candidates is None:

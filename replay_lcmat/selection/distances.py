@@ -26,7 +26,12 @@ from replay_lcmat.curvature import (
     softmax_residuals,
     top_variance_coordinates,
 )
-from replay_lcmat.selection.l1 import l1_block, l1_rows
+from replay_lcmat.kernels import (
+    compiled_available,
+    grad_distances_into,
+    l1_block,
+    l1_rows,
+)
 
 # Rows per block when building an [n, n] dissimilarity: the temporaries are a few [BLOCK_ROWS, n]
 # blocks, so the result is the only n x n allocation.
@@ -120,13 +125,13 @@ def exact_split(x: Tensor, slices: int) -> tuple[list[Tensor], Tensor, int]:
     return parts, scale, bits
 
 
-def exact_dots(a: tuple, b: tuple) -> Tensor:
+def exact_dots(a: tuple, b: tuple, *, scaled: bool = True) -> Tensor:
     """``x_j . y_i`` for the rows of two :func:`exact_split` results, float64 ``[m, p]``.
 
     Every product of slices is an exact integer whatever the shapes; the levels (pairs of
     slices of equal weight) are then added smallest first, elementwise, and scaled by powers of
     two: the same value in the dense and the streamed path, and symmetric when ``a`` and ``b``
-    are the same rows.
+    are the same rows. ``scaled=False``: before the rows' and columns' scales (exact integers).
     """
     (qa, sa, bits), (qb, sb, _) = a, b
     total = None
@@ -138,6 +143,8 @@ def exact_dots(a: tuple, b: tuple) -> Tensor:
         if level:
             exact.mul_(2.0 ** (-level * bits))
         total = exact if total is None else total.add_(exact)
+    if not scaled:
+        return total
     return total.mul_(sa[:, None]).mul_(sb[None, :])  # exact (powers of two), either order
 
 
@@ -196,10 +203,16 @@ class ClassDistances:
         """Float64 ``[len(ids), n - start]`` distances of rows ``ids`` to points ``start:``."""
         raise NotImplementedError
 
+    def _grad_into(self, ids: Tensor, start: int, out: Tensor) -> Tensor:
+        """``out`` ``[len(ids), n - start]`` (inputs' dtype) = :meth:`_grad` rounded."""
+        return out.copy_(self._grad(ids, start))
+
     def rows(self, ids: Tensor) -> Tensor:
         """``d[ids]``, ``[len(ids), n]`` in the inputs' dtype; a row costs ``O(n (c + d + K))``."""
         ids = ids.to(self.device)
-        out = self._grad(ids).to(self.dtype)
+        out = self._grad_into(
+            ids, 0, torch.empty(len(ids), self.n, dtype=self.dtype, device=self.device)
+        )
         out[torch.arange(len(ids), device=self.device), ids] = 0.0
         if self.lam is not None:
             l1 = l1_rows(self.lam, self.lam_t, ids, self.lam.new_empty(len(ids), self.n))
@@ -216,7 +229,7 @@ class ClassDistances:
             stop = min(start + rows, n)
             ids = torch.arange(start, stop, device=self.device)
             upper = out[start:stop, start:]
-            upper.copy_(self._grad(ids, start))
+            self._grad_into(ids, start, upper)
             upper[:, : stop - start].fill_diagonal_(0.0)
             if scratch is not None:
                 l1 = scratch[: (stop - start) * (n - start)].view(stop - start, n - start)
@@ -263,6 +276,21 @@ class GradientDistances(ClassDistances):
         gram = exact_dots(h, _take(self.h, points)).add_(1.0)
         gram.mul_(exact_dots(e, _take(self.e, points)))
         return _grad_distances(gram, self.sq[ids], self.sq[points])
+
+    def _grad_into(self, ids: Tensor, start: int, out: Tensor) -> Tensor:
+        if not compiled_available(self.device):
+            return super()._grad_into(ids, start, out)
+        points = slice(start, None)
+        h, e = _take(self.h, ids), _take(self.e, ids)
+        h_cols, e_cols = _take(self.h, points), _take(self.e, points)
+        return grad_distances_into(
+            exact_dots(h, h_cols, scaled=False),
+            exact_dots(e, e_cols, scaled=False),
+            (h[1], h_cols[1]),
+            (e[1], e_cols[1]),
+            (self.sq[ids], self.sq[points]),
+            out,
+        )
 
 
 class PreconditionedDistances(ClassDistances):
