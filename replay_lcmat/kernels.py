@@ -33,8 +33,9 @@ from torch import Tensor
 
 try:  # numba is a declared dependency; the torch passes below keep working without it
     import numba
+    from numba import prange
 except ImportError:  # pragma: no cover - only where numba has no wheel for the platform
-    numba = None
+    numba, prange = None, range
 
 # Columns per tile of the compiled kernel: four rows of accumulators (4 x 512 floats) and the
 # tile of a coordinate stay in the first-level cache.
@@ -48,7 +49,8 @@ def _kernel_source(rows_of, out, row_stride: int, width: int, x, x_t, first_colu
     the sweep over ``j``."""
     n_rows = rows_of.shape[0]
     n_coords = x.shape[1]
-    for r0 in range(0, n_rows, ROWS):
+    for group in prange((n_rows + ROWS - 1) // ROWS):  # rows are independent: any thread
+        r0 = group * ROWS
         m = min(ROWS, n_rows - r0)
         for j0 in range(0, width, TILE):
             w = min(TILE, width - j0)
@@ -86,7 +88,17 @@ def _kernel_source(rows_of, out, row_stride: int, width: int, x, x_t, first_colu
                             acc[j] += abs(xi - column[j])
 
 
-_compiled = None if numba is None else numba.njit(nogil=True, cache=True)(_kernel_source)
+def _jit(source):
+    # parallel: rows go to threads whole, so every entry is summed alike on any thread count
+    return None if numba is None else numba.njit(nogil=True, cache=True, parallel=True)(source)
+
+
+def _threads() -> None:
+    """Give the kernels as many threads as torch uses (``torch.set_num_threads``)."""
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+
+
+_compiled = _jit(_kernel_source)
 
 
 def compiled_available(device: torch.device) -> bool:
@@ -120,16 +132,13 @@ def l1_rows(
     use = compiled_available(x.device) if compiled is None else compiled
     if not use or out.shape[0] == 0:
         return _torch_rows(x, x_t, rows, first_column, out)
-    m, width = out.shape
-    if out.stride(1) != 1:
-        raise ValueError("l1_rows needs out with contiguous rows (stride 1 along its columns).")
-    row_stride = out.stride(0) if m > 1 else width
-    flat = torch.as_strided(out, ((m - 1) * row_stride + width,), (1,))  # the rows' memory
+    flat, row_stride = _flat_rows(out)
+    _threads()
     _compiled(
         rows.cpu().numpy(),
         flat.detach().numpy(),
         row_stride,
-        width,
+        out.shape[1],
         x.detach().contiguous().numpy(),
         x_t.detach().numpy(),
         int(first_column),
@@ -148,7 +157,7 @@ def _grad_source(h_dots, e_dots, h_rows, h_cols, e_rows, e_cols, sq_rows, sq_col
     """``out[r * stride + j] = sqrt(max(0, (sq_r + sq_j) - 2 ((h + 1) e)))`` with
     ``h = (h_dots[r, j] h_rows[r]) h_cols[j]`` and ``e`` alike: the torch twin's operations."""
     m, w = h_dots.shape
-    for r in range(m):
+    for r in prange(m):
         o = r * stride
         for j in range(w):
             h = (h_dots[r, j] * h_rows[r]) * h_cols[j]
@@ -162,7 +171,7 @@ def _gains_source(sim, rows_of, cov, out) -> None:
     ``i = l, l + 8, ...`` (kept in registers), then the tail, then the partials added in order."""
     n = cov.shape[0]
     body = n - n % 8
-    for r in range(rows_of.shape[0]):
+    for r in prange(rows_of.shape[0]):
         row = sim[rows_of[r]]
         p0 = p1 = p2 = p3 = p4 = p5 = p6 = p7 = 0.0
         for b in range(0, body, 8):
@@ -180,11 +189,8 @@ def _gains_source(sim, rows_of, cov, out) -> None:
         out[r] = total + p0 + p1 + p2 + p3 + p4 + p5 + p6 + p7
 
 
-if numba is None:
-    _grad_compiled = _gains_compiled = None
-else:
-    _grad_compiled = numba.njit(nogil=True, cache=True)(_grad_source)
-    _gains_compiled = numba.njit(nogil=True, cache=True)(_gains_source)
+_grad_compiled = _jit(_grad_source)
+_gains_compiled = _jit(_gains_source)
 
 
 def _flat_rows(out: Tensor) -> tuple[Tensor, int]:
@@ -219,6 +225,7 @@ def grad_distances_into(
         gram = h.add_(1.0).mul_(e).mul_(-2.0).add_(sq[0][:, None] + sq[1][None, :])
         return out.copy_(gram.clamp_(min=0.0).sqrt_())
     flat, stride = _flat_rows(out)
+    _threads()
     _grad_compiled(
         *(t.contiguous().numpy() for t in (h_dots, e_dots, *h_scales, *e_scales, *sq)),
         flat.numpy(),
@@ -236,6 +243,7 @@ def coverage_gains(sim: Tensor, rows: Tensor, cov: Tensor, out: Tensor) -> Tenso
         sim: ``[N, n]`` with contiguous rows; rows: int64 ``[m]``; cov: ``[n]``; out: ``[m]``.
     """
     result = np.empty(len(rows), dtype=np.float64)
+    _threads()
     _gains_compiled(sim.contiguous().numpy(), rows.cpu().numpy(), cov.contiguous().numpy(), result)
     return out.copy_(torch.from_numpy(result))
 

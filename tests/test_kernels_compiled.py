@@ -138,3 +138,27 @@ def test_facility_location_picks_are_the_same_with_and_without_the_compiled_gain
     slow = maximize(FacilityLocation(sim), 15)
     assert torch.equal(fast.ranking, slow.ranking)
     torch.testing.assert_close(fast.gains, slow.gains, rtol=1e-5, atol=0)
+
+
+@needs_compiled
+def test_kernels_give_the_same_bits_on_one_and_two_threads():
+    from replay_lcmat.selection.distances import GradientDistances
+
+    gen = torch.Generator().manual_seed(7)
+    features = torch.randn(150, 16, generator=gen).relu()
+    logits = torch.randn(150, 4, generator=gen)
+    labels = torch.full((150,), 1)
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            dist = GradientDistances(features, logits, labels, eps=0.5, k_dims=6)
+            sim = dist.dense()
+            gains = torch.empty(150)
+            l1.coverage_gains(sim, torch.arange(150), sim[3], gains)
+            results.append((sim, gains))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])
