@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
@@ -125,6 +127,45 @@ def exact_split(x: Tensor, slices: int) -> tuple[list[Tensor], Tensor, int]:
     return parts, scale, bits
 
 
+PRODUCTS = ("auto", "exact", "fast")
+
+
+def resolve_products(products: str, device: torch.device | str) -> str:
+    """``"exact"`` or ``"fast"`` for ``products`` on ``device``.
+
+    ``"exact"`` (the CPU's default): split float64 products, the same bits in any block shape,
+    dense or streamed, on any number of processes. ``"fast"`` (the default elsewhere, e.g. CUDA,
+    where float64 runs at 1/2 to 1/64 of the float32 rate): one product in the inputs' dtype,
+    TF32 off, so float32 inputs keep float32's precision; blocks of other shapes may round the
+    last bit differently.
+    """
+    if products not in PRODUCTS:
+        raise ValueError(f"products must be one of {PRODUCTS}; got {products!r}.")
+    if products != "auto":
+        return products
+    return "exact" if torch.device(device).type == "cpu" else "fast"
+
+
+@contextmanager
+def _no_tf32() -> Iterator[None]:
+    """Full float32 products on CUDA whatever the user's global TF32 setting (restored after)."""
+    matmul = torch.backends.cuda.matmul
+    name = "fp32_precision" if hasattr(matmul, "fp32_precision") else "allow_tf32"
+    before = getattr(matmul, name)
+    setattr(matmul, name, "ieee" if name == "fp32_precision" else False)
+    try:
+        yield
+    finally:
+        setattr(matmul, name, before)
+
+
+def split_rows(x: Tensor, products: str) -> tuple[list[Tensor], Tensor, int]:
+    """:func:`exact_split` (``"exact"``), or ``x`` itself as one slice of scale 1 (``"fast"``)."""
+    if products == "fast":
+        return [x], torch.ones(x.shape[0], dtype=x.dtype, device=x.device), 0
+    return exact_split(x, 1 if x.dtype == torch.float32 else 3)
+
+
 def exact_dots(a: tuple, b: tuple, *, scaled: bool = True) -> Tensor:
     """``x_j . y_i`` for the rows of two :func:`exact_split` results, float64 ``[m, p]``.
 
@@ -138,7 +179,8 @@ def exact_dots(a: tuple, b: tuple, *, scaled: bool = True) -> Tensor:
     for level in reversed(range(len(qa))):
         exact = None
         for i in range(level + 1):  # each product and their sum are exact integers
-            term = torch.mm(qa[i], qb[level - i].T)
+            with _no_tf32():
+                term = torch.mm(qa[i], qb[level - i].T)
             exact = term if exact is None else exact.add_(term)
         if level:
             exact.mul_(2.0 ** (-level * bits))
@@ -257,17 +299,18 @@ class GradientDistances(ClassDistances):
         eps: float,
         k_dims: int,
         block_rows: int = BLOCK_ROWS,
+        products: str = "auto",
     ) -> None:
         _check_head_inputs(features, logits)
         self.n, self.eps, self.block_rows = features.shape[0], eps, block_rows
+        self.products = resolve_products(products, features.device)
         self.dtype, self.device = features.dtype, features.device
         if eps != 0:
             coords = top_variance_coordinates(features, logits, k_dims)
             self.lam = diag_hessian_columns(features, logits, coords)
             self.lam_t = self.lam.T.contiguous()
-        slices = 1 if features.dtype == torch.float32 else 3
-        self.h = exact_split(features, slices)
-        self.e = exact_split(softmax_residuals(logits, labels), slices)
+        self.h = split_rows(features, self.products)
+        self.e = split_rows(softmax_residuals(logits, labels), self.products)
         self.sq = (exact_self_dots(self.h) + 1.0) * exact_self_dots(self.e)
 
     def _grad(self, ids: Tensor, start: int = 0) -> Tensor:
@@ -278,7 +321,7 @@ class GradientDistances(ClassDistances):
         return _grad_distances(gram, self.sq[ids], self.sq[points])
 
     def _grad_into(self, ids: Tensor, start: int, out: Tensor) -> Tensor:
-        if not compiled_available(self.device):
+        if self.products == "fast" or not compiled_available(self.device):
             return super()._grad_into(ids, start, out)
         points = slice(start, None)
         h, e = _take(self.h, ids), _take(self.e, ids)
@@ -302,11 +345,19 @@ class PreconditionedDistances(ClassDistances):
     :meth:`dense`, once for all (``[n, c (d + 1)]``).
     """
 
-    def __init__(self, features: Tensor, logits: Tensor, labels: Tensor, *, damping: float):
+    def __init__(
+        self,
+        features: Tensor,
+        logits: Tensor,
+        labels: Tensor,
+        *,
+        damping: float,
+        products: str = "auto",
+    ):
         _check_head_inputs(features, logits)
         self.h, self.z, self.y, self.damping = features, logits, labels, damping
         self.n, self.dtype, self.device = features.shape[0], features.dtype, features.device
-        self._slices = 1 if features.dtype == torch.float32 else 3
+        self.products = resolve_products(products, features.device)
         self._all: tuple | None = None
         self.sq = torch.cat(
             [
@@ -318,7 +369,7 @@ class PreconditionedDistances(ClassDistances):
     def _u(self, rows) -> tuple:
         h, z, y = self.h[rows], self.z[rows], self.y[rows]
         u = last_layer_grads(h, z, y).div_(last_layer_diag_hessians(h, z).add_(self.damping))
-        return exact_split(u, self._slices)
+        return split_rows(u, self.products)
 
     def _grad(self, ids: Tensor, start: int = 0) -> Tensor:
         u = self._u(ids)
