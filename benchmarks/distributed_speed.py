@@ -12,13 +12,16 @@ initialised BatchNorm ConvNet-3 (a trained model costs the same to run), and the
 barrier to a barrier, extract its outputs with class-batch statistics
 (:func:`replay_lcmat.selection.extract_outputs`, batches sharded over the processes) and select
 ``per_class`` images per class with LCMat-S (classes sharded). ``identical`` says whether the
-selection equals the one-process selection, picks and order.
+selection equals the one-process selection, picks and order. ``--threads`` is the host's
+threads: each of N processes takes its share (``replay_lcmat.distributed.split_threads``, the
+library's default under torchrun), so 2 processes with ``--threads 2`` run 1 thread each.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -28,6 +31,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+from replay_lcmat.distributed import split_threads
 
 from ._common import cifar10_archive
 
@@ -46,7 +51,7 @@ def _worker(rank: int, processes: int, store: str, out: str, spec: dict) -> None
     from replay_lcmat.seeding import seeded
     from replay_lcmat.selection import extract_outputs, make_selector
 
-    torch.set_num_threads(spec["threads"])
+    torch.set_num_threads(spec["threads"])  # the host's threads, as one process would use
     dist.init_process_group(
         "gloo",
         init_method=f"file://{store}",
@@ -54,6 +59,8 @@ def _worker(rank: int, processes: int, store: str, out: str, spec: dict) -> None
         world_size=processes,
         timeout=timedelta(seconds=TIMEOUT_S),
     )
+    os.environ["LOCAL_WORLD_SIZE"] = str(processes)  # what torchrun sets: all ranks on one host
+    threads = split_threads()  # the library's default share, as init_from_env applies it
     try:
         train, _ = load_dataset(spec["archive"], progress=False)
         if spec["limit_per_class"] is not None:
@@ -90,6 +97,7 @@ def _worker(rank: int, processes: int, store: str, out: str, spec: dict) -> None
                 "wall_s": end - start,
                 "extract_s": extracted - start,
                 "select_s": end - extracted,
+                "threads_per_process": threads,
                 "n": len(train),
                 "indices": result.indices,
             }
@@ -133,13 +141,13 @@ def measure(
     Args:
         processes: number of processes (1: no sharding, the reference).
         per_class: LCMat-S budget per class.
-        threads: torch threads per process.
+        threads: the host's torch threads, split evenly over the processes.
         limit_per_class: keep only the first this many training images of each class (a quick
             check); ``None``: all 5,000.
         width: ConvNet-3 channels; seed: its initialisation.
 
     Returns:
-        ``{"processes", "threads", "n", "per_class", "wall_s", "extract_s", "select_s",
+        ``{"processes", "threads", "threads_per_process", "n", "per_class", "wall_s", "extract_s", "select_s",
         "identical"}``: seconds from a barrier before extraction to a barrier after selection
         (data loading excluded), and whether the selection equals the one-process selection
         (indices and order; the one-process run is made once per setting, untimed, if not
@@ -167,6 +175,7 @@ def measure(
     return {
         "processes": processes,
         "threads": threads,
+        "threads_per_process": record["threads_per_process"],
         "n": record["n"],
         "per_class": per_class,
         "wall_s": record["wall_s"],
@@ -180,7 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--per-class", type=int, default=50)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="the host's torch threads, split over the processes"
+    )
     parser.add_argument("--limit-per-class", type=int, default=None)
     parser.add_argument("--width", type=int, default=128)
     args = parser.parse_args(argv)

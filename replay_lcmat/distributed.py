@@ -37,6 +37,7 @@ TIMEOUT_ENV = "REPLAY_LCMAT_DIST_TIMEOUT"
 """Seconds a collective call waits for the other ranks before failing (default 600: ten
 minutes; raise it when one rank's share of a phase can take that much longer than another's)."""
 DEFAULT_TIMEOUT_S = 600.0
+THREADS_ENV = "REPLAY_LCMAT_THREADS"  # CPU threads per rank; default: an even share of the host
 # what torchrun (and torch.multiprocessing launchers following its convention) sets
 _LAUNCH_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -396,11 +397,38 @@ def launched() -> bool:
         ) from None
 
 
+def threads_per_rank(threads: int, local_world_size: int) -> int:
+    """CPU threads for one of ``local_world_size`` ranks on a host whose processes would each
+    use ``threads``: an even share, at least one, so the ranks do not oversubscribe the cores."""
+    return max(1, threads // max(1, local_world_size))
+
+
+def split_threads() -> int:
+    """Set this rank's torch threads (and so the compiled kernels') to its share of the host:
+    :func:`threads_per_rank` of ``torch.get_num_threads()`` over ``LOCAL_WORLD_SIZE`` (set by
+    ``torchrun``). ``REPLAY_LCMAT_THREADS`` overrides it. Returns the threads set."""
+    raw = os.environ.get(THREADS_ENV)
+    if raw is not None:
+        try:
+            threads = int(raw)
+        except ValueError:
+            raise ValueError(f"{THREADS_ENV} must be a positive integer; got {raw!r}.") from None
+        if threads < 1:
+            raise ValueError(f"{THREADS_ENV} must be a positive integer; got {raw!r}.")
+    else:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        threads = threads_per_rank(torch.get_num_threads(), local)
+    torch.set_num_threads(threads)
+    return threads
+
+
 def init_from_env(device: str | torch.device = "cpu") -> bool:
     """Initialise the default process group from ``torchrun``'s environment, if present.
 
     The backend is NCCL when ``device`` is CUDA (each rank then uses ``cuda:LOCAL_RANK``),
-    else gloo. Collective calls time out after :data:`TIMEOUT_ENV` seconds.
+    else gloo. Collective calls time out after :data:`TIMEOUT_ENV` seconds. Each rank takes
+    its share of the host's CPU threads (:func:`split_threads`): two ranks with two threads each
+    on two cores would wait on each other's threads.
 
     Returns:
         True when this call created the group (call :func:`teardown` at the end); False when
@@ -414,6 +442,7 @@ def init_from_env(device: str | torch.device = "cpu") -> bool:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     backend = "nccl" if cuda and dist.is_nccl_available() else "gloo"
     dist.init_process_group(backend=backend, timeout=_timeout())
+    split_threads()
     _started_here = True
     return True
 

@@ -22,10 +22,15 @@ import re
 from dataclasses import dataclass
 from typing import Protocol
 
-import psutil
+try:  # declared; a bare environment (e.g. a GPU node with torch only) still imports us
+    import psutil
+except ImportError:  # pragma: no cover
+    psutil = None
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
+
+from replay_lcmat import kernels
 
 OPTIMIZERS = ("naive", "lazy", "stochastic")
 
@@ -197,7 +202,9 @@ def rlimit_available_bytes() -> int | None:
 
 def _host_available_bytes() -> int | None:
     """The host's available memory (``psutil``: ``MemAvailable`` on Linux, the equivalent
-    elsewhere); ``None`` when the platform does not say."""
+    elsewhere); ``None`` when the platform does not say (or psutil is missing)."""
+    if psutil is None:
+        return None
     try:
         return int(psutil.virtual_memory().available)
     except (psutil.Error, OSError, RuntimeError, AttributeError):
@@ -396,17 +403,30 @@ class FacilityLocation:
 
         Returns:
             ``[len(candidates)]`` (``[n_candidates]`` for ``None``). A row's gain is rounded the
-            same way whatever the other candidates of the call: rows are summed in blocks of at
-            least two, because torch splits a one-output sum over threads (another order).
+            same way whatever the other candidates of the call: on the CPU the compiled kernel
+            (:func:`~replay_lcmat.kernels.coverage_gains`, float64 partial sums in a fixed
+            order); elsewhere torch, rows summed in blocks of at least two, because torch splits
+            a one-output sum over threads (another order).
         """
         sim = self.similarity
         count = self.n_candidates if candidates is None else len(candidates)
         out = torch.empty(count, dtype=self.dtype, device=self.device)
-        buffer = self._rows_buffer()
         full_pass = candidates is None and self.progress_label is not None
         starts = range(0, count, self._block_rows)
         if full_pass:  # a streamed pass over every row: minutes on a large class
             starts = tqdm(starts, desc=f"{self.progress_label}: first gains", leave=False)
+        if kernels.gains_compiled(self.device):
+            for a in starts:
+                b = min(a + self._block_rows, count)
+                if sim is None:
+                    ids = self._range(a, b) if candidates is None else candidates[a:b]
+                    block = self.source.rows(ids)
+                    kernels.coverage_gains(block, self._range(0, b - a), state, out[a:b])
+                else:
+                    ids = self._range(a, b) if candidates is None else candidates[a:b]
+                    kernels.coverage_gains(sim, ids, state, out[a:b])
+            return out
+        buffer = self._rows_buffer()
         for a in starts:
             b = min(a + self._block_rows, count)
             if candidates is None:

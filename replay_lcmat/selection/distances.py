@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
@@ -26,26 +28,16 @@ from replay_lcmat.curvature import (
     softmax_residuals,
     top_variance_coordinates,
 )
+from replay_lcmat.kernels import (
+    compiled_available,
+    grad_distances_into,
+    l1_block,
+    l1_rows,
+)
 
 # Rows per block when building an [n, n] dissimilarity: the temporaries are a few [BLOCK_ROWS, n]
 # blocks, so the result is the only n x n allocation.
 BLOCK_ROWS = 128
-
-
-def _l1_rows(x: Tensor, x_t: Tensor, start: int, stop: int, out: Tensor, scratch: Tensor) -> Tensor:
-    """``out[i, j] = sum_k |x[start + i, k] - x[start + j, k]|``: rows ``start:stop`` of the L1
-    distances from their diagonal on (columns ``start:``); ``k`` is summed in order, from 0.
-
-    One subtract, abs and add over the block per coordinate (torch has no fused kernel for it).
-    ``x_t`` is ``x.T.contiguous()``; ``out`` and ``scratch`` are ``[stop - start, n - start]``.
-    """
-    out.zero_()
-    columns = x[start:stop].T.unsqueeze(2).unbind(0)  # K views [rows, 1], made in one call
-    rows = x_t[:, None, start:].unbind(0)  # K views [1, n - start]
-    for column, row in zip(columns, rows, strict=True):
-        torch.sub(column, row, out=scratch)
-        out.add_(scratch.abs_())
-    return out
 
 
 def _mirror_rows(out: Tensor, start: int, stop: int) -> None:
@@ -65,7 +57,7 @@ def l1_distances(x: Tensor, *, block_rows: int = BLOCK_ROWS) -> Tensor:
     Exact: like the CPU kernel of ``torch.cdist``, each pair sums ``|x_ik - x_jk|`` over
     ``k = 0, 1, ...`` in order starting from 0, and ``|a - b| = |b - a|`` in floating point, so
     only blocks of rows on and above the diagonal are computed and the rest is mirrored (half
-    the work of the full matrix). Temporaries: two ``[block_rows, n]`` blocks.
+    the work of the full matrix; :mod:`~replay_lcmat.selection.l1`).
 
     Args:
         x: ``[n, k]``.
@@ -73,11 +65,9 @@ def l1_distances(x: Tensor, *, block_rows: int = BLOCK_ROWS) -> Tensor:
     n = x.shape[0]
     out = x.new_empty(n, n)
     x_t = x.T.contiguous()
-    scratch = x.new_empty(min(block_rows, n) * n)
     for start in range(0, n, block_rows):
         stop = min(start + block_rows, n)
-        diff = scratch[: (stop - start) * (n - start)].view(stop - start, n - start)
-        _l1_rows(x, x_t, start, stop, out[start:stop, start:], diff)
+        l1_block(x, x_t, start, stop, out[start:stop, start:])
         _mirror_rows(out, start, stop)
     return out
 
@@ -137,24 +127,66 @@ def exact_split(x: Tensor, slices: int) -> tuple[list[Tensor], Tensor, int]:
     return parts, scale, bits
 
 
-def exact_dots(a: tuple, b: tuple) -> Tensor:
+PRODUCTS = ("auto", "exact", "fast")
+
+
+def resolve_products(products: str, device: torch.device | str) -> str:
+    """``"exact"`` or ``"fast"`` for ``products`` on ``device``.
+
+    ``"exact"`` (the CPU's default): split float64 products, the same bits in any block shape,
+    dense or streamed, on any number of processes. ``"fast"`` (the default elsewhere, e.g. CUDA,
+    where float64 runs at 1/2 to 1/64 of the float32 rate): one product in the inputs' dtype,
+    TF32 off, so float32 inputs keep float32's precision; blocks of other shapes may round the
+    last bit differently.
+    """
+    if products not in PRODUCTS:
+        raise ValueError(f"products must be one of {PRODUCTS}; got {products!r}.")
+    if products != "auto":
+        return products
+    return "exact" if torch.device(device).type == "cpu" else "fast"
+
+
+@contextmanager
+def _no_tf32() -> Iterator[None]:
+    """Full float32 products on CUDA whatever the user's global TF32 setting (restored after)."""
+    matmul = torch.backends.cuda.matmul
+    name = "fp32_precision" if hasattr(matmul, "fp32_precision") else "allow_tf32"
+    before = getattr(matmul, name)
+    setattr(matmul, name, "ieee" if name == "fp32_precision" else False)
+    try:
+        yield
+    finally:
+        setattr(matmul, name, before)
+
+
+def split_rows(x: Tensor, products: str) -> tuple[list[Tensor], Tensor, int]:
+    """:func:`exact_split` (``"exact"``), or ``x`` itself as one slice of scale 1 (``"fast"``)."""
+    if products == "fast":
+        return [x], torch.ones(x.shape[0], dtype=x.dtype, device=x.device), 0
+    return exact_split(x, 1 if x.dtype == torch.float32 else 3)
+
+
+def exact_dots(a: tuple, b: tuple, *, scaled: bool = True) -> Tensor:
     """``x_j . y_i`` for the rows of two :func:`exact_split` results, float64 ``[m, p]``.
 
     Every product of slices is an exact integer whatever the shapes; the levels (pairs of
     slices of equal weight) are then added smallest first, elementwise, and scaled by powers of
     two: the same value in the dense and the streamed path, and symmetric when ``a`` and ``b``
-    are the same rows.
+    are the same rows. ``scaled=False``: before the rows' and columns' scales (exact integers).
     """
     (qa, sa, bits), (qb, sb, _) = a, b
     total = None
     for level in reversed(range(len(qa))):
         exact = None
         for i in range(level + 1):  # each product and their sum are exact integers
-            term = torch.mm(qa[i], qb[level - i].T)
+            with _no_tf32():
+                term = torch.mm(qa[i], qb[level - i].T)
             exact = term if exact is None else exact.add_(term)
         if level:
             exact.mul_(2.0 ** (-level * bits))
         total = exact if total is None else total.add_(exact)
+    if not scaled:
+        return total
     return total.mul_(sa[:, None]).mul_(sb[None, :])  # exact (powers of two), either order
 
 
@@ -180,21 +212,6 @@ def exact_self_dots(a: tuple) -> Tensor:
 def _take(a: tuple, rows) -> tuple:
     q, scale, bits = a
     return [part[rows] for part in q], scale[rows], bits
-
-
-def _l1_to_all(x: Tensor, x_t: Tensor, ids: Tensor, out: Tensor, scratch: Tensor) -> Tensor:
-    """``out[r, i] = sum_k |x[ids[r], k] - x[i, k]|``, ``k`` summed in order from 0: the entries
-    of :func:`l1_distances` bit for bit (each entry is computed alike wherever it sits). A few
-    rows on the CPU: ``torch.cdist(p=1)``'s kernel (the same sums), faster there; else one pass
-    per coordinate."""
-    if x.device.type == "cpu" and len(ids) <= 4:
-        return out.copy_(torch.cdist(x[ids], x, p=1))
-    out.zero_()
-    columns = x[ids].T.unsqueeze(2).unbind(0)  # K views [m, 1]
-    for column, row in zip(columns, x_t[:, None, :].unbind(0), strict=True):
-        torch.sub(column, row, out=scratch)
-        out.add_(scratch.abs_())
-    return out
 
 
 def _grad_distances(gram: Tensor, sq_rows: Tensor, sq_cols: Tensor) -> Tensor:
@@ -228,14 +245,20 @@ class ClassDistances:
         """Float64 ``[len(ids), n - start]`` distances of rows ``ids`` to points ``start:``."""
         raise NotImplementedError
 
+    def _grad_into(self, ids: Tensor, start: int, out: Tensor) -> Tensor:
+        """``out`` ``[len(ids), n - start]`` (inputs' dtype) = :meth:`_grad` rounded."""
+        return out.copy_(self._grad(ids, start))
+
     def rows(self, ids: Tensor) -> Tensor:
         """``d[ids]``, ``[len(ids), n]`` in the inputs' dtype; a row costs ``O(n (c + d + K))``."""
         ids = ids.to(self.device)
-        out = self._grad(ids).to(self.dtype)
+        out = self._grad_into(
+            ids, 0, torch.empty(len(ids), self.n, dtype=self.dtype, device=self.device)
+        )
         out[torch.arange(len(ids), device=self.device), ids] = 0.0
         if self.lam is not None:
-            l1, scratch = self.lam.new_empty(2, len(ids), self.n).unbind(0)
-            out.add_(_l1_to_all(self.lam, self.lam_t, ids, l1, scratch).mul_(self.eps))
+            l1 = l1_rows(self.lam, self.lam_t, ids, self.lam.new_empty(len(ids), self.n))
+            out.add_(l1.mul_(self.eps))
         return out
 
     def dense(self) -> Tensor:
@@ -243,17 +266,16 @@ class ClassDistances:
         ``block_rows`` rows on and above the diagonal, mirrored; temporaries of a few blocks."""
         n, rows = self.n, self.block_rows
         out = torch.empty(n, n, dtype=self.dtype, device=self.device)
-        scratch = None if self.lam is None else self.lam.new_empty(2, min(rows, n) * n)
+        scratch = None if self.lam is None else self.lam.new_empty(min(rows, n) * n)
         for start in range(0, n, rows):
             stop = min(start + rows, n)
             ids = torch.arange(start, stop, device=self.device)
             upper = out[start:stop, start:]
-            upper.copy_(self._grad(ids, start))
+            self._grad_into(ids, start, upper)
             upper[:, : stop - start].fill_diagonal_(0.0)
             if scratch is not None:
-                size = (stop - start) * (n - start)
-                l1, diff = (part[:size].view(stop - start, n - start) for part in scratch)
-                upper.add_(_l1_rows(self.lam, self.lam_t, start, stop, l1, diff).mul_(self.eps))
+                l1 = scratch[: (stop - start) * (n - start)].view(stop - start, n - start)
+                upper.add_(l1_block(self.lam, self.lam_t, start, stop, l1).mul_(self.eps))
             _mirror_rows(out, start, stop)
         return out
 
@@ -277,17 +299,18 @@ class GradientDistances(ClassDistances):
         eps: float,
         k_dims: int,
         block_rows: int = BLOCK_ROWS,
+        products: str = "auto",
     ) -> None:
         _check_head_inputs(features, logits)
         self.n, self.eps, self.block_rows = features.shape[0], eps, block_rows
+        self.products = resolve_products(products, features.device)
         self.dtype, self.device = features.dtype, features.device
         if eps != 0:
             coords = top_variance_coordinates(features, logits, k_dims)
             self.lam = diag_hessian_columns(features, logits, coords)
             self.lam_t = self.lam.T.contiguous()
-        slices = 1 if features.dtype == torch.float32 else 3
-        self.h = exact_split(features, slices)
-        self.e = exact_split(softmax_residuals(logits, labels), slices)
+        self.h = split_rows(features, self.products)
+        self.e = split_rows(softmax_residuals(logits, labels), self.products)
         self.sq = (exact_self_dots(self.h) + 1.0) * exact_self_dots(self.e)
 
     def _grad(self, ids: Tensor, start: int = 0) -> Tensor:
@@ -296,6 +319,21 @@ class GradientDistances(ClassDistances):
         gram = exact_dots(h, _take(self.h, points)).add_(1.0)
         gram.mul_(exact_dots(e, _take(self.e, points)))
         return _grad_distances(gram, self.sq[ids], self.sq[points])
+
+    def _grad_into(self, ids: Tensor, start: int, out: Tensor) -> Tensor:
+        if self.products == "fast" or not compiled_available(self.device):
+            return super()._grad_into(ids, start, out)
+        points = slice(start, None)
+        h, e = _take(self.h, ids), _take(self.e, ids)
+        h_cols, e_cols = _take(self.h, points), _take(self.e, points)
+        return grad_distances_into(
+            exact_dots(h, h_cols, scaled=False),
+            exact_dots(e, e_cols, scaled=False),
+            (h[1], h_cols[1]),
+            (e[1], e_cols[1]),
+            (self.sq[ids], self.sq[points]),
+            out,
+        )
 
 
 class PreconditionedDistances(ClassDistances):
@@ -307,11 +345,19 @@ class PreconditionedDistances(ClassDistances):
     :meth:`dense`, once for all (``[n, c (d + 1)]``).
     """
 
-    def __init__(self, features: Tensor, logits: Tensor, labels: Tensor, *, damping: float):
+    def __init__(
+        self,
+        features: Tensor,
+        logits: Tensor,
+        labels: Tensor,
+        *,
+        damping: float,
+        products: str = "auto",
+    ):
         _check_head_inputs(features, logits)
         self.h, self.z, self.y, self.damping = features, logits, labels, damping
         self.n, self.dtype, self.device = features.shape[0], features.dtype, features.device
-        self._slices = 1 if features.dtype == torch.float32 else 3
+        self.products = resolve_products(products, features.device)
         self._all: tuple | None = None
         self.sq = torch.cat(
             [
@@ -323,7 +369,7 @@ class PreconditionedDistances(ClassDistances):
     def _u(self, rows) -> tuple:
         h, z, y = self.h[rows], self.z[rows], self.y[rows]
         u = last_layer_grads(h, z, y).div_(last_layer_diag_hessians(h, z).add_(self.damping))
-        return exact_split(u, self._slices)
+        return split_rows(u, self.products)
 
     def _grad(self, ids: Tensor, start: int = 0) -> Tensor:
         u = self._u(ids)

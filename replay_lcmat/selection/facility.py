@@ -23,6 +23,7 @@ from replay_lcmat import submodular
 from replay_lcmat.selection.base import ClassInputs, Selector, registered
 from replay_lcmat.selection.distances import (
     POINT_BLOCK,
+    PRODUCTS,
     STREAM_BLOCK_ROWS,
     ClassDistances,
     GradientDistances,
@@ -87,6 +88,7 @@ class FacilityLocationSelector(Selector):
         seed: int = 0,
         similarity: str = "auto",
         partitions: int = 1,
+        products: str = "auto",
     ) -> None:
         self.offset = check_number(self.name, "offset", offset, words=("max",))
         self.greedy = check_choice(self.name, "greedy", greedy, OPTIMIZERS)
@@ -102,6 +104,7 @@ class FacilityLocationSelector(Selector):
         self.seed = check_seed(self.name, seed)
         self.similarity = check_choice(self.name, "similarity", similarity, SIMILARITIES)
         self.partitions = check_number(self.name, "partitions", partitions, integer=True, minimum=1)
+        self.products = check_choice(self.name, "products", products, PRODUCTS)
 
     def distances(self, inputs: ClassInputs) -> ClassDistances:
         """The class's dissimilarity rows (nothing ``n x n`` is built)."""
@@ -365,7 +368,12 @@ class LCMatS(FacilityLocationSelector):
 
     def distances(self, inputs: ClassInputs) -> ClassDistances:
         return GradientDistances(
-            inputs.features, inputs.logits, inputs.labels, eps=self.eps, k_dims=self.k_dims
+            inputs.features,
+            inputs.logits,
+            inputs.labels,
+            eps=self.eps,
+            k_dims=self.k_dims,
+            products=self.products,
         )
 
 
@@ -378,7 +386,9 @@ class Craig(FacilityLocationSelector):
 
     def distances(self, inputs: ClassInputs) -> ClassDistances:
         # LCMat-S's distances with eps = 0: the very same values (eps = 0 gives Craig exactly)
-        return GradientDistances(inputs.features, inputs.logits, inputs.labels, eps=0, k_dims=1)
+        return GradientDistances(
+            inputs.features, inputs.logits, inputs.labels, eps=0, k_dims=1, products=self.products
+        )
 
 
 @registered
@@ -406,7 +416,11 @@ class AdaCore(FacilityLocationSelector):
 
     def distances(self, inputs: ClassInputs) -> ClassDistances:
         return PreconditionedDistances(
-            inputs.features, inputs.logits, inputs.labels, damping=self.damping
+            inputs.features,
+            inputs.logits,
+            inputs.labels,
+            damping=self.damping,
+            products=self.products,
         )
 
 
@@ -423,6 +437,7 @@ def lcmat_s(
     greedy: str = "lazy",
     similarity: str = "auto",
     partitions: int = 1,
+    products: str = "auto",
 ) -> Tensor:
     """LCMat-S selection (Sec. 3), class-balanced.
 
@@ -437,8 +452,9 @@ def lcmat_s(
         k_dims: number of highest-variance diagonal-Hessian coordinates per class.
         offset: the constant C of ``s = C - d``: ``"max"`` or a float.
         greedy: ``"lazy"`` (default), ``"naive"`` (same picks, slower) or ``"stochastic"``.
-        similarity / partitions: see :class:`FacilityLocationSelector` (``"streamed"``: no
-            ``n x n`` matrix, same picks; ``partitions > 1``: approximate).
+        similarity / partitions / products: see :class:`FacilityLocationSelector`
+            (``"streamed"``: no ``n x n`` matrix, same picks; ``partitions > 1``: approximate;
+            ``products="auto"``: exact float64 products on the CPU, float32 on GPUs).
 
     Returns:
         int64 ``[m]`` indices: classes ascending, each in greedy pick order. Computed in the
@@ -451,6 +467,7 @@ def lcmat_s(
         greedy=greedy,
         similarity=similarity,
         partitions=partitions,
+        products=products,
     )
     return selector.select(
         features=features, logits=logits, labels=labels, per_class=per_class, fraction=fraction

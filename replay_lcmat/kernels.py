@@ -1,0 +1,253 @@
+"""Compiled kernels of the facility-location selectors, each with a torch twin.
+
+- :func:`l1_rows`: the L1 distances of LCMat-S's curvature term (Eq. 12,
+  ``eps ||lambda_i - lambda_j||_1``).
+- :func:`grad_distances_into`: ``||g_i - g_j||_2`` from the exact inner products of the Gram
+  identity, in one pass instead of eight elementwise torch passes over float64 blocks.
+- :func:`coverage_gains`: facility-location marginal gains ``sum_i max(0, s_ji - cov_i)``.
+
+L1: every entry sums ``|x_ik - x_jk|`` over ``k = 0, 1, ...`` in order from an accumulator of 0,
+so an entry is a function of its two rows only: the same bits in any block of rows, in the dense
+and the streamed path, and equal to ``torch.cdist(x, x, p=1)`` on the CPU.
+
+On the CPU the compiled L1 kernel (numba) does the subtract, absolute value and add of a coordinate in
+one sweep over a tile of columns, four rows at a time, so each column value is read once for
+four rows and the accumulators stay in cache: about 3.5x faster than one torch pass per
+operation and coordinate. On other devices (and without numba) the torch passes run, in the same
+order, with the same results. The distance kernel does the same IEEE operations in the same order
+as its torch twin (no fused multiply-add: numba does not contract without fast-math) with a
+correctly rounded square root, which torch's vectorised float64 sqrt is not always (they can
+differ by one ulp); each path is deterministic and gives rows and dense blocks alike. The gains kernel fixes its own summation order (eight float64 partial sums,
+then added in order), so a row's gain is the same whatever the rows around it; where it does
+not run, :class:`~replay_lcmat.submodular.FacilityLocation` sums with torch (same picks
+except on near ties).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+try:  # numba is a declared dependency; the torch passes below keep working without it
+    import numba
+    from numba import prange
+except ImportError:  # pragma: no cover - only where numba has no wheel for the platform
+    numba, prange = None, range
+
+# Columns per tile of the compiled kernel: four rows of accumulators (4 x 512 floats) and the
+# tile of a coordinate stay in the first-level cache.
+TILE = 512
+ROWS = 4
+
+
+def _kernel_source(rows_of, out, row_stride: int, width: int, x, x_t, first_column: int) -> None:
+    """``out[r * row_stride + j] = sum_k |x[rows_of[r], k] - x_t[k, first_column + j]|``, k in
+    order from 0. ``out`` is flat (contiguous), so the compiler sees unit strides and vectorises
+    the sweep over ``j``."""
+    n_rows = rows_of.shape[0]
+    n_coords = x.shape[1]
+    for group in prange((n_rows + ROWS - 1) // ROWS):  # rows are independent: any thread
+        r0 = group * ROWS
+        m = min(ROWS, n_rows - r0)
+        for j0 in range(0, width, TILE):
+            w = min(TILE, width - j0)
+            c0 = first_column + j0
+            if m == ROWS:
+                o = r0 * row_stride + j0
+                a0 = out[o : o + w]
+                a1 = out[o + row_stride : o + row_stride + w]
+                a2 = out[o + 2 * row_stride : o + 2 * row_stride + w]
+                a3 = out[o + 3 * row_stride : o + 3 * row_stride + w]
+                a0[:] = 0.0
+                a1[:] = 0.0
+                a2[:] = 0.0
+                a3[:] = 0.0
+                i0, i1, i2, i3 = rows_of[r0], rows_of[r0 + 1], rows_of[r0 + 2], rows_of[r0 + 3]
+                for k in range(n_coords):
+                    x0, x1, x2, x3 = x[i0, k], x[i1, k], x[i2, k], x[i3, k]
+                    column = x_t[k, c0 : c0 + w]
+                    for j in range(w):
+                        v = column[j]
+                        a0[j] += abs(x0 - v)
+                        a1[j] += abs(x1 - v)
+                        a2[j] += abs(x2 - v)
+                        a3[j] += abs(x3 - v)
+            else:
+                for r in range(r0, r0 + m):
+                    o = r * row_stride + j0
+                    acc = out[o : o + w]
+                    acc[:] = 0.0
+                    i = rows_of[r]
+                    for k in range(n_coords):
+                        xi = x[i, k]
+                        column = x_t[k, c0 : c0 + w]
+                        for j in range(w):
+                            acc[j] += abs(xi - column[j])
+
+
+def _jit(source):
+    # parallel: rows go to threads whole, so every entry is summed alike on any thread count
+    return None if numba is None else numba.njit(nogil=True, cache=True, parallel=True)(source)
+
+
+def _threads() -> None:
+    """Give the kernels as many threads as torch uses (``torch.set_num_threads``)."""
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+
+
+_compiled = _jit(_kernel_source)
+
+
+def compiled_available(device: torch.device) -> bool:
+    """Whether the compiled kernel runs for tensors on ``device`` (the CPU, with numba)."""
+    return _compiled is not None and torch.device(device).type == "cpu"
+
+
+def _torch_rows(x: Tensor, x_t: Tensor, rows: Tensor, first_column: int, out: Tensor) -> Tensor:
+    """The same sums with one torch pass per operation and coordinate (any device)."""
+    out.zero_()
+    scratch = torch.empty_like(out)
+    width = out.shape[1]
+    columns = x[rows].T.unsqueeze(2).unbind(0)  # K views [m, 1]
+    points = x_t[:, None, first_column : first_column + width].unbind(0)  # K views [1, width]
+    for column, point in zip(columns, points, strict=True):
+        torch.sub(column, point, out=scratch)
+        out.add_(scratch.abs_())
+    return out
+
+
+def l1_rows(
+    x: Tensor, x_t: Tensor, rows: Tensor, out: Tensor, *, first_column: int = 0, compiled=None
+) -> Tensor:
+    """``out[r, j] = ||x[rows[r]] - x[first_column + j]||_1``, in place; returns ``out``.
+
+    Args:
+        x: ``[n, K]``; x_t: ``x.T.contiguous()`` ``[K, n]``.
+        rows: int64 ``[m]``; out: ``[m, w]`` with ``first_column + w <= n``, rows contiguous.
+        compiled: force (True) or avoid (False) the compiled kernel; default: where available.
+    """
+    use = compiled_available(x.device) if compiled is None else compiled
+    if not use or out.shape[0] == 0:
+        return _torch_rows(x, x_t, rows, first_column, out)
+    flat, row_stride = _flat_rows(out)
+    _threads()
+    _compiled(
+        rows.cpu().numpy(),
+        flat.detach().numpy(),
+        row_stride,
+        out.shape[1],
+        x.detach().contiguous().numpy(),
+        x_t.detach().numpy(),
+        int(first_column),
+    )
+    return out
+
+
+def l1_block(x: Tensor, x_t: Tensor, start: int, stop: int, out: Tensor) -> Tensor:
+    """Rows ``start:stop`` of the L1 distances from their diagonal on (columns ``start:``),
+    ``out`` ``[stop - start, n - start]`` (a view into the full matrix is fine)."""
+    rows = torch.arange(start, stop, device=x.device)
+    return l1_rows(x, x_t, rows, out, first_column=start)
+
+
+def _grad_source(h_dots, e_dots, h_rows, h_cols, e_rows, e_cols, sq_rows, sq_cols, out, stride):
+    """``out[r * stride + j] = sqrt(max(0, (sq_r + sq_j) - 2 ((h + 1) e)))`` with
+    ``h = (h_dots[r, j] h_rows[r]) h_cols[j]`` and ``e`` alike: the torch twin's operations."""
+    m, w = h_dots.shape
+    for r in prange(m):
+        o = r * stride
+        for j in range(w):
+            h = (h_dots[r, j] * h_rows[r]) * h_cols[j]
+            e = (e_dots[r, j] * e_rows[r]) * e_cols[j]
+            t = ((h + 1.0) * e) * -2.0 + (sq_rows[r] + sq_cols[j])
+            out[o + j] = math.sqrt(t if t > 0.0 else 0.0)
+
+
+def _gains_source(sim, rows_of, cov, out) -> None:
+    """``out[r] = sum_i max(0, sim[rows_of[r], i] - cov[i])``: eight float64 partial sums over
+    ``i = l, l + 8, ...`` (kept in registers), then the tail, then the partials added in order."""
+    n = cov.shape[0]
+    body = n - n % 8
+    for r in prange(rows_of.shape[0]):
+        row = sim[rows_of[r]]
+        p0 = p1 = p2 = p3 = p4 = p5 = p6 = p7 = 0.0
+        for b in range(0, body, 8):
+            p0 += max(np.float64(row[b]) - np.float64(cov[b]), 0.0)
+            p1 += max(np.float64(row[b + 1]) - np.float64(cov[b + 1]), 0.0)
+            p2 += max(np.float64(row[b + 2]) - np.float64(cov[b + 2]), 0.0)
+            p3 += max(np.float64(row[b + 3]) - np.float64(cov[b + 3]), 0.0)
+            p4 += max(np.float64(row[b + 4]) - np.float64(cov[b + 4]), 0.0)
+            p5 += max(np.float64(row[b + 5]) - np.float64(cov[b + 5]), 0.0)
+            p6 += max(np.float64(row[b + 6]) - np.float64(cov[b + 6]), 0.0)
+            p7 += max(np.float64(row[b + 7]) - np.float64(cov[b + 7]), 0.0)
+        total = 0.0
+        for i in range(body, n):
+            total += max(np.float64(row[i]) - np.float64(cov[i]), 0.0)
+        out[r] = total + p0 + p1 + p2 + p3 + p4 + p5 + p6 + p7
+
+
+_grad_compiled = _jit(_grad_source)
+_gains_compiled = _jit(_gains_source)
+
+
+def _flat_rows(out: Tensor) -> tuple[Tensor, int]:
+    """``out`` ``[m, w]`` with contiguous rows as one flat view of its memory and the row stride."""
+    m, width = out.shape
+    if out.stride(1) != 1:
+        raise ValueError("the output needs contiguous rows (stride 1 along its columns).")
+    stride = out.stride(0) if m > 1 else width
+    return torch.as_strided(out, ((m - 1) * stride + width,), (1,)), stride
+
+
+def grad_distances_into(
+    h_dots: Tensor,
+    e_dots: Tensor,
+    h_scales: tuple[Tensor, Tensor],
+    e_scales: tuple[Tensor, Tensor],
+    sq: tuple[Tensor, Tensor],
+    out: Tensor,
+    *,
+    compiled: bool | None = None,
+) -> Tensor:
+    """Last-layer gradient distances ``||g_r - g_j||_2`` into ``out`` ``[m, w]`` (any float dtype).
+
+    ``g_r . g_j = (e_r . e_j)(h_r . h_j + 1)`` (the Gram identity), with each inner product given
+    unscaled (``h_dots``, ``e_dots``: float64 ``[m, w]``, exact integers of the split rows) and
+    its row and column scales (powers of two); ``sq``: ``||g||^2`` of the rows and the columns.
+    """
+    use = compiled_available(out.device) if compiled is None else compiled
+    if not use:
+        h = h_dots.mul(h_scales[0][:, None]).mul_(h_scales[1][None, :])
+        e = e_dots.mul(e_scales[0][:, None]).mul_(e_scales[1][None, :])
+        gram = h.add_(1.0).mul_(e).mul_(-2.0).add_(sq[0][:, None] + sq[1][None, :])
+        return out.copy_(gram.clamp_(min=0.0).sqrt_())
+    flat, stride = _flat_rows(out)
+    _threads()
+    _grad_compiled(
+        *(t.contiguous().numpy() for t in (h_dots, e_dots, *h_scales, *e_scales, *sq)),
+        flat.numpy(),
+        stride,
+    )
+    return out
+
+
+def coverage_gains(sim: Tensor, rows: Tensor, cov: Tensor, out: Tensor) -> Tensor:
+    """``out[r] = sum_i max(0, sim[rows[r], i] - cov[i])`` with the compiled kernel (CPU, numba):
+    float64 partial sums in the fixed order of :func:`_gains_source`, so a row's gain is the same
+    whatever the other rows of the call; returns ``out``.
+
+    Args:
+        sim: ``[N, n]`` with contiguous rows; rows: int64 ``[m]``; cov: ``[n]``; out: ``[m]``.
+    """
+    result = np.empty(len(rows), dtype=np.float64)
+    _threads()
+    _gains_compiled(sim.contiguous().numpy(), rows.cpu().numpy(), cov.contiguous().numpy(), result)
+    return out.copy_(torch.from_numpy(result))
+
+
+def gains_compiled(device: torch.device) -> bool:
+    """Whether :func:`coverage_gains` runs for tensors on ``device``."""
+    return _gains_compiled is not None and torch.device(device).type == "cpu"
