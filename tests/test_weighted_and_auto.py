@@ -15,7 +15,7 @@ from replay_lcmat.data import ImageData, holdout_split, load_digits
 from replay_lcmat.memory import ClassMemory, build_memory
 from replay_lcmat.models import MLP
 from replay_lcmat.seeding import seeded
-from replay_lcmat.selection import extract_outputs
+from replay_lcmat.selection import SelectionModelConfig, extract_outputs
 from replay_lcmat.training import TrainConfig, train
 
 
@@ -63,7 +63,7 @@ def test_memory_weights_sum_to_the_class_size_and_survive_saving(digits, policy,
     with seeded(0):
         outputs = extract_outputs(MLP(64, 10, hidden=(16,)), data)
     x, y = data.normalized(), data.labels
-    memory = build_memory(policy, x, y, per_class=6, outputs=outputs, weighted=True)
+    memory = build_memory(policy, x, y, per_class=6, outputs=outputs, options={"weighted": True})
     sizes = torch.bincount(y)
     for c in memory.classes():
         assert float(memory.weights(c).sum()) == pytest.approx(int(sizes[c]))
@@ -100,8 +100,7 @@ def _run(train_data, test_data, policies, memories=None, log=None):
         seed=0,
         model="mlp",
         model_options={"hidden": (16,)},
-        selection_epochs=2,
-        selection_lr=0.05,
+        selection_model=SelectionModelConfig("mlp", {"hidden": (16,)}, epochs=2, lr=0.05),
         retrain=TrainConfig(epochs=15, batch_size=32, lr=0.05, augment="none"),
         progress=False,
         memories_out=memories,
@@ -276,15 +275,18 @@ def test_lcmat_memory_defaults_apply_only_without_selector_options(digits):
         outputs = extract_outputs(MLP(64, 10, hidden=(16,)), data)
     x, y = data.normalized(), data.labels
 
-    def picks(**options):
-        memory = build_memory("lcmat-s", x, y, per_class=5, outputs=outputs, **options)
+    def picks(options=None):
+        memory = build_memory("lcmat-s", x, y, per_class=5, outputs=outputs, options=options)
         return torch.cat([memory.sources(c) for c in memory.classes()])
 
     chosen = MEMORY_DEFAULTS["lcmat-s"]
     assert chosen["objective"] != "facility"
-    assert torch.equal(picks(), picks(**chosen))
-    assert not torch.equal(picks(), picks(eps=0.01))  # any option: the paper's selector
+    assert torch.equal(picks(), picks(chosen))
+    assert not torch.equal(picks(), picks({"eps": 0.01}))  # any option: the paper's selector
     assert SelectorExemplarsStrategy("lcmat-s")._selector.get_params() == {
-        **SelectorExemplarsStrategy("lcmat-s", **chosen)._selector.get_params()
+        **SelectorExemplarsStrategy("lcmat-s", options=chosen)._selector.get_params()
     }
-    assert SelectorExemplarsStrategy("lcmat-s", eps=0.01)._selector.objective == "facility"
+    assert (
+        SelectorExemplarsStrategy("lcmat-s", options={"eps": 0.01})._selector.objective
+        == "facility"
+    )

@@ -8,7 +8,12 @@ result.indices, result.weights
 
 from replay_lcmat.selection.base import SelectionResult, Selector, class_budgets
 from replay_lcmat.selection.distances import lcmat_dissimilarity
-from replay_lcmat.selection.extract import ModelOutputs, extract_outputs, pretrain_selection_model
+from replay_lcmat.selection.extract import (
+    ModelOutputs,
+    SelectionModelConfig,
+    extract_outputs,
+    pretrain_selection_model,
+)
 from replay_lcmat.selection.facility import (
     AdaCore,
     Craig,
@@ -20,6 +25,7 @@ from replay_lcmat.selection.registry import SELECTORS, available_selectors, make
 
 __all__ = [
     "SELECTORS",
+    "SelectionModelConfig",
     "AdaCore",
     "Craig",
     "FacilityLocationSelector",

@@ -5,7 +5,9 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -37,8 +39,11 @@ class ModelOutputs:
     labels: Tensor
 
 
-def check_stats(stats: str) -> str:
-    """Return ``stats`` if it is one of :data:`STATS`, else raise naming the choices."""
+def check_stats(stats: str | None) -> str:
+    """``stats`` if it is one of :data:`STATS` (``None``: :data:`DEFAULT_STATS`, the one place
+    that default is applied), else raise naming the choices."""
+    if stats is None:
+        return DEFAULT_STATS
     if stats not in STATS:
         raise ValueError(
             f"unknown stats {stats!r}; choose one of {', '.join(map(repr, STATS))} "
@@ -303,3 +308,71 @@ def pretrain_selection_model(
     if early_stop is not None and best["state"] is not None:
         net.load_state_dict(best["state"])
     return net
+
+
+@dataclass(frozen=True)
+class SelectionModelConfig:
+    """The model a selection policy ranks with (the paper's θ): how the library trains it
+    (:meth:`pretrain`, see :func:`pretrain_selection_model`) and how its outputs are read
+    (:meth:`outputs`, see :func:`extract_outputs`).
+
+    Attributes:
+        architecture: a :func:`replay_lcmat.models.make_model` name; ``model_options`` its
+            options (e.g. ``{"width": 32}``).
+        epochs, lr, batch_size: SGD training on the experience's data (the paper: 10 epochs).
+        augment: random crop + flip while it trains (images of at least 32 pixels; the LCMat
+            reference code trains without).
+        early_stop, patience: hold out this share of the data and keep the weights of the
+            lowest held-out loss (``None``: train on all data for ``epochs``).
+        stats: the normalisation statistics its outputs are read with (:data:`STATS`).
+    """
+
+    architecture: str = "convnet"
+    model_options: Mapping[str, Any] = field(default_factory=dict)
+    epochs: int = 10
+    lr: float = 0.1
+    batch_size: int = 128
+    augment: bool = True
+    early_stop: float | None = None
+    patience: int = 2
+    stats: str = DEFAULT_STATS
+
+    def __post_init__(self) -> None:
+        check_stats(self.stats)
+
+    def pretrain(
+        self,
+        train_data,
+        *,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+        progress: bool = True,
+    ) -> nn.Module:
+        """A fresh network of this configuration trained on ``train_data``
+        (:class:`replay_lcmat.data.ImageData`), seeded by ``seed``."""
+        return pretrain_selection_model(
+            train_data,
+            model=self.architecture,
+            model_options=dict(self.model_options),
+            epochs=self.epochs,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            augment=self.augment,
+            device=device,
+            seed=seed,
+            progress=progress,
+            early_stop=self.early_stop,
+            patience=self.patience,
+        )
+
+    def outputs(
+        self,
+        model: nn.Module,
+        images: Tensor,
+        labels: Tensor,
+        *,
+        device: torch.device | str = "cpu",
+    ) -> ModelOutputs:
+        """:func:`extract_outputs` of ``model`` on ``images`` with this configuration's
+        ``stats``."""
+        return extract_outputs(model, images, labels=labels, stats=self.stats, device=device)
