@@ -82,6 +82,17 @@ class MemoryPolicy:
         progress: bool = False,
     ) -> ClassMemory:
         """The memory of the classes in ``labels``; see :func:`build_memory`."""
+        outputs = self._ranking_outputs(images, labels, outputs, model, stats, device)
+        per_class = check_per_class(per_class)
+        return self._fill(images, labels, per_class, options, outputs, seed, device, progress)
+
+    def _ranking_outputs(self, images, labels, outputs, model, stats, device):
+        """The model outputs the policy ranks with (``None`` when it uses none); refuses
+        ``outputs``, ``model`` or ``stats`` that do not apply."""
+        raise NotImplementedError
+
+    def _fill(self, images, labels, per_class, options, outputs, seed, device, progress):
+        """The memory of the classes in ``labels``, once the arguments are checked."""
         raise NotImplementedError
 
 
@@ -103,20 +114,7 @@ class SelectionPolicy(MemoryPolicy):
     def check_options(self, options: Mapping[str, Any] | None) -> None:
         memory_selector(self.name, options)
 
-    def build(
-        self,
-        images: Tensor,
-        labels: Tensor,
-        *,
-        per_class: int,
-        options: Mapping[str, Any] | None = None,
-        outputs: ModelOutputs | None = None,
-        model: nn.Module | None = None,
-        stats: str | None = None,
-        seed: int = 0,
-        device: torch.device | str = "cpu",
-        progress: bool = False,
-    ) -> ClassMemory:
+    def _ranking_outputs(self, images, labels, outputs, model, stats, device):
         if outputs is not None and (model is not None or stats is not None):
             raise ValueError(
                 "pass either outputs=... or model=... (with stats=...), not both: the outputs "
@@ -137,6 +135,9 @@ class SelectionPolicy(MemoryPolicy):
                 f"outputs cover {len(outputs.labels)} samples but there are {len(labels)} images; "
                 "extract them from the same images."
             )
+        return outputs
+
+    def _fill(self, images, labels, per_class, options, outputs, seed, device, progress):
         picks, weights = select_exemplars(
             self.name,
             labels=labels,
@@ -169,25 +170,15 @@ class CondensationPolicy(MemoryPolicy):
     def check_options(self, options: Mapping[str, Any] | None) -> None:
         make_condenser(self.name, **check_options(options))
 
-    def build(
-        self,
-        images: Tensor,
-        labels: Tensor,
-        *,
-        per_class: int,
-        options: Mapping[str, Any] | None = None,
-        outputs: ModelOutputs | None = None,
-        model: nn.Module | None = None,
-        stats: str | None = None,
-        seed: int = 0,
-        device: torch.device | str = "cpu",
-        progress: bool = False,
-    ) -> ClassMemory:
+    def _ranking_outputs(self, images, labels, outputs, model, stats, device):
         if any(value is not None for value in (outputs, model, stats)):
             raise ValueError(
                 f"{self.name!r} is a condensation policy: it trains its own networks, so "
                 "outputs=, model= and stats= do not apply; drop them."
             )
+        return None
+
+    def _fill(self, images, labels, per_class, options, outputs, seed, device, progress):
         syn, syn_labels = condense_exemplars(
             self.name,
             images,
@@ -268,7 +259,7 @@ def build_memory(
     return memory_policy(policy).build(
         images,
         labels,
-        per_class=check_per_class(per_class),
+        per_class=per_class,
         options=options,
         outputs=outputs,
         model=model,
