@@ -24,7 +24,11 @@ from replay_lcmat.memory import (
 )
 from replay_lcmat.memory.holdout import AUTO_EPS, choose_on_holdout
 from replay_lcmat.models import make_model
-from replay_lcmat.selection import SelectionModelConfig, extract_outputs
+from replay_lcmat.selection import (
+    SelectionModelConfig,
+    extract_outputs,
+    pretrain_selection_model,
+)
 from replay_lcmat.selection.extract import check_stats
 from replay_lcmat.specs import parse_policy
 from replay_lcmat.training import PROTOCOL_RETRAIN, TrainConfig, evaluate
@@ -57,7 +61,7 @@ def memory_only_run(
     Classes are ordered by ``class_order(C, seed)`` and split into ``n_experiences`` equal
     groups. At experience ``k`` (seeds: :class:`replay_lcmat.memory.ExperienceSeeds`): a
     selection model (only when a policy needs one) is trained on experience ``k``'s data
-    (:meth:`replay_lcmat.selection.SelectionModelConfig.pretrain` of ``selection_model``, seed
+    (:func:`replay_lcmat.selection.pretrain_selection_model` with ``selection_model``, seed
     ``seeds.selection_model``) and its outputs are taken once per statistics mode in use
     (:func:`replay_lcmat.selection.extract_outputs`); each policy builds ``per_class`` exemplars of every new class from
     that experience's data only (seed ``policy.experience_seed(seed, k)``) and adds them to its
@@ -151,8 +155,8 @@ def memory_only_run(
         x, y = stage.normalized(), stage.labels
         outputs: dict[str | None, object] = {None: None}
         if any(stats is not None for _, _, stats, _ in specs.values()):
-            selector_model = selection_model.pretrain(
-                stage, device=device, seed=seeds.selection_model, progress=progress
+            selector_model = pretrain_selection_model(
+                stage, selection_model, device=device, seed=seeds.selection_model, progress=progress
             )
             for stats in {s for _, _, s, _ in specs.values() if s is not None}:
                 outputs[stats] = extract_outputs(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import csv
+from dataclasses import replace
 
 import pytest
 import torch
@@ -207,10 +208,10 @@ def test_selection_model_early_stopping_keeps_the_best_held_out_epoch(digits):
 
     data, _ = digits
     # lr 2 makes the held-out loss go up and down, so the best epoch is not the last
-    common = dict(
-        model="mlp", model_options={"hidden": (16,)}, epochs=8, lr=2.0, seed=4, progress=False
+    common = SelectionModelConfig("mlp", {"hidden": (16,)}, epochs=8, lr=2.0)
+    best = pretrain_selection_model(
+        data, replace(common, early_stop=0.3, patience=8), seed=4, progress=False
     )
-    best = pretrain_selection_model(data, early_stop=0.3, patience=8, **common)
     fit, held = holdout_split(data.labels, 0.3, 4)
     x, y = data.normalized(), data.labels
 
@@ -218,10 +219,12 @@ def test_selection_model_early_stopping_keeps_the_best_held_out_epoch(digits):
         return float(nn.functional.cross_entropy(predict(model, x[held]), y[held]))
 
     # the same run without restoring: the last epoch's weights (same data, seed, schedule)
-    last = pretrain_selection_model(data.subset(fit), **common)
+    last = pretrain_selection_model(data.subset(fit), common, seed=4, progress=False)
     assert held_loss(best) < held_loss(last)
     # patience 0: stops after the first epoch, the same weights as one epoch of the same run
-    first = pretrain_selection_model(data, early_stop=0.3, patience=0, **common)
+    first = pretrain_selection_model(
+        data, replace(common, early_stop=0.3, patience=0), seed=4, progress=False
+    )
     one = train_one_epoch_like(data.subset(fit), common)
     for a, b in zip(first.parameters(), one.parameters(), strict=True):
         assert torch.equal(a, b)
@@ -231,16 +234,16 @@ def train_one_epoch_like(data, common):
     """The selection model of ``common`` stopped after its first epoch by ``on_epoch``."""
     from replay_lcmat.models import make_model
 
-    with seeded(common["seed"]):
+    with seeded(4):
         net = make_model("mlp", in_channels=1, num_classes=10, image_size=8, hidden=(16,))
     return train(
         net,
         data.normalized(),
         data.labels,
-        epochs=common["epochs"],
-        lr=common["lr"],
-        batch_size=128,
-        seed=common["seed"],
+        epochs=common.epochs,
+        lr=common.lr,
+        batch_size=common.batch_size,
+        seed=4,
         progress=False,
         on_epoch=lambda e, m: True,
     )

@@ -237,84 +237,11 @@ def extract_outputs(
     return ModelOutputs(feats, logits, labels)
 
 
-def pretrain_selection_model(
-    train_data,
-    *,
-    model: str = "convnet",
-    model_options: dict | None = None,
-    epochs: int = 10,
-    lr: float = 0.1,
-    batch_size: int = 128,
-    augment: bool = True,
-    device: torch.device | str = "cpu",
-    seed: int = 0,
-    progress: bool = True,
-    early_stop: float | None = None,
-    patience: int = 2,
-) -> nn.Module:
-    """The selection model θ of the LCMat paper: a fresh network trained on the full data for a few epochs.
-
-    Args:
-        train_data: :class:`replay_lcmat.data.ImageData`.
-        model: a :func:`replay_lcmat.models.make_model` name; ``model_options`` its options.
-        epochs: training epochs (the paper uses 10; 0 keeps the random init).
-        lr, batch_size: SGD settings of :func:`replay_lcmat.training.train` (cosine schedule).
-        augment: random crop + flip (only for images of at least 32 pixels).
-        seed: seeds the initialisation, shuffling and augmentation.
-        early_stop: a share of every class (e.g. 0.1) held out (seeded by ``seed``): θ trains
-            on the rest for at most ``epochs``, its loss on the held-out part is measured after
-            each epoch, training stops after ``patience`` epochs without a new lowest loss, and
-            the weights of the lowest are returned. None (default): all data, ``epochs``.
-    """
-    channels, height, _ = train_data.shape
-    with seeded(seed):
-        net = make_model(
-            model,
-            in_channels=channels,
-            num_classes=train_data.num_classes,
-            image_size=height,
-            **(model_options or {}),
-        )
-    use_augment = augment and height >= 32
-    images, labels = train_data.normalized(), train_data.labels
-    on_epoch = None
-    if early_stop is not None:
-        fit, held = holdout_split(labels, early_stop, seed)
-        held_x, held_y = images[held], labels[held]
-        images, labels = images[fit], labels[fit]
-        best: dict = {"loss": math.inf, "epoch": -1, "state": None}
-
-        def on_epoch(epoch: int, model: nn.Module) -> bool:
-            logits = predict(model, held_x, device=device)
-            loss = float(nn.functional.cross_entropy(logits, held_y))
-            if loss < best["loss"]:
-                state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                best.update(loss=loss, epoch=epoch, state=state)
-            return epoch - best["epoch"] >= patience
-
-    net = train(
-        net,
-        images,
-        labels,
-        epochs=epochs,
-        lr=lr,
-        batch_size=batch_size,
-        augment=RandomCropFlip() if use_augment else None,
-        device=device,
-        seed=seed,
-        progress=progress,
-        on_epoch=on_epoch,
-    )
-    if early_stop is not None and best["state"] is not None:
-        net.load_state_dict(best["state"])
-    return net
-
-
 @dataclass(frozen=True)
 class SelectionModelConfig:
-    """The model a selection policy ranks with (the paper's θ): how the library trains it
-    (:meth:`pretrain`, see :func:`pretrain_selection_model`) and how its outputs are read
-    (:meth:`outputs`, see :func:`extract_outputs`).
+    """The model a selection policy ranks with (the paper's θ): how the library builds and
+    trains it (:func:`pretrain_selection_model`) and with which statistics its outputs are
+    read (:func:`extract_outputs`).
 
     Attributes:
         architecture: a :func:`replay_lcmat.models.make_model` name; ``model_options`` its
@@ -340,39 +267,68 @@ class SelectionModelConfig:
     def __post_init__(self) -> None:
         check_stats(self.stats)
 
-    def pretrain(
-        self,
-        train_data,
-        *,
-        device: torch.device | str = "cpu",
-        seed: int = 0,
-        progress: bool = True,
-    ) -> nn.Module:
-        """A fresh network of this configuration trained on ``train_data``
-        (:class:`replay_lcmat.data.ImageData`), seeded by ``seed``."""
-        return pretrain_selection_model(
-            train_data,
-            model=self.architecture,
-            model_options=dict(self.model_options),
-            epochs=self.epochs,
-            lr=self.lr,
-            batch_size=self.batch_size,
-            augment=self.augment,
-            device=device,
-            seed=seed,
-            progress=progress,
-            early_stop=self.early_stop,
-            patience=self.patience,
-        )
 
-    def outputs(
-        self,
-        model: nn.Module,
-        images: Tensor,
-        labels: Tensor,
-        *,
-        device: torch.device | str = "cpu",
-    ) -> ModelOutputs:
-        """:func:`extract_outputs` of ``model`` on ``images`` with this configuration's
-        ``stats``."""
-        return extract_outputs(model, images, labels=labels, stats=self.stats, device=device)
+def pretrain_selection_model(
+    train_data,
+    config: SelectionModelConfig | None = None,
+    *,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    progress: bool = True,
+) -> nn.Module:
+    """The selection model θ of the LCMat paper: a fresh network trained on the full data for a
+    few epochs (SGD, cosine schedule; :func:`replay_lcmat.training.train`).
+
+    Args:
+        train_data: :class:`replay_lcmat.data.ImageData`.
+        config: the network and its training (:class:`SelectionModelConfig`; ``None``: its
+            defaults, the paper's 10 epochs). With ``early_stop`` a share of every class
+            (seeded by ``seed``) is held out: θ trains on the rest for at most ``epochs``, its
+            loss on the held-out part is measured after each epoch, training stops after
+            ``patience`` epochs without a new lowest loss, and the weights of the lowest are
+            returned.
+        seed: seeds the initialisation, shuffling and augmentation.
+    """
+    config = SelectionModelConfig() if config is None else config
+    channels, height, _ = train_data.shape
+    with seeded(seed):
+        net = make_model(
+            config.architecture,
+            in_channels=channels,
+            num_classes=train_data.num_classes,
+            image_size=height,
+            **config.model_options,
+        )
+    use_augment = config.augment and height >= 32
+    images, labels = train_data.normalized(), train_data.labels
+    on_epoch = None
+    if config.early_stop is not None:
+        fit, held = holdout_split(labels, config.early_stop, seed)
+        held_x, held_y = images[held], labels[held]
+        images, labels = images[fit], labels[fit]
+        best: dict = {"loss": math.inf, "epoch": -1, "state": None}
+
+        def on_epoch(epoch: int, model: nn.Module) -> bool:
+            logits = predict(model, held_x, device=device)
+            loss = float(nn.functional.cross_entropy(logits, held_y))
+            if loss < best["loss"]:
+                state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best.update(loss=loss, epoch=epoch, state=state)
+            return epoch - best["epoch"] >= config.patience
+
+    net = train(
+        net,
+        images,
+        labels,
+        epochs=config.epochs,
+        lr=config.lr,
+        batch_size=config.batch_size,
+        augment=RandomCropFlip() if use_augment else None,
+        device=device,
+        seed=seed,
+        progress=progress,
+        on_epoch=on_epoch,
+    )
+    if config.early_stop is not None and best["state"] is not None:
+        net.load_state_dict(best["state"])
+    return net
