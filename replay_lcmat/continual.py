@@ -19,7 +19,6 @@ from replay_lcmat.memory import (
     ExperienceSeeds,
     ResultRow,
     check_per_class,
-    memory_policy,
     retrain_on_memory,
 )
 from replay_lcmat.memory.holdout import AUTO_EPS, choose_on_holdout
@@ -29,8 +28,7 @@ from replay_lcmat.selection import (
     extract_outputs,
     pretrain_selection_model,
 )
-from replay_lcmat.selection.extract import check_stats
-from replay_lcmat.specs import parse_policy
+from replay_lcmat.specs import memory_spec
 from replay_lcmat.training import PROTOCOL_RETRAIN, TrainConfig, evaluate
 
 
@@ -109,30 +107,15 @@ def memory_only_run(
         selection_model = SelectionModelConfig(
             architecture=model, model_options=dict(model_options or {})
         )
-    policy_options = policy_options or {}
-    specs: dict[str, tuple] = {}  # spec -> (MemoryPolicy, options, stats)
-    for p in policies:
-        name, options = parse_policy(p)
-        policy = memory_policy(name)
-        options = {**policy_options.get(p, policy_options.get(name, {})), **options}
-        stats = options.pop("stats", None)
-        power = float(options.pop("weight_power", 0))
-        if power < 0:
-            raise ValueError(f"{p!r}: weight_power must be >= 0 (0: unweighted replay).")
-        if power and policy.kind != "selection":
-            raise ValueError(f"{p!r}: weight_power applies to selection policies.")
-        if power:  # replay each pick with the size of its cluster, to the power
-            options.setdefault("weighted", True)
-        if policy.needs_model:
-            stats = check_stats(stats or selection_model.stats)
-        elif stats is not None:
-            raise ValueError(f"{p!r}: stats applies to selection policies that use a model.")
-        wanted = (
-            iterations.get(p, iterations.get(name)) if isinstance(iterations, dict) else iterations
+    specs = {
+        p: memory_spec(
+            p,
+            policy_options=policy_options,
+            iterations=iterations,
+            stats=selection_model.stats,
         )
-        if wanted is not None and policy.kind == "condensation":
-            options.setdefault("iterations", wanted)
-        specs[p] = (policy, options, stats, power)
+        for p in policies
+    }
     channels, height, _ = train_data.shape
     template = make_model(
         model,
