@@ -44,6 +44,7 @@ import torch
 from replay_lcmat.continual import memory_only_run
 from replay_lcmat.data import load_dataset, per_class_indices, per_class_subset
 from replay_lcmat.reporting import FIELDS, command_markdown, results_markdown, summarize
+from replay_lcmat.selection import SelectionModelConfig
 from replay_lcmat.selection.extract import STATS
 from replay_lcmat.specs import expand_stats, parse_policy
 from replay_lcmat.training import TrainConfig
@@ -527,10 +528,14 @@ def main(argv: list[str] | None = None) -> int:
             model_options=preset.model_options,
             n_experiences=shape,
             seed=seed,
-            selection_epochs=selection_epochs,
-            selection_lr=preset.selection_lr,
-            selection_augment=preset.selection_augment,
-            selection_early_stop=args.selection_early_stop,
+            selection_model=SelectionModelConfig(
+                architecture=model,
+                model_options=dict(preset.model_options or {}),
+                epochs=selection_epochs,
+                lr=preset.selection_lr,
+                augment=preset.selection_augment,
+                early_stop=args.selection_early_stop,
+            ),
             retrain=preset.retrain,
             evaluations=preset.evaluations,
             iterations=preset.iterations,

@@ -40,6 +40,7 @@ from replay_lcmat.seeding import seeded
 from replay_lcmat.selection import (
     SELECTORS,
     ModelOutputs,
+    SelectionModelConfig,
     class_budgets,
     extract_outputs,
     make_selector,
@@ -265,17 +266,16 @@ def main(argv=None) -> int:
     cfg["augment"] = augment is not None
 
     t0 = time.perf_counter()
-    model = pretrain_selection_model(
-        train_data,
-        model=cfg["model"],
+    config = SelectionModelConfig(
+        architecture=cfg["model"],
         model_options=cfg["model_options"],
         epochs=cfg["pretrain_epochs"],
         lr=cfg["pretrain_lr"],
         batch_size=cfg["batch_size"],
         augment=cfg["pretrain_augment"],
-        device=args.device,
-        seed=0,
-        progress=progress,
+    )
+    model = pretrain_selection_model(
+        train_data, config, device=args.device, seed=0, progress=progress
     )
     pretrain_acc = evaluate(model, test_x, test_y, device=args.device)
     outputs = {}

@@ -70,7 +70,12 @@ from replay_lcmat.data.folder import CIFAR10_ARCHIVE_VARIABLE
 from replay_lcmat.models import make_model
 from replay_lcmat.reporting import results_markdown
 from replay_lcmat.seeding import seeded
-from replay_lcmat.selection import class_budgets, extract_outputs, make_selector
+from replay_lcmat.selection import (
+    SelectionModelConfig,
+    class_budgets,
+    extract_outputs,
+    make_selector,
+)
 from replay_lcmat.selection.base import SELECTORS, ClassInputs
 from replay_lcmat.specs import parse_policy
 from replay_lcmat.training import TrainConfig, evaluate, train
@@ -907,10 +912,14 @@ def run_continual(ctx: Context, first_deadline: float, deadline: float) -> str:
                     model_options=s.continual_options,
                     n_experiences=s.continual_experiences,
                     seed=seed,
-                    selection_epochs=s.selection_epochs,
-                    selection_lr=s.selection_lr,
-                    selection_augment=_PAPER_CONTINUAL.selection_augment,
-                    selection_stats="class-batch",
+                    selection_model=SelectionModelConfig(
+                        architecture="convnet",
+                        model_options=s.continual_options,
+                        epochs=s.selection_epochs,
+                        lr=s.selection_lr,
+                        augment=_PAPER_CONTINUAL.selection_augment,
+                        stats="class-batch",
+                    ),
                     retrain=s.retrain,
                     evaluations=1,
                     device=device,

@@ -213,7 +213,11 @@ def part_streamed(sizes, threads: int, timeout: float | None, log) -> dict:
 def real_outputs(quick: bool, threads: int, log):
     """Features/logits of a small model trained briefly: CIFAR-10 archive, else digits."""
     from replay_lcmat.data import load_dataset, shared_cifar10_archive
-    from replay_lcmat.selection import extract_outputs, pretrain_selection_model
+    from replay_lcmat.selection import (
+        SelectionModelConfig,
+        extract_outputs,
+        pretrain_selection_model,
+    )
 
     archive = shared_cifar10_archive()
     if archive is not None:
@@ -230,16 +234,10 @@ def real_outputs(quick: bool, threads: int, log):
         )
         train = train.subset(keep.sort().values)
     log(f"partitions: training the selection model on {source}, {len(train.labels)} images")
-    net = pretrain_selection_model(
-        train,
-        model=model,
-        model_options=model_options,
-        epochs=1 if archive is not None else 5,
-        lr=0.05,
-        augment=False,
-        seed=0,
-        progress=False,
+    config = SelectionModelConfig(
+        model, model_options, epochs=1 if archive is not None else 5, lr=0.05, augment=False
     )
+    net = pretrain_selection_model(train, config, seed=0, progress=False)
     out = extract_outputs(net, train, stats="class-batch", progress=False)
     return out, source
 

@@ -121,8 +121,7 @@ def main(argv=None) -> int:
                 options.setdefault("iterations", args.iterations)
             if args.width and method.entry.accepts("network_options"):
                 options.setdefault("network_options", {"width": args.width})
-            if method.needs_model:
-                options.setdefault("stats", args.stats)
+            stats = options.pop("stats", args.stats) if method.needs_model else None
             run = run_continual(
                 benchmark,
                 policy=policy,
@@ -137,7 +136,8 @@ def main(argv=None) -> int:
                 device=args.device,
                 progress=args.progress,
                 log=print,
-                **options,
+                options=options,
+                stats=stats,
             )
             rows += [dict(row, policy=spec) for row in run]  # tells apart two specs of one name
     print()

@@ -19,12 +19,16 @@ from replay_lcmat.memory import (
     ExperienceSeeds,
     ResultRow,
     check_per_class,
-    memory_policy,
     retrain_on_memory,
 )
 from replay_lcmat.memory.holdout import AUTO_EPS, choose_on_holdout
 from replay_lcmat.models import make_model
-from replay_lcmat.specs import parse_policy
+from replay_lcmat.selection import (
+    SelectionModelConfig,
+    extract_outputs,
+    pretrain_selection_model,
+)
+from replay_lcmat.specs import memory_spec
 from replay_lcmat.training import PROTOCOL_RETRAIN, TrainConfig, evaluate
 
 
@@ -39,11 +43,7 @@ def memory_only_run(
     n_experiences: int = 5,
     seed: int = 0,
     shuffle_classes: bool = True,
-    selection_epochs: int = 10,
-    selection_lr: float = 0.1,
-    selection_augment: bool = True,
-    selection_early_stop: float | None = None,
-    selection_stats: str | None = None,
+    selection_model: SelectionModelConfig | None = None,
     retrain: TrainConfig = PROTOCOL_RETRAIN,
     evaluations: int = 1,
     iterations: int | dict[str, int] | None = None,
@@ -58,11 +58,10 @@ def memory_only_run(
 
     Classes are ordered by ``class_order(C, seed)`` and split into ``n_experiences`` equal
     groups. At experience ``k`` (seeds: :class:`replay_lcmat.memory.ExperienceSeeds`): a
-    selection model (only when a policy needs one) is trained on experience ``k``'s data by
-    :func:`replay_lcmat.selection.pretrain_selection_model` (``selection_epochs``,
-    ``selection_lr``, ``selection_augment``, seed ``seeds.selection_model``) and its outputs are
-    taken once per statistics mode in use (:func:`replay_lcmat.selection.extract_outputs`,
-    ``selection_stats``); each policy builds ``per_class`` exemplars of every new class from
+    selection model (only when a policy needs one) is trained on experience ``k``'s data
+    (:func:`replay_lcmat.selection.pretrain_selection_model` with ``selection_model``, seed
+    ``seeds.selection_model``) and its outputs are taken once per statistics mode in use
+    (:func:`replay_lcmat.selection.extract_outputs`); each policy builds ``per_class`` exemplars of every new class from
     that experience's data only (seed ``policy.experience_seed(seed, k)``) and adds them to its
     memory; then, for each policy, :func:`replay_lcmat.memory.retrain_on_memory` trains fresh
     models on its whole memory only (``retrain``) and each is evaluated on the test images of
@@ -73,7 +72,7 @@ def memory_only_run(
             the models have one output per class of the dataset.
         policies: memory policies (see :func:`replay_lcmat.memory.memory_policies`), or policy specs with options,
             e.g. ``"lcmat-s[eps=0.05,stats=class-batch]"`` (:func:`replay_lcmat.specs.parse_policy`);
-            a spec's ``stats`` overrides ``selection_stats`` for that policy, and the spec as
+            a spec's ``stats`` overrides ``selection_model.stats`` for that policy, and the spec as
             written is the ``policy`` of its rows. ``weight_power=a`` (selection policies
             with weights: Craig, AdaCore, LCMat-S facility) retrains on the memory with loss
             weights ``gamma_j ** a`` scaled to mean 1 per class (1: cluster sizes, 0.5:
@@ -87,14 +86,9 @@ def memory_only_run(
         iterations: outer iterations of condensation policies, one number or
             ``{policy: iterations}`` (default: the condenser's paper value).
         policy_options: ``{policy: {option: value}}`` passed to the selector / condenser.
-        selection_stats: normalisation statistics of the selection model's outputs,
-            ``"running"``, ``"class-batch"`` or ``"class-center"`` (default
-            :data:`replay_lcmat.selection.extract.DEFAULT_STATS`).
-        selection_augment: crop + flip while the selection model trains (the LCMat reference
-            code trains it without).
-        selection_early_stop: hold out this share of the experience's data and stop the
-            selection model's training at its lowest held-out loss (at most
-            ``selection_epochs``; see :func:`replay_lcmat.selection.pretrain_selection_model`).
+        selection_model: how the selection model is trained and read (epochs, lr, augment,
+            early stop, ``stats``); ``None``: :class:`replay_lcmat.selection.
+            SelectionModelConfig` defaults with this run's ``model`` and ``model_options``.
         log: called with one line per finished experience and policy (e.g. ``print``).
         val_data: validation images (e.g. training images left out of ``train_data``): the
             same retrained models are also scored on its classes seen so far
@@ -109,32 +103,19 @@ def memory_only_run(
     """
     budgets = [per_class] if isinstance(per_class, int) else list(per_class)
     budgets = [check_per_class(b) for b in budgets]
-    from replay_lcmat.selection.extract import DEFAULT_STATS, check_stats
-
-    policy_options = policy_options or {}
-    specs: dict[str, tuple] = {}  # spec -> (MemoryPolicy, options, stats)
-    for p in policies:
-        name, options = parse_policy(p)
-        policy = memory_policy(name)
-        options = {**policy_options.get(p, policy_options.get(name, {})), **options}
-        stats = options.pop("stats", None)
-        power = float(options.pop("weight_power", 0))
-        if power < 0:
-            raise ValueError(f"{p!r}: weight_power must be >= 0 (0: unweighted replay).")
-        if power and policy.kind != "selection":
-            raise ValueError(f"{p!r}: weight_power applies to selection policies.")
-        if power:  # replay each pick with the size of its cluster, to the power
-            options.setdefault("weighted", True)
-        if policy.needs_model:
-            stats = check_stats(stats or selection_stats or DEFAULT_STATS)
-        elif stats is not None:
-            raise ValueError(f"{p!r}: stats applies to selection policies that use a model.")
-        wanted = (
-            iterations.get(p, iterations.get(name)) if isinstance(iterations, dict) else iterations
+    if selection_model is None:
+        selection_model = SelectionModelConfig(
+            architecture=model, model_options=dict(model_options or {})
         )
-        if wanted is not None and policy.kind == "condensation":
-            options.setdefault("iterations", wanted)
-        specs[p] = (policy, options, stats, power)
+    specs = {
+        p: memory_spec(
+            p,
+            policy_options=policy_options,
+            iterations=iterations,
+            stats=selection_model.stats,
+        )
+        for p in policies
+    }
     channels, height, _ = train_data.shape
     template = make_model(
         model,
@@ -157,19 +138,8 @@ def memory_only_run(
         x, y = stage.normalized(), stage.labels
         outputs: dict[str | None, object] = {None: None}
         if any(stats is not None for _, _, stats, _ in specs.values()):
-            from replay_lcmat.selection import extract_outputs, pretrain_selection_model
-
             selector_model = pretrain_selection_model(
-                stage,
-                model=model,
-                model_options=model_options,
-                epochs=selection_epochs,
-                lr=selection_lr,
-                augment=selection_augment,
-                device=device,
-                seed=seeds.selection_model,
-                progress=progress,
-                early_stop=selection_early_stop,
+                stage, selection_model, device=device, seed=seeds.selection_model, progress=progress
             )
             for stats in {s for _, _, s, _ in specs.values() if s is not None}:
                 outputs[stats] = extract_outputs(
@@ -210,8 +180,8 @@ def memory_only_run(
                         outputs=outputs[stats],
                         seed=policy.experience_seed(seed, k),
                         device=device,
+                        options=chosen,
                         progress=progress,
-                        **chosen,
                     )
                 )
                 mem_x, mem_y = memories[p, b].tensors()

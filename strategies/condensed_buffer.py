@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from avalanche.benchmarks.utils import concat_datasets
 from avalanche.training.storage_policy import ExemplarsBuffer
 
-from replay_lcmat.memory import ClassMemory, CondensationPolicy, memory_policy
+from replay_lcmat.memory import ClassMemory, CondensationPolicy, check_options, memory_policy
 from replay_lcmat.strategies.datasets import dataset_tensors, tensor_dataset
-from replay_lcmat.strategies.selection_policy import check_sizing
+from replay_lcmat.strategies.sizing import check_sizing
 
 STATE_FORMAT = "replay-lcmat/condensed-buffer"
 STATE_VERSION = 1  # the one state layout read back; any other version is refused
@@ -39,10 +41,10 @@ class CondensedClassBuffer(ExemplarsBuffer):
     takes one to several minutes even for the 2 classes of an 8x8 digits experience, i.e. a day
     or more per experience (DM: about 0.7 s per iteration, about 4 hours). Condensing with these
     defaults on a CPU warns once. To try a policy on a CPU, shrink it: ``"lcmat-c"`` with
-    ``iterations=10, outer_loop=1, inner_loop=1, network_options={"width": 32, "depth": 2}``
-    takes about 30 s per digits experience, ``"dm"`` with ``iterations=100,
-    network_options={"width": 32, "depth": 2}`` about 6 s. A progress bar with the time left is
-    shown by default.
+    ``options={"iterations": 10, "outer_loop": 1, "inner_loop": 1, "network_options":
+    {"width": 32, "depth": 2}}`` takes about 30 s per digits experience, ``"dm"`` with
+    ``options={"iterations": 100, "network_options": {"width": 32, "depth": 2}}`` about 6 s.
+    A progress bar with the time left is shown by default.
 
     Args:
         per_class: synthetic images per class (a growing memory).
@@ -51,13 +53,13 @@ class CondensedClassBuffer(ExemplarsBuffer):
             experience are condensed at the new share and the stored ones keep their first
             images.
         condenser: condenser name (``"lcmat-c"``, ``"dm"``, ``"dsa"``, ``"dc"``).
-        iterations: outer iterations (default: the method's paper value).
+        options: the condenser's own options, e.g. ``{"iterations": 10, "network_options":
+            {"width": 32}, "batch_real": 64}`` (unset ones: the paper's values). Every option
+            is checked here (the condenser is built once), not at the first experience.
         device: where condensation runs (default: the strategy's device).
         seed: base seed.
         progress: show the condenser's progress bar (iterations done, time left).
         batch_size: samples per batch when the experience's data is read.
-        **condenser_options: e.g. ``network_options={"width": 32}``, ``batch_real=64``. Every
-            option is checked here (the condenser is built once), not at the first experience.
     """
 
     def __init__(
@@ -66,12 +68,11 @@ class CondensedClassBuffer(ExemplarsBuffer):
         condenser: str = "lcmat-c",
         *,
         mem_size: int | None = None,
-        iterations: int | None = None,
+        options: Mapping[str, Any] | None = None,
         device: torch.device | str | None = None,
         seed: int = 0,
         progress: bool = True,
         batch_size: int = 256,
-        **condenser_options,
     ) -> None:
         per_class, mem_size = check_sizing(per_class, mem_size)
         policy = memory_policy(condenser)
@@ -82,14 +83,15 @@ class CondensedClassBuffer(ExemplarsBuffer):
             )
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}.")
-        if iterations is not None:
-            condenser_options["iterations"] = iterations
+        options = check_options(options)
         # every option is checked now rather than after the first experience
         policy.check_options(
-            device="cpu" if device is None else device,
-            seed=seed,
-            progress=progress,
-            **condenser_options,
+            {
+                "device": "cpu" if device is None else device,
+                "seed": seed,
+                "progress": progress,
+                **options,
+            }
         )
         super().__init__(max_size=0)
         # per_class: grows by per_class with every class seen; mem_size: the fixed total
@@ -102,45 +104,10 @@ class CondensedClassBuffer(ExemplarsBuffer):
         self.seed = seed
         self.progress = progress
         self.batch_size = batch_size
-        self.condenser_options = condenser_options
+        self.options = options
         self.memory = ClassMemory()
         self.task_labels: dict[int, int] = {}
         self._cost_warned = False
-
-    @classmethod
-    def from_policy(
-        cls,
-        policy: str,
-        per_class: int | None = None,
-        *,
-        mem_size: int | None = None,
-        seed: int = 0,
-        iterations: int | None = None,
-        device=None,
-        progress: bool | None = None,
-        batch_size: int = 256,
-        stats: str | None = None,
-        **options,
-    ) -> CondensedClassBuffer:
-        """The buffer of a condensation policy name (see
-        :func:`replay_lcmat.strategies.make_storage_policy`); refuses selection-only options."""
-        for name, value in (("stats", stats), ("layer_name", options.get("layer_name"))):
-            if value is not None:
-                raise ValueError(
-                    f"{name} applies to selection policies; the condenser {policy!r} trains its "
-                    f"own networks. Drop {name}=."
-                )
-        return cls(
-            per_class,
-            policy,
-            mem_size=mem_size,
-            iterations=iterations,
-            device=device,
-            seed=seed,
-            progress=True if progress is None else progress,
-            batch_size=batch_size,
-            **options,
-        )
 
     def post_adapt(self, agent, exp) -> None:
         data = exp.dataset
@@ -162,17 +129,13 @@ class CondensedClassBuffer(ExemplarsBuffer):
             classes = set(self.memory.classes()) | set(torch.unique(y).tolist())
             self._set_share(self.mem_size // len(classes), len(classes))
         device = torch.device(self.device if self.device is not None else agent.device)
-        if (
-            "iterations" not in self.condenser_options
-            and device.type == "cpu"
-            and not self._cost_warned
-        ):
+        if "iterations" not in self.options and device.type == "cpu" and not self._cost_warned:
             self._cost_warned = True
             warnings.warn(
                 f"condensing with {self.condenser!r}'s paper settings "
                 f"({self.policy.defaults.get('iterations')} iterations per experience) on the "
-                "CPU takes hours to days per experience; pass iterations= (and e.g. "
-                "network_options={'width': 32, 'depth': 2}) to try it on a CPU, or run on a GPU. "
+                "CPU takes hours to days per experience; pass options={'iterations': 10, "
+                "'network_options': {'width': 32, 'depth': 2}} to try it on a CPU, or run on a GPU. "
                 "See help(CondensedClassBuffer) for the cost.",
                 UserWarning,
                 stacklevel=2,
@@ -183,8 +146,8 @@ class CondensedClassBuffer(ExemplarsBuffer):
             per_class=self.per_class,
             device=device,
             seed=self.policy.experience_seed(self.seed, exp.current_experience),
+            options=self.options,
             progress=self.progress,
-            **self.condenser_options,
         )
         self.memory.update(new)
         for c in new.classes():

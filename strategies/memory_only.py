@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from avalanche.models import MultiTaskModule
 from avalanche.training.plugins import SupervisedPlugin
+from avalanche.training.storage_policy import ExemplarsBuffer
 
 from replay_lcmat.memory import ExperienceSeeds, retrain_on_memory
 from replay_lcmat.models import reinitialize
@@ -37,14 +41,16 @@ class MemoryOnlyRetrainPlugin(MemoryStateMixin, SupervisedPlugin):
         per_class: exemplars per class.
         policy: memory policy name (see :func:`make_storage_policy`), ignored when
             ``storage_policy`` is given.
-        storage_policy: a ready storage policy (any Avalanche ``ExemplarsBuffer``).
+        options, stats: the policy's own options and (selection) the statistics the model is
+            read with; see :func:`make_storage_policy`.
+        storage_policy: a ready storage policy (any Avalanche ``ExemplarsBuffer``, e.g. one of
+            :func:`make_storage_policy` with a ``device`` or ``layer_name``).
         retrain: how the fresh model is trained on memory (default: the protocol's
             1000 epochs, lr 0.01, step schedule, DSA).
         reset_model: re-initialise the selection model before each experience.
         seed: base seed of the re-initialisations, the retraining and the policy.
         progress: progress bars of the condensation and the retraining (``None``: the
             condensation's only).
-        **policy_options: see :func:`make_storage_policy`.
     """
 
     def __init__(
@@ -52,12 +58,13 @@ class MemoryOnlyRetrainPlugin(MemoryStateMixin, SupervisedPlugin):
         per_class: int = 10,
         policy: str = "lcmat-s",
         *,
-        storage_policy=None,
+        options: Mapping[str, Any] | None = None,
+        stats: str | None = None,
+        storage_policy: ExemplarsBuffer | None = None,
         retrain: TrainConfig = PROTOCOL_RETRAIN,
         reset_model: bool = True,
         seed: int = 0,
         progress: bool | None = None,
-        **policy_options,
     ) -> None:
         super().__init__()
         if not isinstance(retrain, TrainConfig):
@@ -66,10 +73,13 @@ class MemoryOnlyRetrainPlugin(MemoryStateMixin, SupervisedPlugin):
             )
         if storage_policy is None:
             storage_policy = make_storage_policy(
-                policy, per_class, seed=seed, progress=progress, **policy_options
+                policy, per_class, options=options, seed=seed, progress=progress, stats=stats
             )
-        elif policy_options:
-            raise ValueError("policy options apply when the plugin builds the storage policy.")
+        elif options or stats is not None:
+            raise ValueError(
+                "options and stats apply when the plugin builds the storage policy; configure "
+                "the storage_policy given instead."
+            )
         self.storage_policy = storage_policy
         self.policy = policy
         self.retrain = retrain

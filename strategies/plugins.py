@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from avalanche.training.plugins import ReplayPlugin
 
 from replay_lcmat.memory import memory_policy
 from replay_lcmat.strategies.condensed_buffer import CondensedClassBuffer
-from replay_lcmat.strategies.selection_policy import SelectionBuffer, check_sizing
-
-# The Avalanche storage policy of each kind of memory policy (replay_lcmat.memory).
-STORAGE_POLICIES = {"selection": SelectionBuffer, "condensation": CondensedClassBuffer}
+from replay_lcmat.strategies.selection_policy import SelectionBuffer
+from replay_lcmat.strategies.selector_strategy import SelectorExemplarsStrategy
+from replay_lcmat.strategies.sizing import check_sizing
 
 
 def make_storage_policy(
@@ -20,44 +21,64 @@ def make_storage_policy(
     per_class: int | None = None,
     *,
     mem_size: int | None = None,
+    options: Mapping[str, Any] | None = None,
     seed: int = 0,
-    iterations: int | None = None,
     device: torch.device | str | None = None,
     progress: bool | None = None,
     batch_size: int = 256,
     stats: str | None = None,
-    **options,
+    layer_name: str | None = None,
 ) -> SelectionBuffer | CondensedClassBuffer:
-    """The storage policy of ``policy`` (:data:`STORAGE_POLICIES` by the policy's kind): a
-    :class:`SelectionBuffer` for a selector name (``"lcmat-s"``, ``"uniform"``, ...), a
-    :class:`CondensedClassBuffer` for a condenser name (``"lcmat-c"``, ``"dm"``, ...). Every
-    option is checked here.
+    """The storage policy of ``policy``, by the policy's kind: a :class:`SelectionBuffer` (of a
+    :class:`SelectorExemplarsStrategy`) for a selector name (``"lcmat-s"``, ``"uniform"``,
+    ...), a :class:`CondensedClassBuffer` for a condenser name (``"lcmat-c"``, ``"dm"``, ...).
+    Every option is checked here.
 
     Args:
-        seed: seed of randomised selectors / of the condensation.
-        iterations, device: condensation only (device: default the strategy's). The default
+        policy: a selector or condenser name.
+        per_class, mem_size: the sizing, exactly one of the two (see :class:`SelectionBuffer`).
+        options: the selector's or condenser's own options (e.g. ``{"eps": 0.05}``;
+            ``{"iterations": 10, "network_options": {"width": 32}}``). A condenser's default
             iterations are the papers' (GPU-scale; see :class:`CondensedClassBuffer` for the
             cost and CPU-sized settings).
-        progress: condensation only: a progress bar with an ETA (``None``: shown).
+        seed: seed of randomised selectors / of the condensation.
+        device: where the model's outputs are taken / where condensation runs (``None``: the
+            strategy's device).
+        progress: a progress bar (``None``: the condensation's, not the selection's).
         batch_size: samples per batch when data are read.
-        stats: selection only: the normalisation statistics of the extraction (see
-            :class:`SelectorExemplarsStrategy`).
-        **options: selector or condenser options (e.g. ``eps=0.05``, ``network_options=...``).
+        stats, layer_name: selection policies only: how the strategy's model is read (see
+            :class:`SelectorExemplarsStrategy`); a condensation policy trains its own
+            networks and refuses them.
     """
-    storage = STORAGE_POLICIES[memory_policy(policy).kind]
+    kind = memory_policy(policy).kind
     check_sizing(per_class, mem_size)
-    return storage.from_policy(
+    if kind == "condensation":
+        for name, value in (("stats", stats), ("layer_name", layer_name)):
+            if value is not None:
+                raise ValueError(
+                    f"{name} applies to selection policies; the condenser {policy!r} trains its "
+                    f"own networks. Drop {name}=."
+                )
+        return CondensedClassBuffer(
+            per_class,
+            policy,
+            mem_size=mem_size,
+            options=options,
+            device=device,
+            seed=seed,
+            progress=True if progress is None else progress,
+            batch_size=batch_size,
+        )
+    strategy = SelectorExemplarsStrategy(
         policy,
-        per_class,
-        mem_size=mem_size,
+        options=options,
         seed=seed,
-        iterations=iterations,
-        device=device,
-        progress=progress,
-        batch_size=batch_size,
         stats=stats,
-        **options,
+        batch_size=batch_size,
+        layer_name=layer_name,
+        device=device,
     )
+    return SelectionBuffer(per_class, strategy, mem_size=mem_size)
 
 
 class MemoryStateMixin:
@@ -114,10 +135,10 @@ class LCMatReplayPlugin(MemoryStateMixin, ReplayPlugin):
     Condensation policies run the condenser's paper settings by default (LCMat-C: 1000
     iterations of a ConvNet-3 per experience; GPU-scale: on a CPU one to several minutes per
     iteration even on 8x8 digits, a day or more per experience, and a warning says so). To try
-    them on a CPU pass smaller settings, e.g. ``LCMatReplayPlugin(10, "lcmat-c", iterations=10,
-    outer_loop=1, inner_loop=1, network_options={"width": 32, "depth": 2})`` (about 30 s per
-    digits experience); see :class:`CondensedClassBuffer`. A progress bar with the time left is
-    shown while condensing.
+    them on a CPU pass smaller settings, e.g. ``LCMatReplayPlugin(10, "lcmat-c",
+    options={"iterations": 10, "outer_loop": 1, "inner_loop": 1, "network_options": {"width":
+    32, "depth": 2}})`` (about 30 s per digits experience); see :class:`CondensedClassBuffer`.
+    A progress bar with the time left is shown while condensing.
 
     Args:
         per_class: exemplars per class (a growing memory).
@@ -125,7 +146,7 @@ class LCMatReplayPlugin(MemoryStateMixin, ReplayPlugin):
         policy: a selector name (real exemplars, ranked with the strategy's current model) or a
             condenser name (synthetic exemplars); see :func:`make_storage_policy`.
         batch_size, batch_size_mem, task_balanced_dataloader: as in ``ReplayPlugin``.
-        seed, iterations, device, progress, **policy_options: see :func:`make_storage_policy`.
+        options, seed, device, progress, stats, layer_name: see :func:`make_storage_policy`.
     """
 
     def __init__(
@@ -137,11 +158,12 @@ class LCMatReplayPlugin(MemoryStateMixin, ReplayPlugin):
         batch_size: int | None = None,
         batch_size_mem: int | None = None,
         task_balanced_dataloader: bool = False,
+        options: Mapping[str, Any] | None = None,
         seed: int = 0,
-        iterations: int | None = None,
         device: torch.device | str | None = None,
         progress: bool | None = None,
-        **policy_options,
+        stats: str | None = None,
+        layer_name: str | None = None,
     ) -> None:
         for name, value in (("batch_size", batch_size), ("batch_size_mem", batch_size_mem)):
             if value is not None and (
@@ -152,11 +174,12 @@ class LCMatReplayPlugin(MemoryStateMixin, ReplayPlugin):
             policy,
             per_class,
             mem_size=mem_size,
+            options=options,
             seed=seed,
-            iterations=iterations,
             device=device,
             progress=progress,
-            **policy_options,
+            stats=stats,
+            layer_name=layer_name,
         )
         super().__init__(
             mem_size=storage.max_size,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from avalanche.evaluation.metrics import accuracy_metrics, forgetting_metrics
@@ -35,6 +36,8 @@ def run_continual(
     benchmark,
     *,
     policy: str,
+    options: Mapping[str, Any] | None = None,
+    stats: str | None = None,
     model: str = "convnet",
     model_options: dict | None = None,
     protocol: str = "paper",
@@ -47,7 +50,6 @@ def run_continual(
     device: torch.device | str = "cpu",
     progress: bool = False,
     log: Callable[[str], None] | None = None,
-    **policy_options,
 ) -> list[dict]:
     """Train an Avalanche ``Naive`` strategy over ``benchmark.train_stream`` with an LCMat memory.
 
@@ -64,6 +66,10 @@ def run_continual(
 
     The network is :func:`replay_lcmat.models.make_model` ``(model, **model_options)`` with
     the benchmark's number of classes and input shape (``"convnet"`` = ConvNet-3).
+
+    ``policy`` is a memory policy name; ``options`` its selector's or condenser's own options
+    and ``stats`` (selection policies that rank with a model) the statistics the model is read
+    with, as in :func:`replay_lcmat.strategies.make_storage_policy`.
 
     Returns:
         One dict per experience: ``seed, policy, per_class, experience`` (1-based),
@@ -86,15 +92,16 @@ def run_continual(
             plugin = MemoryOnlyRetrainPlugin(
                 per_class,
                 policy,
+                options=options,
+                stats=stats,
                 retrain=retrain,
                 seed=seed,
                 progress=progress,
-                **policy_options,
             )
             epochs = train_epochs if memory_policy(policy).needs_model else 0
         else:
             plugin = LCMatReplayPlugin(
-                per_class, policy, seed=seed, progress=progress, **policy_options
+                per_class, policy, options=options, seed=seed, progress=progress, stats=stats
             )
             epochs = train_epochs
         evaluator = EvaluationPlugin(

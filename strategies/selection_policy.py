@@ -33,47 +33,23 @@ import warnings
 
 import torch
 from avalanche.benchmarks.utils import AvalancheDataset
-from avalanche.training.storage_policy import ExemplarsBuffer, ParametricBuffer
+from avalanche.training.storage_policy import (
+    ExemplarsBuffer,
+    ExemplarsSelectionStrategy,
+    ParametricBuffer,
+)
 from torch import Tensor
 
-from replay_lcmat.memory import check_per_class
 from replay_lcmat.selection.engine import fit_budgets
 from replay_lcmat.strategies.datasets import dataset_targets, dataset_task_labels
 from replay_lcmat.strategies.selection_state import (
-    STATE_FORMAT,
-    STATE_VERSION,
-    check_restored_group,
-    check_restored_task,
-    find_experiences,
-    gather_exemplars,
-    image_fingerprint,
+    check_selection_state,
+    restore_groups,
+    selection_state,
 )
 from replay_lcmat.strategies.selector_strategy import SelectorExemplarsStrategy
+from replay_lcmat.strategies.sizing import check_sizing, split_total
 from replay_lcmat.validation import check_number
-
-
-def check_sizing(per_class, mem_size) -> tuple[int | None, int | None]:
-    """``(per_class, mem_size)`` checked: exactly one of the two sizings of a memory is given,
-    an int >= 1."""
-    if (per_class is None) == (mem_size is None):
-        given = "both" if per_class is not None else "neither"
-        raise ValueError(
-            f"give per_class= or mem_size=, not {given}: per_class=k keeps k exemplars of every "
-            "class seen (the memory grows with the classes); mem_size=N keeps a fixed total N "
-            "split evenly over the classes seen (Avalanche's sizing; each class shrinks to the "
-            "prefix of its ranking as new classes arrive)."
-        )
-    if per_class is not None:
-        return check_per_class(per_class), None
-    return None, int(check_number("memory", "mem_size", mem_size, integer=True, minimum=1))
-
-
-def split_total(total: int, groups: int) -> list[int]:
-    """A fixed total split evenly over ``groups`` groups in the order they were first seen: each
-    gets ``total // groups`` and the first ``total % groups`` one more. A group's share never
-    grows as groups are added, so shrinking to a prefix is all a new class ever asks."""
-    share, extra = divmod(total, groups)
-    return [share + (i < extra) for i in range(groups)]
 
 
 class _ClassExemplars(ExemplarsBuffer):
@@ -158,25 +134,22 @@ class SelectionBuffer(ParametricBuffer):
     Args:
         per_class: exemplars per class (a growing memory).
         mem_size: the fixed total of the memory (Avalanche's sizing).
-        selection_strategy: a selector name, a :class:`SelectorExemplarsStrategy`, or any
+        selection_strategy: a selector name (ranked with its defaults), a
+            :class:`SelectorExemplarsStrategy` (a selector with options, seed, statistics:
+            ``SelectorExemplarsStrategy("lcmat-s", options={"eps": 0.05}, seed=1)``), or any
             Avalanche ``ExemplarsSelectionStrategy``.
-        **selector_options: options of the selector when a name is given (e.g. ``seed=1``);
-            checked here.
     """
 
     def __init__(
         self,
         per_class: int | None = None,
-        selection_strategy="lcmat-s",
+        selection_strategy: str | ExemplarsSelectionStrategy = "lcmat-s",
         *,
         mem_size: int | None = None,
-        **selector_options,
     ) -> None:
         per_class, mem_size = check_sizing(per_class, mem_size)
         if isinstance(selection_strategy, str):
-            selection_strategy = SelectorExemplarsStrategy(selection_strategy, **selector_options)
-        elif selector_options:
-            raise ValueError("selector options apply to a selector name only.")
+            selection_strategy = SelectorExemplarsStrategy(selection_strategy)
         super().__init__(max_size=0, groupby="class", selection_strategy=selection_strategy)
         self.per_class = per_class
         self.mem_size = mem_size
@@ -185,35 +158,6 @@ class SelectionBuffer(ParametricBuffer):
         self._short_warned = False
         self.stream_name: str | None = None
         self.task_aware = False  # groups keyed by (task, class) once a task label > 0 is seen
-
-    @classmethod
-    def from_policy(
-        cls,
-        policy: str,
-        per_class: int | None = None,
-        *,
-        mem_size: int | None = None,
-        seed: int = 0,
-        iterations: int | None = None,
-        device=None,
-        progress: bool | None = None,
-        batch_size: int = 256,
-        stats: str | None = None,
-        **options,
-    ) -> SelectionBuffer:
-        """The buffer of a selection policy name (see
-        :func:`replay_lcmat.strategies.make_storage_policy`); refuses condensation-only options."""
-        for name, value in (("iterations", iterations), ("device", device)):
-            if value is not None:
-                raise ValueError(
-                    f"{name} applies to condensation policies; the selector {policy!r} runs the "
-                    f"strategy's model on the strategy's device. Drop {name}=."
-                )
-        if stats is not None:
-            options["stats"] = stats
-        check_sizing(per_class, mem_size)  # before the selector's options
-        strategy = SelectorExemplarsStrategy(policy, seed=seed, batch_size=batch_size, **options)
-        return cls(per_class, strategy, mem_size=mem_size)
 
     def get_group_lengths(self, num_groups: int) -> list[int]:
         if self.mem_size is not None:
@@ -321,25 +265,9 @@ class SelectionBuffer(ParametricBuffer):
         return {c: g.sources.clone() for c, g in self.buffer_groups.items()}
 
     def state_dict(self) -> dict:
-        """The memory as plain tensors (loadable with ``torch.load(weights_only=True)``): per
-        class, the sources of its exemplars in rank order, their labels and a fingerprint of
-        their images (:func:`image_fingerprint`), and the name of the stream they come from;
-        in a task-aware memory also the task of each group (the key is ``(task, class)``)."""
-        groups = list(self.buffer_groups.values())
-        return {
-            "format": STATE_FORMAT,
-            "version": STATE_VERSION,
-            "per_class": self.per_class,
-            "mem_size": self.mem_size,
-            "stream": self.stream_name,
-            "task_aware": self.task_aware,
-            "classes": [g.label for g in groups],
-            "tasks": [g.task for g in groups],
-            "sources": [g.sources.clone() for g in groups],
-            "ranked": [g.ranked for g in groups],
-            "labels": [dataset_targets(g.buffer) for g in groups],
-            "fingerprints": [image_fingerprint(g.buffer) for g in groups],
-        }
+        """The memory as plain tensors (loadable with ``torch.load(weights_only=True)``); see
+        :func:`replay_lcmat.strategies.selection_state.selection_state`."""
+        return selection_state(self)
 
     def load_state_dict(self, state: dict, stream) -> None:
         """Restore the memory of :meth:`state_dict` from the experiences of ``stream``: the
@@ -355,71 +283,15 @@ class SelectionBuffer(ParametricBuffer):
                 ``mem_size`` (build the buffer with the saved one, then :meth:`resize`);
                 another stream.
         """
-        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-            raise ValueError(
-                "not a selection-buffer state; pass the dict of SelectionBuffer.state_dict()."
-            )
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(
-                f"selection-buffer state version {state.get('version')!r}; this replay-lcmat "
-                f"reads version {STATE_VERSION} only. Rebuild the memory with this version."
-            )
-        if stream is None:
-            raise ValueError(
-                "a selection memory stores indices into the stream: pass stream=<the benchmark's "
-                "train_stream> to restore it."
-            )
-        saved_per_class, saved_total = state["per_class"], state["mem_size"]
-        if (saved_per_class, saved_total) != (self.per_class, self.mem_size):
-            saved = (
-                f"per_class={saved_per_class}" if saved_total is None else f"mem_size={saved_total}"
-            )
-            mine = (
-                f"per_class={self.per_class}"
-                if self.mem_size is None
-                else f"mem_size={self.mem_size}"
-            )
-            raise ValueError(
-                f"the saved memory was built with {saved}, this buffer with {mine}; restore "
-                f"into a buffer (or plugin) built with {saved}, then resize it if you want "
-                "another size."
-            )
-        saved_name, name = state["stream"], getattr(stream, "name", None)
-        # a memory built from an unnamed stream only refuses the test stream
-        other = name != saved_name if saved_name is not None else name == "test"
-        if name is not None and other:
-            raise ValueError(
-                f"the memory was built from the {saved_name or 'train'!r} stream, this is the "
-                f"{name!r} stream; restore with the stream the exemplars were taken from "
-                "(benchmark.train_stream for a memory built while training)."
-            )
-        task_aware = bool(state["task_aware"])
-        rows = zip(
-            state["classes"],
-            state["tasks"],
-            state["sources"],
-            state["ranked"],
-            state["labels"],
-            state["fingerprints"],
-            strict=True,
-        )
-        experiences = find_experiences(stream, state["sources"])
+        check_selection_state(state, stream, self.per_class, self.mem_size)
         sizes = self.get_group_lengths(len(state["classes"]))
-        groups = {}
-        for (label, task, sources, ranked, saved_labels, saved_print), size in zip(
-            rows, sizes, strict=True
-        ):
-            group = _ClassExemplars(label, size, self.selection_strategy, task)
-            group.buffer, group.sources = (
-                gather_exemplars(experiences, sources, name),
-                sources.clone(),
-            )
-            check_restored_group(label, group, saved_labels, saved_print)
-            check_restored_task(group, task_aware)
-            group.ranked = ranked
-            groups[(task, label) if task_aware else label] = group
-        self.buffer_groups = groups
-        self.task_aware = task_aware
-        self.seen_groups = set(groups)
-        self.stream_name = saved_name if saved_name is not None else name
+
+        def make_group(label: int, task: int, size: int) -> _ClassExemplars:
+            return _ClassExemplars(label, size, self.selection_strategy, task)
+
+        self.buffer_groups = restore_groups(state, stream, sizes, make_group)
+        self.task_aware = bool(state["task_aware"])
+        self.seen_groups = set(self.buffer_groups)
+        name = getattr(stream, "name", None)
+        self.stream_name = state["stream"] if state["stream"] is not None else name
         self._update_max_size()

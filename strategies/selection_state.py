@@ -128,3 +128,93 @@ def check_restored_task(group, task_aware: bool) -> None:
             f"{len(got)} exemplars differ). Restore with the stream the memory was built from "
             "(the same task labels: task-incremental or class-incremental)."
         )
+
+
+def selection_state(buffer) -> dict:
+    """The state of a :class:`~replay_lcmat.strategies.SelectionBuffer` as plain tensors
+    (loadable with ``torch.load(weights_only=True)``): per class, the sources of its exemplars
+    in rank order, their labels and a fingerprint of their images (:func:`image_fingerprint`),
+    and the name of the stream they come from; in a task-aware memory also the task of each
+    group (the key is ``(task, class)``)."""
+    groups = list(buffer.buffer_groups.values())
+    return {
+        "format": STATE_FORMAT,
+        "version": STATE_VERSION,
+        "per_class": buffer.per_class,
+        "mem_size": buffer.mem_size,
+        "stream": buffer.stream_name,
+        "task_aware": buffer.task_aware,
+        "classes": [g.label for g in groups],
+        "tasks": [g.task for g in groups],
+        "sources": [g.sources.clone() for g in groups],
+        "ranked": [g.ranked for g in groups],
+        "labels": [dataset_targets(g.buffer) for g in groups],
+        "fingerprints": [image_fingerprint(g.buffer) for g in groups],
+    }
+
+
+def check_selection_state(state: dict, stream, per_class: int | None, mem_size: int | None) -> None:
+    """Raise unless ``state`` is a selection-buffer state of this version, with the sizing
+    ``per_class`` / ``mem_size`` of the buffer it is restored into, and ``stream`` can be the
+    stream it was built from."""
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ValueError(
+            "not a selection-buffer state; pass the dict of SelectionBuffer.state_dict()."
+        )
+    if state.get("version") != STATE_VERSION:
+        raise ValueError(
+            f"selection-buffer state version {state.get('version')!r}; this replay-lcmat "
+            f"reads version {STATE_VERSION} only. Rebuild the memory with this version."
+        )
+    if stream is None:
+        raise ValueError(
+            "a selection memory stores indices into the stream: pass stream=<the benchmark's "
+            "train_stream> to restore it."
+        )
+    saved_per_class, saved_total = state["per_class"], state["mem_size"]
+    if (saved_per_class, saved_total) != (per_class, mem_size):
+        saved = f"per_class={saved_per_class}" if saved_total is None else f"mem_size={saved_total}"
+        mine = f"per_class={per_class}" if mem_size is None else f"mem_size={mem_size}"
+        raise ValueError(
+            f"the saved memory was built with {saved}, this buffer with {mine}; restore "
+            f"into a buffer (or plugin) built with {saved}, then resize it if you want "
+            "another size."
+        )
+    saved_name, name = state["stream"], getattr(stream, "name", None)
+    # a memory built from an unnamed stream only refuses the test stream
+    other = name != saved_name if saved_name is not None else name == "test"
+    if name is not None and other:
+        raise ValueError(
+            f"the memory was built from the {saved_name or 'train'!r} stream, this is the "
+            f"{name!r} stream; restore with the stream the exemplars were taken from "
+            "(benchmark.train_stream for a memory built while training)."
+        )
+
+
+def restore_groups(state: dict, stream, sizes: list[int], make_group) -> dict:
+    """The groups of a checked state (:func:`check_selection_state`), gathered from ``stream``
+    and checked exemplar by exemplar; ``make_group(label, task, size)`` builds an empty one.
+    Keys: the class, or ``(task, class)`` in a task-aware memory."""
+    task_aware = bool(state["task_aware"])
+    name = getattr(stream, "name", None)
+    rows = zip(
+        state["classes"],
+        state["tasks"],
+        state["sources"],
+        state["ranked"],
+        state["labels"],
+        state["fingerprints"],
+        sizes,
+        strict=True,
+    )
+    experiences = find_experiences(stream, state["sources"])
+    groups = {}
+    for label, task, sources, ranked, saved_labels, saved_print, size in rows:
+        group = make_group(label, task, size)
+        group.buffer = gather_exemplars(experiences, sources, name)
+        group.sources = sources.clone()
+        check_restored_group(label, group, saved_labels, saved_print)
+        check_restored_task(group, task_aware)
+        group.ranked = ranked
+        groups[(task, label) if task_aware else label] = group
+    return groups

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from avalanche.benchmarks.utils import AvalancheDataset
@@ -16,9 +18,9 @@ from avalanche.models import MultiTaskModule
 from avalanche.training.storage_policy import ExemplarsSelectionStrategy
 from torch import Tensor, nn
 
-from replay_lcmat.memory import SelectionPolicy, memory_policy
-from replay_lcmat.selection import extract_outputs, make_selector
-from replay_lcmat.selection.extract import DEFAULT_STATS, check_stats
+from replay_lcmat.memory import SelectionPolicy, check_options, memory_policy, memory_selector
+from replay_lcmat.selection import Selector, extract_outputs
+from replay_lcmat.selection.extract import check_stats
 from replay_lcmat.strategies.datasets import dataset_targets, dataset_tensors
 
 # Logit given to the classes another task's head does not have, when the samples of one group
@@ -81,10 +83,13 @@ class SelectorExemplarsStrategy(ExemplarsSelectionStrategy):
     Args:
         name_or_selector: a selector name (``"lcmat-s"``, ``"craig"``, ``"herding"``, ...) or a
             :class:`replay_lcmat.selection.Selector`.
+        options: the selector's own options for a name, e.g. ``{"eps": 0.05}`` for LCMat-S
+            (none: :data:`replay_lcmat.memory.MEMORY_DEFAULTS`; see
+            :func:`replay_lcmat.memory.memory_selector`).
         seed: seed of randomised selectors (per class: ``derive_seed(seed, label)``).
         stats: normalisation statistics of the extraction: ``"running"`` (eval mode),
             ``"class-batch"`` (BatchNorm over batches of one class, as the LCMat reference
-            code) or ``"class-center"``; default
+            code) or ``"class-center"``; ``None``:
             :data:`replay_lcmat.selection.extract.DEFAULT_STATS`.
         batch_size: samples per batch when the data are read.
         layer_name: the features are the output of this module of the model (a name of
@@ -94,20 +99,21 @@ class SelectorExemplarsStrategy(ExemplarsSelectionStrategy):
             (``herding``, ``kcenter``): LCMat-S, Craig and the other gradient selectors take the
             last linear layer's gradients and curvature (LCMat Sec. 3), whose input is the
             default features. ``None``: the input of the last linear layer.
-        **options: selector options, e.g. ``eps=0.05`` for LCMat-S.
+        device: where the model's outputs are taken (``None``: the strategy's device).
     """
 
     def __init__(
         self,
-        name_or_selector="lcmat-s",
+        name_or_selector: str | Selector = "lcmat-s",
         *,
+        options: Mapping[str, Any] | None = None,
         seed: int = 0,
-        stats: str = DEFAULT_STATS,
+        stats: str | None = None,
         batch_size: int = 256,
         layer_name: str | None = None,
-        **options,
+        device: torch.device | str | None = None,
     ) -> None:
-        check_stats(stats)
+        stats = check_stats(stats)
         if layer_name is not None and not isinstance(layer_name, str):
             raise ValueError(f"layer_name must be a module name (str) or None; got {layer_name!r}.")
         for name, value in (("seed", seed), ("batch_size", batch_size)):
@@ -115,6 +121,7 @@ class SelectorExemplarsStrategy(ExemplarsSelectionStrategy):
                 raise ValueError(f"{name} must be an integer; got {value!r}.")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
+        options = check_options(options)
         if isinstance(name_or_selector, str):
             policy = memory_policy(name_or_selector)
             if not isinstance(policy, SelectionPolicy):
@@ -122,9 +129,7 @@ class SelectorExemplarsStrategy(ExemplarsSelectionStrategy):
                     f"{name_or_selector!r} is a {policy.kind} policy; use CondensedClassBuffer "
                     "(or LCMatReplayPlugin(policy=...)) for synthetic exemplars."
                 )
-            seeded = {"seed": seed} if policy.entry.accepts("seed") else {}
-            chosen = policy.selector_options(options)  # none given: the memory defaults
-            selector = make_selector(policy.name, **seeded, **chosen)  # bad options fail here
+            selector = memory_selector(policy.name, options, seed=seed)  # bad options fail here
         elif callable(getattr(name_or_selector, "select", None)):
             if options:
                 raise ValueError("options apply to a selector name; configure the selector.")
@@ -147,6 +152,7 @@ class SelectorExemplarsStrategy(ExemplarsSelectionStrategy):
         self.seed = seed
         self.stats = stats
         self.batch_size = batch_size
+        self.device = device
         self.options = options
 
     def make_sorted_indices(
@@ -189,10 +195,11 @@ class SelectorExemplarsStrategy(ExemplarsSelectionStrategy):
         """Features and logits of the strategy's model; a multi-task model per task label, with
         logits of narrower heads padded with :data:`PAD_LOGIT`."""
         model = strategy.model
+        device = strategy.device if self.device is None else self.device
         if self.layer_name is not None:
-            return self._layer_features(model, x, tasks, strategy.device), None
+            return self._layer_features(model, x, tasks, device), None
         if not isinstance(model, MultiTaskModule):
-            out = extract_outputs(model, x, labels=labels, stats=self.stats, device=strategy.device)
+            out = extract_outputs(model, x, labels=labels, stats=self.stats, device=device)
             return out.features, out.logits
         parts = []
         for task in torch.unique(tasks).tolist():
@@ -202,7 +209,7 @@ class SelectorExemplarsStrategy(ExemplarsSelectionStrategy):
                 x[rows],
                 labels=labels[rows],
                 stats=self.stats,
-                device=strategy.device,
+                device=device,
             )
             parts.append((rows, out))
         width = max(out.logits.shape[1] for _, out in parts)
@@ -251,5 +258,5 @@ class SelectorExemplarsStrategy(ExemplarsSelectionStrategy):
         layer = "" if self.layer_name is None else f", layer_name={self.layer_name!r}"
         return (
             f"SelectorExemplarsStrategy({self.selector!r}, seed={self.seed}, "
-            f"stats={self.stats!r}{layer}, {self.options})"
+            f"stats={self.stats!r}{layer}, options={self.options})"
         )

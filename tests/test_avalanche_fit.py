@@ -195,7 +195,7 @@ def test_sizing_needs_exactly_one_of_per_class_and_mem_size(kwargs):
         with pytest.raises(ValueError, match=r"give per_class= or mem_size=, not (both|neither)"):
             build(**kwargs)
     with pytest.raises(ValueError, match=r"give per_class= or mem_size="):
-        LCMatReplayPlugin(policy="dm", iterations=1, **kwargs)
+        LCMatReplayPlugin(policy="dm", options={"iterations": 1}, **kwargs)
 
 
 def test_condensed_memory_with_mem_size_shares_the_total():
@@ -203,8 +203,7 @@ def test_condensed_memory_with_mem_size_shares_the_total():
     plugin = LCMatReplayPlugin(
         mem_size=6,
         policy="dm",
-        iterations=1,
-        network_options={"width": 4, "depth": 1},
+        options={"iterations": 1, "network_options": {"width": 4, "depth": 1}},
         progress=False,
     )
     strategy = _mlp_strategy([plugin])
@@ -267,7 +266,7 @@ def test_layer_name_ranks_by_the_named_layers_output():
     with pytest.raises(ValueError, match=r"layer_name applies to selectors that rank by features"):
         LCMatReplayPlugin(3, "lcmat-s", layer_name="1")
     with pytest.raises(ValueError, match=r"layer_name applies to selection policies"):
-        LCMatReplayPlugin(3, "dm", iterations=1, layer_name="1")
+        LCMatReplayPlugin(3, "dm", options={"iterations": 1}, layer_name="1")
     wrong = _mlp_strategy([LCMatReplayPlugin(3, "herding", layer_name="nope")])
     with pytest.raises(ValueError, match=r"layer_name 'nope' is not a module of Sequential"):
         wrong.train(exp)

@@ -133,7 +133,9 @@ def test_split_names_the_fix_for_a_model_that_needs_task_labels():
 
 def test_replay_with_simple_mlp_and_an_incremental_classifier_ranks_masked_logits(bench):
     model = _simple_mlp(IncrementalClassifier(HIDDEN, initial_out_features=1))
-    plugin = LCMatReplayPlugin(MEM, "lcmat-s", eps=0.01)  # the paper's LCMat-S, as lcmat_s below
+    plugin = LCMatReplayPlugin(
+        MEM, "lcmat-s", options={"eps": 0.01}
+    )  # the paper's LCMat-S, as lcmat_s below
     strategy = _strategy(model, [plugin])
     for exp in bench.train_stream[:2]:
         strategy.train(exp)
@@ -178,7 +180,9 @@ def task_bench(digits):
 def test_multi_task_model_is_ranked_through_its_task_head(task_bench):
     with seeded(0):
         model = MTSimpleMLP(input_size=64, hidden_size=HIDDEN)
-    plugin = LCMatReplayPlugin(MEM, "lcmat-s", eps=0.01)  # the paper's LCMat-S, as lcmat_s below
+    plugin = LCMatReplayPlugin(
+        MEM, "lcmat-s", options={"eps": 0.01}
+    )  # the paper's LCMat-S, as lcmat_s below
     strategy = _strategy(model, [plugin])
     task_of = {}
     for exp in task_bench.train_stream[:3]:
@@ -199,7 +203,7 @@ def test_multi_task_model_is_ranked_through_its_task_head(task_bench):
         assert torch.equal(xc[picks], x_mem[y_mem == c])
     # a group that mixes tasks (Avalanche's own buffers may pass one): one pick list, balanced
     mixed = task_bench.train_stream[0].dataset.concat(task_bench.train_stream[1].dataset)
-    picks = SelectorExemplarsStrategy("lcmat-s", eps=0.01).make_sorted_indices(
+    picks = SelectorExemplarsStrategy("lcmat-s", options={"eps": 0.01}).make_sorted_indices(
         strategy, mixed, total=8
     )
     assert sorted(int(mixed.targets[i]) for i in picks) == sorted(
@@ -220,7 +224,7 @@ def test_memory_only_protocol_refuses_a_multi_task_model_before_training(task_be
 
 
 def test_condensed_memory_refuses_a_class_label_reused_by_another_task(bench):
-    buffer = CondensedClassBuffer(MEM, "dm", iterations=1, progress=False)
+    buffer = CondensedClassBuffer(MEM, "dm", options={"iterations": 1}, progress=False)
     buffer.task_labels[bench.train_stream[0].classes_in_this_experience[0]] = 7
     with pytest.raises(ValueError, match=r"class \d+ comes with task labels \[0, 7\]"):
         buffer.post_adapt(_strategy(_simple_mlp(), []), bench.train_stream[0])
@@ -228,7 +232,7 @@ def test_condensed_memory_refuses_a_class_label_reused_by_another_task(bench):
 
 # ------------------------------------------------- 3. the buffers with Avalanche's ReplayPlugin
 def test_avalanches_replay_plugin_with_a_per_class_buffer(bench):
-    for buffer in (SelectionBuffer(10), CondensedClassBuffer(10, "dm", iterations=1)):
+    for buffer in (SelectionBuffer(10), CondensedClassBuffer(10, "dm", options={"iterations": 1})):
         assert buffer.max_size == 0 and isinstance(buffer.max_size, int)
         with pytest.raises(AssertionError):  # Avalanche's own check: pass buffer.max_size
             ReplayPlugin(mem_size=100, storage_policy=buffer)
@@ -299,10 +303,10 @@ def test_restore_of_an_online_memory_with_another_online_split(bench):
 def test_restore_into_another_per_class_is_refused(bench, saved):
     with pytest.raises(ValueError, match="built with per_class=2, this buffer with per_class=5"):
         LCMatReplayPlugin(5, "uniform").load_state_dict(saved, stream=bench.train_stream)
-    plugin = LCMatReplayPlugin(MEM, "dm", iterations=1, progress=False)
+    plugin = LCMatReplayPlugin(MEM, "dm", options={"iterations": 1}, progress=False)
     plugin.after_training_exp(_fake_strategy(bench.train_stream[0]))
     with pytest.raises(ValueError, match="keeps 2 images per class, this buffer 3"):
-        LCMatReplayPlugin(3, "dm", iterations=1).load_state_dict(plugin.state_dict())
+        LCMatReplayPlugin(3, "dm", options={"iterations": 1}).load_state_dict(plugin.state_dict())
 
 
 def _fake_strategy(exp):
@@ -316,21 +320,23 @@ def _fake_strategy(exp):
 # --------------------------------------------------------------- 5. options checked early
 def test_option_typos_fail_at_construction():
     with pytest.raises(ValueError, match="epss"):
-        LCMatReplayPlugin(5, "lcmat-s", epss=0.1)
+        LCMatReplayPlugin(5, "lcmat-s", options={"epss": 0.1})
     with pytest.raises((TypeError, ValueError), match="epss"):
-        LCMatReplayPlugin(5, "lcmat-c", epss=0.1)
+        LCMatReplayPlugin(5, "lcmat-c", options={"epss": 0.1})
     with pytest.raises(ValueError, match="epss"):
-        MemoryOnlyRetrainPlugin(5, "craig", epss=0.1)
+        MemoryOnlyRetrainPlugin(5, "craig", options={"epss": 0.1})
     with pytest.raises(ValueError, match="batch_size_mem must be None or an integer"):
         LCMatReplayPlugin(5, "lcmat-s", batch_size_mem=0)
-    with pytest.raises(ValueError, match="device applies to condensation"):
-        LCMatReplayPlugin(5, "lcmat-s", device="cpu")
+    with pytest.raises(TypeError, match="eps"):  # selector options travel in options=
+        LCMatReplayPlugin(5, "lcmat-s", eps=0.1)
+    # device: where the model's outputs are taken (None: the strategy's device)
+    assert LCMatReplayPlugin(5, "lcmat-s", device="cpu").storage_policy.selection_strategy.device == "cpu"  # fmt: skip
 
 
 # ------------------------------------------------------------- 6. condensation cost shown
 @pytest.mark.slow
 def test_condensation_shows_progress_with_time_left_by_default(bench, capsys):
-    plugin = LCMatReplayPlugin(MEM, "dm", iterations=2)
+    plugin = LCMatReplayPlugin(MEM, "dm", options={"iterations": 2})
     assert plugin.storage_policy.progress
     assert not LCMatReplayPlugin(MEM, "dm", progress=False).storage_policy.progress
     assert not MemoryOnlyRetrainPlugin(MEM, "dm").progress  # the retraining's bar stays off
@@ -351,6 +357,6 @@ def test_paper_settings_on_a_cpu_warn_before_condensing(bench, monkeypatch):
 
     monkeypatch.setattr(CondensationPolicy, "build", stop)
     plugin = LCMatReplayPlugin(MEM, "lcmat-c")
-    with pytest.warns(UserWarning, match="paper settings.*1000 iterations.*iterations="):
+    with pytest.warns(UserWarning, match="paper settings.*1000 iterations.*options=.'iterations'"):
         with pytest.raises(Stop):
             plugin.after_training_exp(_fake_strategy(bench.train_stream[0]))

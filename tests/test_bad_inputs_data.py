@@ -14,7 +14,7 @@ from PIL import Image
 
 from replay_lcmat.cli import main
 from replay_lcmat.data import CorruptDataError, load_cifar, load_image_folder
-from replay_lcmat.data import folder as folder_module
+from replay_lcmat.data import archive as archive_module
 
 
 def png(path, arr):
@@ -289,7 +289,7 @@ def test_tar_members_are_checked_by_name_and_size_before_reading(tmp_path, monke
     assert len(train) == 4 and "ds/train/a/blob.bin" not in extracted
 
     extracted.clear()
-    monkeypatch.setattr(folder_module, "MAX_IMAGE_BYTES", 50)  # every 4x4 PNG is larger
+    monkeypatch.setattr(archive_module, "MAX_IMAGE_BYTES", 50)  # every 4x4 PNG is larger
     with pytest.raises(
         ValueError, match=r"ds/test/a/0\.png is \d+ bytes, more than the 50 bytes.*not read"
     ):

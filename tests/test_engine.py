@@ -15,8 +15,7 @@ from golden import golden_inputs
 from replay_lcmat.cli import main
 from replay_lcmat.cli.common import selection_model_outputs
 from replay_lcmat.data import load_dataset
-from replay_lcmat.memory import build_memory, select_exemplars
-from replay_lcmat.memory.policies import MEMORY_DEFAULTS
+from replay_lcmat.memory import MEMORY_DEFAULTS, build_memory, select_exemplars
 from replay_lcmat.models import MLP
 from replay_lcmat.seeding import seeded
 from replay_lcmat.selection import SELECTORS, extract_outputs, make_selector
@@ -32,7 +31,7 @@ def _options(name: str) -> dict:
 
 def _api(name, features, logits, labels, per_class=PER_CLASS, *, memory=False):
     """The selector's picks; ``memory``: with the options a memory uses when none is given
-    (:data:`replay_lcmat.memory.policies.MEMORY_DEFAULTS`)."""
+    (:data:`replay_lcmat.memory.MEMORY_DEFAULTS`)."""
     chosen = MEMORY_DEFAULTS.get(name, {}) if memory else {}
     return make_selector(name, **_options(name), **chosen).select(
         features=features, logits=logits, labels=labels, per_class=per_class

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from replay_lcmat.models import ConvNet, make_model
-from replay_lcmat.selection import extract_outputs
+from replay_lcmat.selection import SelectionModelConfig, extract_outputs
 from replay_lcmat.selection.extract import STATS, class_batches, has_batch_statistics
 
 
@@ -186,39 +186,42 @@ def test_build_memory_takes_a_model_and_its_stats():
 
 
 def test_memory_only_run_extracts_once_per_stats_mode(monkeypatch):
-    import replay_lcmat.selection as selection
+    import replay_lcmat.continual as continual
     from replay_lcmat.continual import memory_only_run
     from replay_lcmat.data import load_digits
     from replay_lcmat.training import TrainConfig
 
     calls = []
-    real = selection.extract_outputs
+    real = continual.extract_outputs
 
     def spy(*args, **kwargs):
         calls.append(kwargs["stats"])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(selection, "extract_outputs", spy)
+    monkeypatch.setattr(continual, "extract_outputs", spy)
     train, test = load_digits()
     common = dict(
         per_class=2,
         model="convnet",
         model_options={"width": 4, "depth": 2, "norm": "batch"},
         n_experiences=5,
-        selection_epochs=1,
-        selection_lr=0.05,
-        selection_augment=False,
         retrain=TrainConfig(epochs=1, batch_size=64, lr=0.05, augment="none"),
         progress=False,
     )
+    chosen = SelectionModelConfig(
+        "convnet",
+        {"width": 4, "depth": 2, "norm": "batch"},
+        epochs=1,
+        lr=0.05,
+        augment=False,
+        stats="class-batch",
+    )
     specs = ["uniform", "herding[stats=class-batch]", "herding[stats=running]", "craig"]
-    rows = memory_only_run(train, test, policies=specs, selection_stats="class-batch", **common)
+    rows = memory_only_run(train, test, policies=specs, selection_model=chosen, **common)
     assert sorted(calls) == sorted(["class-batch", "running"] * 5)  # one per mode and experience
     assert {r["policy"] for r in rows} == set(specs)
     calls.clear()
-    same = memory_only_run(
-        train, test, policies=["herding"], selection_stats="class-batch", **common
-    )
+    same = memory_only_run(train, test, policies=["herding"], selection_model=chosen, **common)
     assert set(calls) == {"class-batch"}
     pinned = [r["accuracy"] for r in rows if r["policy"] == "herding[stats=class-batch]"]
     assert pinned == [r["accuracy"] for r in same]

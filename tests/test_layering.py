@@ -93,3 +93,34 @@ def test_importing_training_loads_no_condensation_module():
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+def function_level_imports(path: Path) -> list[str]:
+    """``"line: module"`` of every import of the project's own modules made inside a function
+    or class body (not at module level) of the file at ``path``."""
+    tree = ast.parse(path.read_text())
+    top = set(map(id, tree.body))
+    found = []
+    for node in ast.walk(tree):
+        if id(node) in top or not isinstance(node, ast.Import | ast.ImportFrom):
+            continue
+        names = (
+            [node.module or ""]
+            if isinstance(node, ast.ImportFrom)
+            else [alias.name for alias in node.names]
+        )
+        found += [f"{node.lineno}: {n}" for n in names if n.startswith("replay_lcmat")]
+    return found
+
+
+def test_function_level_import_finder_sees_one(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("import os\n\ndef f():\n    from replay_lcmat.memory import build_memory\n")
+    assert function_level_imports(probe) == ["4: replay_lcmat.memory"]
+
+
+@pytest.mark.parametrize(
+    "module", ["memory/policies.py", "memory/exemplars.py", "continual.py", "cli/demo.py"]
+)
+def test_the_memory_path_imports_the_project_at_module_level(module):
+    assert function_level_imports(PACKAGE / module) == []

@@ -17,7 +17,7 @@ from replay_lcmat.memory import (
 )
 from replay_lcmat.models import MLP, ConvNet, reinitialize
 from replay_lcmat.seeding import derive_seed, seeded
-from replay_lcmat.selection import extract_outputs, make_selector
+from replay_lcmat.selection import SelectionModelConfig, extract_outputs, make_selector
 from replay_lcmat.selection.geometry import herding_order
 from replay_lcmat.training import TrainConfig
 
@@ -114,7 +114,7 @@ def test_small_classes_are_kept_whole_with_a_warning(digits):
     assert (labels[picks] == 3).sum() == 2 and len(picks) == 47
     images = train.subset(keep).normalized()
     with pytest.warns(UserWarning, match="class 3 has only 2 sample"):
-        syn, syn_labels = condense_exemplars("dm", images, labels, per_class=5, **TINY_DM)
+        syn, syn_labels = condense_exemplars("dm", images, labels, per_class=5, options=TINY_DM)
     assert syn.shape == (47, 1, 8, 8) and syn_labels.bincount().tolist() == [5] * 3 + [2] + [5] * 6
     assert torch.equal(syn[syn_labels == 3], images[labels == 3])  # stored as real images
 
@@ -131,8 +131,8 @@ def test_build_memory_for_selection_and_condensation(digits, outputs):
         ValueError, match="ranks with a model: pass model=.*or outputs=extract_outputs"
     ):
         build_memory("craig", x, y, per_class=3)
-    syn = build_memory("dm", x, y, per_class=2, seed=1, **TINY_DM)
-    again = build_memory("dm", x, y, per_class=2, seed=1, **TINY_DM)
+    syn = build_memory("dm", x, y, per_class=2, seed=1, options=TINY_DM)
+    again = build_memory("dm", x, y, per_class=2, seed=1, options=TINY_DM)
     assert syn.counts() == {c: 2 for c in range(10)} and syn.sources(0) is None
     assert torch.equal(syn.tensors()[0], again.tensors()[0])  # seeded: reproducible
 
@@ -186,8 +186,7 @@ def test_memory_only_run_protocol_on_digits(digits):
         seed=0,
         model="mlp",
         model_options={"hidden": (32,)},
-        selection_epochs=2,
-        selection_lr=0.05,
+        selection_model=SelectionModelConfig("mlp", {"hidden": (32,)}, epochs=2, lr=0.05),
         retrain=TrainConfig(epochs=30, batch_size=64, lr=0.05, augment="none"),
         progress=False,
     )

@@ -102,7 +102,7 @@ def test_a_new_selector_needs_only_its_own_class(scratch_registries, tmp_path, c
     assert policy.kind == "selection" and not policy.needs_model
     assert "first-samples" in memory_policies()
     images = torch.randn(6, 1, 4, 4)
-    memory = build_memory("first-samples", images, labels, per_class=2, skip=1)
+    memory = build_memory("first-samples", images, labels, per_class=2, options={"skip": 1})
     assert memory.sources(1).tolist() == [4, 5]
 
     from replay_lcmat.cli import main
@@ -122,8 +122,8 @@ def test_a_new_condenser_needs_only_its_own_registration(scratch_registries):
     policy = memory_policy("dm-fast")
     assert policy.kind == "condensation" and policy.defaults["iterations"] == 1
     images, labels = torch.randn(12, 1, 8, 8), torch.arange(12) % 2
-    tiny = {"network_options": {"width": 4, "depth": 1}, "batch_real": 4, "progress": False}
-    memory = build_memory("dm-fast", images, labels, per_class=2, **tiny)
+    tiny = {"network_options": {"width": 4, "depth": 1}, "batch_real": 4}
+    memory = build_memory("dm-fast", images, labels, per_class=2, options=tiny, progress=False)
     assert memory.counts() == {0: 2, 1: 2}
-    result = make_condenser("dm-fast", **tiny).condense(images, labels, per_class=2)
+    result = make_condenser("dm-fast", progress=False, **tiny).condense(images, labels, per_class=2)
     assert len(result.losses) == 1 and result.options["per_class"] == 2

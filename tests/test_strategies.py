@@ -108,7 +108,9 @@ def _check_memory_after_each_experience(bench, plugin, epochs=0):
 
 
 def test_selection_policy_keeps_real_exemplars_of_the_right_class(bench):
-    plugin = LCMatReplayPlugin(MEM, "lcmat-s", eps=0.01)  # the paper's LCMat-S, as lcmat_s below
+    plugin = LCMatReplayPlugin(
+        MEM, "lcmat-s", options={"eps": 0.01}
+    )  # the paper's LCMat-S, as lcmat_s below
     strategy = _check_memory_after_each_experience(bench, plugin)
     benchmark, train_set, _ = bench
     x, y, _ = _memory(plugin)
@@ -134,7 +136,7 @@ def test_selection_policy_keeps_real_exemplars_of_the_right_class(bench):
 
 
 def test_condensation_policy_stores_synthetic_tensors_with_labels(bench):
-    plugin = LCMatReplayPlugin(MEM, "lcmat-c", **LCMAT_C)
+    plugin = LCMatReplayPlugin(MEM, "lcmat-c", options=LCMAT_C)
     _check_memory_after_each_experience(bench, plugin)
     _, train_set, _ = bench
     x, y, _ = _memory(plugin)
@@ -160,7 +162,7 @@ class _BatchRecorder(SupervisedPlugin):
 @pytest.mark.parametrize("policy,options", [("uniform", {}), ("lcmat-c", LCMAT_C)])
 def test_replay_minibatches_contain_memory_samples(bench, policy, options):
     benchmark, _, _ = bench
-    plugin, recorder = LCMatReplayPlugin(MEM, policy, **options), _BatchRecorder()
+    plugin, recorder = LCMatReplayPlugin(MEM, policy, options=options), _BatchRecorder()
     strategy = _strategy(_model(), [plugin, recorder], epochs=1)
     strategy.train(benchmark.train_stream[0])
     memory_x, memory_y, _ = _memory(plugin)
@@ -287,7 +289,7 @@ def test_small_class_is_stored_whole_with_a_warning(policy, options):
     sizes = [20] * 10
     sizes[7] = 2
     benchmark, _, _ = _benchmark(tuple(sizes))
-    plugin = LCMatReplayPlugin(MEM, policy, **options)
+    plugin = LCMatReplayPlugin(MEM, policy, options=options)
     strategy = _strategy(_model(), [plugin])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -302,7 +304,7 @@ def test_small_class_is_stored_whole_with_a_warning(policy, options):
 @pytest.mark.parametrize("policy,options", [("lcmat-s", {}), ("dm", LCMAT_C)])
 def test_memory_round_trip_resumes_with_the_same_memory(bench, tmp_path, policy, options):
     benchmark, _, _ = bench
-    plugin = LCMatReplayPlugin(MEM, policy, **options)
+    plugin = LCMatReplayPlugin(MEM, policy, options=options)
     strategy = _strategy(_model(), [plugin])
     for exp in benchmark.train_stream[:2]:
         strategy.train(exp)
@@ -310,7 +312,7 @@ def test_memory_round_trip_resumes_with_the_same_memory(bench, tmp_path, policy,
     torch.save({"model": strategy.model.state_dict(), "memory": plugin.state_dict()}, path)
 
     state = torch.load(path, weights_only=True)
-    restored = LCMatReplayPlugin(MEM, policy, **options)
+    restored = LCMatReplayPlugin(MEM, policy, options=options)
     model = _model()
     model.load_state_dict(state["model"])
     restored.load_state_dict(state["memory"], stream=benchmark.train_stream)
@@ -409,8 +411,10 @@ def test_bad_inputs_name_the_problem(bench):
         SelectionBuffer(0)
     with pytest.raises(ValueError, match="selection policy"):
         CondensedClassBuffer(MEM, "lcmat-s")
-    with pytest.raises(ValueError, match="iterations applies to condensation"):
-        LCMatReplayPlugin(MEM, "lcmat-s", iterations=3)
+    with pytest.raises(ValueError, match="iterations"):
+        LCMatReplayPlugin(MEM, "lcmat-s", options={"iterations": 3})
+    with pytest.raises(TypeError, match="iterations"):  # a condenser option, not the plugin's
+        LCMatReplayPlugin(MEM, "dm", iterations=3)
     plugin = LCMatReplayPlugin(MEM, "uniform")
     strategy = _strategy(_model(), [plugin])
     strategy.train(bench[0].train_stream[0])
@@ -460,7 +464,7 @@ def test_examples_run_offline_on_digits(tmp_path, capsys):
 @pytest.mark.parametrize("policy,options", [("lcmat-s", {}), ("lcmat-c", LCMAT_C)])
 def test_shrinking_the_memory_keeps_each_class_prefix(bench, policy, options):
     benchmark, _, _ = bench
-    plugin = LCMatReplayPlugin(MEM, policy, **options)
+    plugin = LCMatReplayPlugin(MEM, policy, options=options)
     strategy = _strategy(_model(), [plugin])
     strategy.train(benchmark.train_stream[0])
     x, y, _ = _memory(plugin)
@@ -475,7 +479,7 @@ def test_shrinking_the_memory_keeps_each_class_prefix(bench, policy, options):
 
 def test_growing_a_condensed_memory_warns_and_reports_what_it_holds(bench):
     benchmark, _, _ = bench
-    plugin = LCMatReplayPlugin(MEM, "dm", iterations=2)
+    plugin = LCMatReplayPlugin(MEM, "dm", options={"iterations": 2})
     strategy = _strategy(_model(), [plugin])
     strategy.train(benchmark.train_stream[0])
     with pytest.warns(UserWarning, match="keep their 3"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import csv
+from dataclasses import replace
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from replay_lcmat.data import ImageData, holdout_split, load_digits
 from replay_lcmat.memory import ClassMemory, build_memory
 from replay_lcmat.models import MLP
 from replay_lcmat.seeding import seeded
-from replay_lcmat.selection import extract_outputs
+from replay_lcmat.selection import SelectionModelConfig, extract_outputs
 from replay_lcmat.training import TrainConfig, train
 
 
@@ -63,7 +64,7 @@ def test_memory_weights_sum_to_the_class_size_and_survive_saving(digits, policy,
     with seeded(0):
         outputs = extract_outputs(MLP(64, 10, hidden=(16,)), data)
     x, y = data.normalized(), data.labels
-    memory = build_memory(policy, x, y, per_class=6, outputs=outputs, weighted=True)
+    memory = build_memory(policy, x, y, per_class=6, outputs=outputs, options={"weighted": True})
     sizes = torch.bincount(y)
     for c in memory.classes():
         assert float(memory.weights(c).sum()) == pytest.approx(int(sizes[c]))
@@ -100,8 +101,7 @@ def _run(train_data, test_data, policies, memories=None, log=None):
         seed=0,
         model="mlp",
         model_options={"hidden": (16,)},
-        selection_epochs=2,
-        selection_lr=0.05,
+        selection_model=SelectionModelConfig("mlp", {"hidden": (16,)}, epochs=2, lr=0.05),
         retrain=TrainConfig(epochs=15, batch_size=32, lr=0.05, augment="none"),
         progress=False,
         memories_out=memories,
@@ -208,10 +208,10 @@ def test_selection_model_early_stopping_keeps_the_best_held_out_epoch(digits):
 
     data, _ = digits
     # lr 2 makes the held-out loss go up and down, so the best epoch is not the last
-    common = dict(
-        model="mlp", model_options={"hidden": (16,)}, epochs=8, lr=2.0, seed=4, progress=False
+    common = SelectionModelConfig("mlp", {"hidden": (16,)}, epochs=8, lr=2.0)
+    best = pretrain_selection_model(
+        data, replace(common, early_stop=0.3, patience=8), seed=4, progress=False
     )
-    best = pretrain_selection_model(data, early_stop=0.3, patience=8, **common)
     fit, held = holdout_split(data.labels, 0.3, 4)
     x, y = data.normalized(), data.labels
 
@@ -219,10 +219,12 @@ def test_selection_model_early_stopping_keeps_the_best_held_out_epoch(digits):
         return float(nn.functional.cross_entropy(predict(model, x[held]), y[held]))
 
     # the same run without restoring: the last epoch's weights (same data, seed, schedule)
-    last = pretrain_selection_model(data.subset(fit), **common)
+    last = pretrain_selection_model(data.subset(fit), common, seed=4, progress=False)
     assert held_loss(best) < held_loss(last)
     # patience 0: stops after the first epoch, the same weights as one epoch of the same run
-    first = pretrain_selection_model(data, early_stop=0.3, patience=0, **common)
+    first = pretrain_selection_model(
+        data, replace(common, early_stop=0.3, patience=0), seed=4, progress=False
+    )
     one = train_one_epoch_like(data.subset(fit), common)
     for a, b in zip(first.parameters(), one.parameters(), strict=True):
         assert torch.equal(a, b)
@@ -232,16 +234,16 @@ def train_one_epoch_like(data, common):
     """The selection model of ``common`` stopped after its first epoch by ``on_epoch``."""
     from replay_lcmat.models import make_model
 
-    with seeded(common["seed"]):
+    with seeded(4):
         net = make_model("mlp", in_channels=1, num_classes=10, image_size=8, hidden=(16,))
     return train(
         net,
         data.normalized(),
         data.labels,
-        epochs=common["epochs"],
-        lr=common["lr"],
-        batch_size=128,
-        seed=common["seed"],
+        epochs=common.epochs,
+        lr=common.lr,
+        batch_size=common.batch_size,
+        seed=4,
         progress=False,
         on_epoch=lambda e, m: True,
     )
@@ -276,15 +278,18 @@ def test_lcmat_memory_defaults_apply_only_without_selector_options(digits):
         outputs = extract_outputs(MLP(64, 10, hidden=(16,)), data)
     x, y = data.normalized(), data.labels
 
-    def picks(**options):
-        memory = build_memory("lcmat-s", x, y, per_class=5, outputs=outputs, **options)
+    def picks(options=None):
+        memory = build_memory("lcmat-s", x, y, per_class=5, outputs=outputs, options=options)
         return torch.cat([memory.sources(c) for c in memory.classes()])
 
     chosen = MEMORY_DEFAULTS["lcmat-s"]
     assert chosen["objective"] != "facility"
-    assert torch.equal(picks(), picks(**chosen))
-    assert not torch.equal(picks(), picks(eps=0.01))  # any option: the paper's selector
+    assert torch.equal(picks(), picks(chosen))
+    assert not torch.equal(picks(), picks({"eps": 0.01}))  # any option: the paper's selector
     assert SelectorExemplarsStrategy("lcmat-s")._selector.get_params() == {
-        **SelectorExemplarsStrategy("lcmat-s", **chosen)._selector.get_params()
+        **SelectorExemplarsStrategy("lcmat-s", options=chosen)._selector.get_params()
     }
-    assert SelectorExemplarsStrategy("lcmat-s", eps=0.01)._selector.objective == "facility"
+    assert (
+        SelectorExemplarsStrategy("lcmat-s", options={"eps": 0.01})._selector.objective
+        == "facility"
+    )

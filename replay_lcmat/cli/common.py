@@ -8,7 +8,11 @@ import os
 import tempfile
 from pathlib import Path
 
-from replay_lcmat.selection import extract_outputs, pretrain_selection_model
+from replay_lcmat.selection import (
+    SelectionModelConfig,
+    extract_outputs,
+    pretrain_selection_model,
+)
 from replay_lcmat.selection.extract import DEFAULT_STATS, STATS
 
 
@@ -109,21 +113,28 @@ def add_selection_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def selection_model_outputs(args: argparse.Namespace, train, *, progress: bool):
-    """``(model, outputs)``: θ pretrained on ``train`` with the options of
-    :func:`add_selection_model_arguments` (and ``--seed``, ``--device``), and its outputs."""
-    model = pretrain_selection_model(
-        train,
-        model=args.model,
+def selection_model_config(args: argparse.Namespace) -> SelectionModelConfig:
+    """θ's configuration from the flags of :func:`add_selection_model_arguments`."""
+    return SelectionModelConfig(
+        architecture=args.model,
         model_options={} if args.width is None else {"width": args.width},
         epochs=args.pretrain_epochs,
         lr=args.lr,
         batch_size=args.batch_size,
         augment=args.pretrain_augment,
-        device=args.device,
-        seed=args.seed,
-        progress=progress,
         early_stop=args.pretrain_early_stop,
+        stats=args.stats,
     )
-    outputs = extract_outputs(model, train, stats=args.stats, device=args.device, progress=progress)
+
+
+def selection_model_outputs(args: argparse.Namespace, train, *, progress: bool):
+    """``(model, outputs)``: θ pretrained on ``train`` with the options of
+    :func:`add_selection_model_arguments` (and ``--seed``, ``--device``), and its outputs."""
+    config = selection_model_config(args)
+    model = pretrain_selection_model(
+        train, config, device=args.device, seed=args.seed, progress=progress
+    )
+    outputs = extract_outputs(
+        model, train, stats=config.stats, device=args.device, progress=progress
+    )
     return model, outputs

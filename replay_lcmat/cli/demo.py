@@ -22,12 +22,20 @@ from pathlib import Path
 import torch
 
 from replay_lcmat.continual import memory_only_run
-from replay_lcmat.data import per_class_subset, shared_cifar10_archive
+from replay_lcmat.data import load_dataset, per_class_subset, shared_cifar10_archive
 from replay_lcmat.devices import default_device
 from replay_lcmat.diagnostics import MemorySet, plot_memory_grid
 from replay_lcmat.memory import MEMORY_DEFAULTS
-from replay_lcmat.reporting import command_line, comparison_text, results_markdown, write_results
+from replay_lcmat.reporting import (
+    command_line,
+    comparison_text,
+    paired_difference,
+    results_markdown,
+    write_results,
+)
+from replay_lcmat.selection import SelectionModelConfig
 from replay_lcmat.selection.extract import DEFAULT_STATS, STATS
+from replay_lcmat.specs import parse_policy
 from replay_lcmat.training import TrainConfig
 
 
@@ -103,8 +111,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from replay_lcmat.data import load_dataset
-
     start = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -137,6 +143,15 @@ def run(args: argparse.Namespace) -> int:
         f"{', '.join(args.policies)}, model {model} {options}, {epochs} retraining epochs, "
         f"selection statistics {args.stats}, seeds {args.seeds}"
     )
+    selection_model = SelectionModelConfig(
+        architecture=model,
+        model_options=options,
+        epochs=args.selection_epochs,
+        lr=lr,
+        augment=False,
+        early_stop=args.selection_early_stop,
+        stats=args.stats,
+    )
     rows = []
     memories: dict = {}
     for seed in args.seeds:
@@ -150,11 +165,7 @@ def run(args: argparse.Namespace) -> int:
             model_options=options,
             n_experiences=5,
             seed=seed,
-            selection_epochs=args.selection_epochs,
-            selection_early_stop=args.selection_early_stop,
-            selection_lr=lr,
-            selection_augment=False,
-            selection_stats=args.stats,
+            selection_model=selection_model,
             retrain=TrainConfig(
                 epochs=epochs, lr=lr, batch_size=batch, schedule="step", augment=augment
             ),
@@ -214,9 +225,6 @@ DEMO_POLICIES = ("lcmat-s", "herding", "uniform")
 def verdict_text(rows: list[dict], policies: list[str], setting: str) -> str:
     """The demo's verdict from its own rows: the first LCMat policy minus herding and minus
     uniform after each experience (paired by seed), and one plain sentence."""
-    from replay_lcmat.reporting import paired_difference
-    from replay_lcmat.specs import parse_policy
-
     lcmat = next((p for p in policies if parse_policy(p)[0].startswith("lcmat")), None)
     lines = [setting]
     for base in ("herding", "uniform"):

@@ -11,7 +11,8 @@ Layout rules (checked from file names and sizes before any image is read):
 - errors: two or more top folders with their own ``train/``/``test/`` (``v1/train``,
   ``v2/train``), an image in a subfolder of a class folder (``train/a/sub/x.png``) or directly in
   a split folder (``train/x.png``), a class folder without images, an image file larger than
-  :data:`MAX_IMAGE_BYTES`, a corrupt image or archive (:class:`CorruptDataError`);
+  :data:`replay_lcmat.data.archive.MAX_IMAGE_BYTES`, a corrupt image or archive
+  (:class:`~replay_lcmat.files.CorruptDataError`);
 - warnings: images outside ``train/`` and ``test/`` (e.g. a ``val/`` split), files in class
   folders whose suffix is not an image suffix; both are skipped;
 - 16-bit grey images are scaled to 8 bits (``round(v / 257)``; Pillow already reduces 16-bit
@@ -21,12 +22,8 @@ Layout rules (checked from file names and sizes before any image is read):
 
 from __future__ import annotations
 
-import lzma
 import os
-import stat
-import tarfile
 import warnings
-import zlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
@@ -34,15 +31,22 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from replay_lcmat.data.archive import (
+    IMAGE_SUFFIXES,
+    Entry,
+    check_image_size,
+    is_hidden,
+    is_image_name,
+    list_folder,
+    name_parts,
+    open_tar,
+    read_tar,
+)
 from replay_lcmat.data.cache import cache_file, default_cache_dir, read_cache, write_cache
 from replay_lcmat.data.decoding import decode_plan
 from replay_lcmat.data.image_data import ImageData
-from replay_lcmat.files import CorruptDataError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".webp"}
 SPLITS = ("train", "test")
-# Largest image file read: checked from the file's size (or the tar header) before reading it.
-MAX_IMAGE_BYTES = 64 * 2**20
 _CACHE_KEYS = {
     "classes",
     "mean",
@@ -50,6 +54,15 @@ _CACHE_KEYS = {
     *(f"{s}_{k}" for s in SPLITS for k in ("images", "labels", "files")),
 }
 _EXAMPLES = 3  # paths named in a message about many files
+
+
+def _examples(names: list[str]) -> str:
+    shown = ", ".join(names[:_EXAMPLES])
+    return shown + (f" and {len(names) - _EXAMPLES} more" if len(names) > _EXAMPLES else "")
+
+
+def _suffixes() -> str:
+    return " ".join(sorted(IMAGE_SUFFIXES))
 
 
 CIFAR10_ARCHIVE_VARIABLE = "REPLAY_LCMAT_CIFAR10_ARCHIVE"
@@ -82,177 +95,6 @@ def shared_cifar10_archive() -> Path | None:
     return path
 
 
-class _Entry(NamedTuple):
-    """One file or folder of a source, as listed (nothing read yet)."""
-
-    name: str  # posix path relative to the folder, or the archive member name
-    size: int  # bytes; -1 when it cannot be read (a broken link, a hard link without target)
-    is_dir: bool
-    stamp: tuple[int, ...] = ()  # (mtime_ns, ctime_ns) of a folder's file, for the cache key
-
-
-def _parts(name: str) -> list[str]:
-    return [p for p in name.split("/") if p not in ("", ".")]
-
-
-def _hidden(parts: list[str]) -> bool:
-    return any(p.startswith(".") for p in parts)
-
-
-def _is_image_name(parts: list[str]) -> bool:
-    """Not hidden, and the file name has an image suffix."""
-    return (
-        bool(parts)
-        and not _hidden(parts)
-        and os.path.splitext(parts[-1])[1].lower() in IMAGE_SUFFIXES
-    )
-
-
-def _check_image_size(source: Path, entry: _Entry) -> None:
-    """Refuse an image file that cannot be read or is too large, before reading it."""
-    if entry.size < 0:
-        raise ValueError(
-            f"{source}: cannot read the image {entry.name} (a broken link, or a hard link to a "
-            "missing member). Fix or remove it."
-        )
-    if entry.size > MAX_IMAGE_BYTES:
-        raise ValueError(
-            f"{source}: {entry.name} is {_size(entry.size)}, more than the "
-            f"{_size(MAX_IMAGE_BYTES)} allowed for one image file, so it was not read. "
-            "Remove it or shrink it (all images are held in memory together); if it really is "
-            "one image, raise replay_lcmat.data.folder.MAX_IMAGE_BYTES."
-        )
-
-
-def _examples(names: list[str]) -> str:
-    shown = ", ".join(names[:_EXAMPLES])
-    return shown + (f" and {len(names) - _EXAMPLES} more" if len(names) > _EXAMPLES else "")
-
-
-def _size(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n:,} bytes"
-
-
-def _suffixes() -> str:
-    return " ".join(sorted(IMAGE_SUFFIXES))
-
-
-# ---------------------------------------------------------------------------------------------
-# Listing a folder or an archive
-
-
-def _list_folder(root: Path) -> list[_Entry]:
-    """Every non-hidden file and folder under ``root``; links to folders are followed once."""
-    entries: list[_Entry] = []
-
-    def visit(folder: Path, prefix: str, ancestors: frozenset[tuple[int, int]]) -> None:
-        for child in sorted(folder.iterdir()):
-            if child.name.startswith("."):
-                continue
-            name = prefix + child.name
-            try:
-                st = child.stat()
-            except OSError:  # a broken link: reported by _plan if its name is an image's
-                entries.append(_Entry(name, -1, False))
-                continue
-            if stat.S_ISDIR(st.st_mode):
-                entries.append(_Entry(name, 0, True))
-                ident = (st.st_dev, st.st_ino)
-                if ident not in ancestors:  # a link back to an enclosing folder is not entered
-                    visit(child, name + "/", ancestors | {ident})
-            else:
-                entries.append(_Entry(name, st.st_size, False, (st.st_mtime_ns, st.st_ctime_ns)))
-
-    top = root.stat()
-    visit(root, "", frozenset({(top.st_dev, top.st_ino)}))
-    return entries
-
-
-# What tarfile and the decompressors raise on damaged input (bz2 raises a plain OSError).
-_ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError)
-
-
-def _fix(archive: Path) -> str:
-    """How to replace a bad archive, with the tar flags its name implies."""
-    name = archive.name.lower()
-    flags = "-cf"
-    for ends, compressed in ((("gz", "tgz"), "-czf"), (("bz2", "tbz2"), "-cjf"), (("xz",), "-cJf")):
-        if name.endswith(ends):
-            flags = compressed
-    return f"Re-download it, or re-create it from the folder (tar {flags} {archive.name} <folder>)."
-
-
-def _archive_error(archive: Path, err: BaseException) -> Exception:
-    if isinstance(err, (PermissionError, FileNotFoundError, IsADirectoryError)):
-        return err  # a problem with the path, not with the archive's content
-    if isinstance(err, tarfile.ReadError) and "could not be opened" in str(err):
-        detail = "no gzip, bzip2, xz or plain tar data"  # tarfile lists each method it tried
-    else:
-        detail = " ".join(f"{type(err).__name__}: {err}".split())
-    return CorruptDataError(
-        f"cannot read the archive {archive}: it is corrupt, truncated or not a tar archive "
-        f"({detail}). {_fix(archive)}"
-    )
-
-
-def _open_tar(archive: Path) -> tarfile.TarFile:
-    if archive.stat().st_size == 0:
-        raise CorruptDataError(
-            f"the archive {archive} is empty (0 bytes), e.g. an interrupted download or copy. "
-            f"{_fix(archive)}"
-        )
-    try:
-        return tarfile.open(archive, "r:*")
-    except _ARCHIVE_ERRORS as err:
-        raise _archive_error(archive, err) from err
-
-
-def _read_tar(tar: tarfile.TarFile, archive: Path) -> tuple[list[_Entry], dict[str, bytes]]:
-    """All entries, from the tar headers, and the bytes of the members that may be images.
-
-    One pass in archive order (an archive is read once). A member is read only when its name
-    has an image suffix and its header size passes :func:`_check_image_size`; other members are
-    skipped without reading them. Also checks that the archive ends with tar's end-of-archive
-    block: ``tarfile`` stops quietly at a truncated or garbled header after the first one.
-    """
-    entries: dict[str, _Entry] = {}  # a name stored twice: the last copy counts, as in tar
-    payloads: dict[str, bytes] = {}
-    sizes: dict[str, int] = {}
-    try:
-        for member in tar:
-            name = member.name
-            payloads.pop(name, None)
-            if member.isdir():
-                entries[name] = _Entry(name, 0, True)
-                continue
-            if not (member.isfile() or member.islnk()):
-                entries.pop(name, None)
-                continue
-            size = member.size if member.isfile() else sizes.get(member.linkname, -1)
-            sizes[name] = size
-            entry = entries[name] = _Entry(name, size, False)
-            if not _is_image_name(_parts(name)):
-                continue
-            _check_image_size(archive, entry)
-            if member.islnk() and member.linkname in payloads:
-                payloads[name] = payloads[member.linkname]
-            elif size >= 0:
-                handle = tar.extractfile(member)
-                if handle is not None:
-                    payloads[name] = handle.read()
-        count = len(tar.members)
-        tar.fileobj.seek(tar.offset)  # where tarfile stopped reading headers
-        end = tar.fileobj.read(tarfile.BLOCKSIZE)
-    except _ARCHIVE_ERRORS as err:
-        raise _archive_error(archive, err) from err
-    if len(end) < tarfile.BLOCKSIZE or end.count(0) != tarfile.BLOCKSIZE:
-        raise CorruptDataError(
-            f"the archive {archive} is truncated or corrupt: it stops after {count} members "
-            f"without tar's end-of-archive block. {_fix(archive)}"
-        )
-    return list(entries.values()), payloads
-
-
 # ---------------------------------------------------------------------------------------------
 # The layout: which entries are which class's images
 
@@ -268,7 +110,7 @@ def _show(prefix: str, source: Path) -> str:
     return f"{prefix}/" if prefix else f"the top level of {source.name}"
 
 
-def _plan(source: Path, entries: Iterable[_Entry]) -> dict[str, dict[str, list[str]]]:
+def _plan(source: Path, entries: Iterable[Entry]) -> dict[str, dict[str, list[str]]]:
     """``{split: {class: [entry names in file-name order]}}``, after checking the layout rules.
 
     Raises ValueError naming the offending paths for: several top folders with their own splits,
@@ -280,12 +122,12 @@ def _plan(source: Path, entries: Iterable[_Entry]) -> dict[str, dict[str, list[s
     class_dirs: set[tuple[str, str, str]] = set()
     nested, loose, outside, not_images, escaping = [], [], [], [], []
     for entry in entries:
-        parts = _parts(entry.name)
+        parts = name_parts(entry.name)
         if ".." in parts or entry.name.startswith("/"):  # never read: it points outside
             if parts and os.path.splitext(parts[-1])[1].lower() in IMAGE_SUFFIXES:
                 escaping.append(entry.name)
             continue
-        if not parts or _hidden(parts):
+        if not parts or is_hidden(parts):
             continue
         if entry.is_dir:
             ends = [i for i, p in enumerate(parts[:-1]) if p in SPLITS and len(parts) - i == 2]
@@ -294,11 +136,11 @@ def _plan(source: Path, entries: Iterable[_Entry]) -> dict[str, dict[str, list[s
                 class_dirs.add(("/".join(parts[:i]), parts[i], parts[i + 1]))
             continue
         i = _split_index(parts)
-        if not _is_image_name(parts):
+        if not is_image_name(parts):
             if i is not None and len(parts) - i >= 3:
                 not_images.append(entry.name)
             continue
-        _check_image_size(source, entry)
+        check_image_size(source, entry)
         if i is None:
             outside.append(entry.name)
         elif len(parts) - i == 3:
@@ -339,7 +181,7 @@ def _plan(source: Path, entries: Iterable[_Entry]) -> dict[str, dict[str, list[s
         )
     found: dict[str, dict[str, list[str]]] = {s: {} for s in SPLITS}
     for (_, split, cls), names in images.items():
-        found[split][cls] = sorted(names, key=lambda name: _parts(name)[-1])
+        found[split][cls] = sorted(names, key=lambda name: name_parts(name)[-1])
     skipped = (
         f"{len(escaping)} image member(s) whose path is absolute or goes up with '..' were "
         f"skipped: {_examples(escaping)}. Re-create the archive with paths relative to the "
@@ -399,8 +241,8 @@ def _decode_source(
             source, folder.plan, order, lambda name: (source / name).read_bytes(), progress, SPLITS
         )
         return _with_files(arrays, folder.plan)
-    with _open_tar(source) as tar:
-        entries, payloads = _read_tar(tar, source)
+    with open_tar(source) as tar:
+        entries, payloads = read_tar(tar, source)
     plan = _plan(source, entries)
     return _with_files(
         decode_plan(source, plan, list(payloads), payloads.pop, progress, SPLITS), plan
@@ -415,7 +257,7 @@ def _with_files(
     classes = [str(c) for c in arrays["classes"]]
     for split in SPLITS:
         arrays[f"{split}_files"] = np.array(
-            [f"{c}/{_parts(n)[-1]}" for c in classes for n in plan[split].get(c, [])]
+            [f"{c}/{name_parts(n)[-1]}" for c in classes for n in plan[split].get(c, [])]
         )
     return arrays
 
@@ -425,12 +267,12 @@ def _with_files(
 
 
 class _Folder(NamedTuple):
-    entries: list[_Entry]
+    entries: list[Entry]
     plan: dict[str, dict[str, list[str]]]
 
 
 def _scan_folder(root: Path) -> _Folder:
-    entries = _list_folder(root)
+    entries = list_folder(root)
     return _Folder(entries, _plan(root, entries))
 
 

@@ -8,18 +8,22 @@ The whole protocol is :func:`replay_lcmat.continual.memory_only_run`; the Avalan
 in ``replay_lcmat.strategies`` call the same functions.
 """
 
-from replay_lcmat.memory.policies import (
+from replay_lcmat.memory.exemplars import (
     MEMORY_DEFAULTS,
+    check_options,
+    check_per_class,
+    condense_exemplars,
+    memory_selector,
+    select_exemplars,
+    split_small_classes,
+)
+from replay_lcmat.memory.policies import (
     CondensationPolicy,
     MemoryPolicy,
     SelectionPolicy,
     build_memory,
-    check_per_class,
-    condense_exemplars,
     memory_policies,
     memory_policy,
-    select_exemplars,
-    split_small_classes,
 )
 from replay_lcmat.memory.protocol import ExperienceSeeds, ResultRow, retrain_on_memory
 from replay_lcmat.memory.store import ClassMemory
@@ -33,10 +37,12 @@ __all__ = [
     "ResultRow",
     "SelectionPolicy",
     "build_memory",
+    "check_options",
     "check_per_class",
     "condense_exemplars",
     "memory_policies",
     "memory_policy",
+    "memory_selector",
     "retrain_on_memory",
     "select_exemplars",
     "split_small_classes",

@@ -78,8 +78,8 @@ def choose_on_holdout(
             per_class=min(per_class, room),
             outputs=part,
             seed=seeds.seed,
+            options=options,
             device=device,
-            **options,
         )
         mem_x, mem_y = memory.tensors()
         model = retrain_on_memory(

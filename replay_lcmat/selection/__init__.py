@@ -9,7 +9,12 @@ saved = load_selection("lcmat.json"); subset = selection_subset(saved, ImageFold
 
 from replay_lcmat.selection.base import SelectionResult, Selector, class_budgets
 from replay_lcmat.selection.distances import lcmat_dissimilarity
-from replay_lcmat.selection.extract import ModelOutputs, extract_outputs, pretrain_selection_model
+from replay_lcmat.selection.extract import (
+    ModelOutputs,
+    SelectionModelConfig,
+    extract_outputs,
+    pretrain_selection_model,
+)
 from replay_lcmat.selection.facility import (
     AdaCore,
     Craig,
@@ -23,6 +28,7 @@ from replay_lcmat.selection.report import curvature_share, selection_report
 
 __all__ = [
     "SELECTORS",
+    "SelectionModelConfig",
     "AdaCore",
     "Craig",
     "FacilityLocationSelector",

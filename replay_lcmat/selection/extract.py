@@ -5,7 +5,9 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -37,8 +39,11 @@ class ModelOutputs:
     labels: Tensor
 
 
-def check_stats(stats: str) -> str:
-    """Return ``stats`` if it is one of :data:`STATS`, else raise naming the choices."""
+def check_stats(stats: str | None) -> str:
+    """``stats`` if it is one of :data:`STATS` (``None``: :data:`DEFAULT_STATS`, the one place
+    that default is applied), else raise naming the choices."""
+    if stats is None:
+        return DEFAULT_STATS
     if stats not in STATS:
         raise ValueError(
             f"unknown stats {stats!r}; choose one of {', '.join(map(repr, STATS))} "
@@ -232,49 +237,73 @@ def extract_outputs(
     return ModelOutputs(feats, logits, labels)
 
 
+@dataclass(frozen=True)
+class SelectionModelConfig:
+    """The model a selection policy ranks with (the paper's θ): how the library builds and
+    trains it (:func:`pretrain_selection_model`) and with which statistics its outputs are
+    read (:func:`extract_outputs`).
+
+    Attributes:
+        architecture: a :func:`replay_lcmat.models.make_model` name; ``model_options`` its
+            options (e.g. ``{"width": 32}``).
+        epochs, lr, batch_size: SGD training on the experience's data (the paper: 10 epochs).
+        augment: random crop + flip while it trains (images of at least 32 pixels; the LCMat
+            reference code trains without).
+        early_stop, patience: hold out this share of the data and keep the weights of the
+            lowest held-out loss (``None``: train on all data for ``epochs``).
+        stats: the normalisation statistics its outputs are read with (:data:`STATS`).
+    """
+
+    architecture: str = "convnet"
+    model_options: Mapping[str, Any] = field(default_factory=dict)
+    epochs: int = 10
+    lr: float = 0.1
+    batch_size: int = 128
+    augment: bool = True
+    early_stop: float | None = None
+    patience: int = 2
+    stats: str = DEFAULT_STATS
+
+    def __post_init__(self) -> None:
+        check_stats(self.stats)
+
+
 def pretrain_selection_model(
     train_data,
+    config: SelectionModelConfig | None = None,
     *,
-    model: str = "convnet",
-    model_options: dict | None = None,
-    epochs: int = 10,
-    lr: float = 0.1,
-    batch_size: int = 128,
-    augment: bool = True,
     device: torch.device | str = "cpu",
     seed: int = 0,
     progress: bool = True,
-    early_stop: float | None = None,
-    patience: int = 2,
 ) -> nn.Module:
-    """The selection model θ of the LCMat paper: a fresh network trained on the full data for a few epochs.
+    """The selection model θ of the LCMat paper: a fresh network trained on the full data for a
+    few epochs (SGD, cosine schedule; :func:`replay_lcmat.training.train`).
 
     Args:
         train_data: :class:`replay_lcmat.data.ImageData`.
-        model: a :func:`replay_lcmat.models.make_model` name; ``model_options`` its options.
-        epochs: training epochs (the paper uses 10; 0 keeps the random init).
-        lr, batch_size: SGD settings of :func:`replay_lcmat.training.train` (cosine schedule).
-        augment: random crop + flip (only for images of at least 32 pixels).
+        config: the network and its training (:class:`SelectionModelConfig`; ``None``: its
+            defaults, the paper's 10 epochs). With ``early_stop`` a share of every class
+            (seeded by ``seed``) is held out: θ trains on the rest for at most ``epochs``, its
+            loss on the held-out part is measured after each epoch, training stops after
+            ``patience`` epochs without a new lowest loss, and the weights of the lowest are
+            returned.
         seed: seeds the initialisation, shuffling and augmentation.
-        early_stop: a share of every class (e.g. 0.1) held out (seeded by ``seed``): θ trains
-            on the rest for at most ``epochs``, its loss on the held-out part is measured after
-            each epoch, training stops after ``patience`` epochs without a new lowest loss, and
-            the weights of the lowest are returned. None (default): all data, ``epochs``.
     """
+    config = SelectionModelConfig() if config is None else config
     channels, height, _ = train_data.shape
     with seeded(seed):
         net = make_model(
-            model,
+            config.architecture,
             in_channels=channels,
             num_classes=train_data.num_classes,
             image_size=height,
-            **(model_options or {}),
+            **config.model_options,
         )
-    use_augment = augment and height >= 32
+    use_augment = config.augment and height >= 32
     images, labels = train_data.normalized(), train_data.labels
     on_epoch = None
-    if early_stop is not None:
-        fit, held = holdout_split(labels, early_stop, seed)
+    if config.early_stop is not None:
+        fit, held = holdout_split(labels, config.early_stop, seed)
         held_x, held_y = images[held], labels[held]
         images, labels = images[fit], labels[fit]
         best: dict = {"loss": math.inf, "epoch": -1, "state": None}
@@ -285,21 +314,21 @@ def pretrain_selection_model(
             if loss < best["loss"]:
                 state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 best.update(loss=loss, epoch=epoch, state=state)
-            return epoch - best["epoch"] >= patience
+            return epoch - best["epoch"] >= config.patience
 
     net = train(
         net,
         images,
         labels,
-        epochs=epochs,
-        lr=lr,
-        batch_size=batch_size,
+        epochs=config.epochs,
+        lr=config.lr,
+        batch_size=config.batch_size,
         augment=RandomCropFlip() if use_augment else None,
         device=device,
         seed=seed,
         progress=progress,
         on_epoch=on_epoch,
     )
-    if early_stop is not None and best["state"] is not None:
+    if config.early_stop is not None and best["state"] is not None:
         net.load_state_dict(best["state"])
     return net
