@@ -163,7 +163,7 @@ def _grad_source(h_dots, e_dots, h_rows, h_cols, e_rows, e_cols, sq_rows, sq_col
             h = (h_dots[r, j] * h_rows[r]) * h_cols[j]
             e = (e_dots[r, j] * e_rows[r]) * e_cols[j]
             t = ((h + 1.0) * e) * -2.0 + (sq_rows[r] + sq_cols[j])
-            out[o + j] = math.sqrt(t if t > 0.0 else 0.0)
+            out[o + j] = 0.0 if t < 0.0 else math.sqrt(t)  # NaN stays NaN, as in torch's clamp
 
 
 def _gains_source(sim, rows_of, cov, out) -> None:

@@ -261,21 +261,32 @@ class ClassDistances:
             out.add_(l1.mul_(self.eps))
         return out
 
+    def upper(self, start: int, stop: int, out: Tensor, scratch: Tensor | None = None) -> Tensor:
+        """Rows ``start:stop`` from the diagonal on (columns ``start:``) into ``out``
+        ``[stop - start, n - start]`` (a view into a larger matrix is fine); ``scratch``: at
+        least as many elements, for the L1 term. Each entry equals :meth:`rows`' bit for bit."""
+        n = self.n
+        ids = torch.arange(start, stop, device=self.device)
+        self._grad_into(ids, start, out)
+        out[:, : stop - start].fill_diagonal_(0.0)
+        if self.lam is not None:
+            size = (stop - start) * (n - start)
+            if scratch is None:
+                scratch = self.lam.new_empty(size)
+            l1 = scratch[:size].view(stop - start, n - start)
+            out.add_(l1_block(self.lam, self.lam_t, start, stop, l1).mul_(self.eps))
+        return out
+
     def dense(self) -> Tensor:
         """The ``[n, n]`` matrix (row ``j`` equals ``rows([j])`` bit for bit): blocks of
-        ``block_rows`` rows on and above the diagonal, mirrored; temporaries of a few blocks."""
+        ``block_rows`` rows on and above the diagonal (:meth:`upper`), mirrored; temporaries
+        of a few blocks."""
         n, rows = self.n, self.block_rows
         out = torch.empty(n, n, dtype=self.dtype, device=self.device)
         scratch = None if self.lam is None else self.lam.new_empty(min(rows, n) * n)
         for start in range(0, n, rows):
             stop = min(start + rows, n)
-            ids = torch.arange(start, stop, device=self.device)
-            upper = out[start:stop, start:]
-            self._grad_into(ids, start, upper)
-            upper[:, : stop - start].fill_diagonal_(0.0)
-            if scratch is not None:
-                l1 = scratch[: (stop - start) * (n - start)].view(stop - start, n - start)
-                upper.add_(l1_block(self.lam, self.lam_t, start, stop, l1).mul_(self.eps))
+            self.upper(start, stop, out[start:stop, start:], scratch)
             _mirror_rows(out, start, stop)
         return out
 
@@ -462,7 +473,8 @@ class StreamedSimilarity:
     """``s = C - d`` rows of one class on demand: a :class:`~replay_lcmat.submodular.RowSource`.
 
     ``C = "max"`` takes one streamed pass over every candidate row first (``C`` must be known
-    before any gain; the pass also checks for overflow); a float ``C`` is checked row block by
+    before any gain; the pass also checks for overflow; with every point a candidate, over the
+    blocks from the diagonal on only: half the work, the same entries); a float ``C`` is checked row block by
     row block as rows are made. Recently used rows are kept in a cache of
     :data:`~replay_lcmat.submodular.STREAM_CACHE_BYTES`.
 
@@ -503,9 +515,20 @@ class StreamedSimilarity:
                 disable=self.n_points < submodular.STREAM_PROGRESS_MIN_POINTS,
                 leave=False,
             )
+            buffer = None
             for a in starts:
                 stop = min(a + STREAM_BLOCK_ROWS, self.n_candidates)
-                block = self._distances(torch.arange(a, stop))
+                if candidates is None:  # d is symmetric: the blocks from the diagonal on
+                    if buffer is None:
+                        buffer = torch.empty(
+                            STREAM_BLOCK_ROWS * self.n_points, dtype=self.dtype, device=self.device
+                        )
+                    block = buffer[: (stop - a) * (self.n_points - a)].view(
+                        stop - a, self.n_points - a
+                    )
+                    distances.upper(a, stop, block)
+                else:
+                    block = self._distances(torch.arange(a, stop))
                 lo, hi = torch.aminmax(block)
                 low = lo if low is None else torch.minimum(low, lo)
                 high = hi if high is None else torch.maximum(high, hi)
