@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from replay_lcmat import distributed
+from replay_lcmat import distributed, submodular
 from replay_lcmat.condensation.checkpoints import Checkpointing
 from replay_lcmat.condensation.storage import SyntheticSet, data_fingerprint
 from replay_lcmat.data.dsa import DSA
@@ -324,6 +324,7 @@ class Condenser(Checkpointing, ABC):
         resume: str | os.PathLike | SyntheticSet | None,
     ) -> CondensationResult:
         task = self._make_task(images, labels, per_class)
+        self._check_memory(task)
         self.check_checkpoint(resume, fingerprint=task.fingerprint, per_class=per_class)
         syn = self._initialise(task).requires_grad_(True)
         optimizer = torch.optim.SGD([syn], lr=self.lr_img, momentum=self.momentum_img)
@@ -430,6 +431,24 @@ class Condenser(Checkpointing, ABC):
             device=self.device,
             network=self._network_factory(),
             fingerprint=data_fingerprint(images, labels),
+        )
+
+    def _check_memory(self, task: Task) -> None:
+        """Refuse, before it is allocated, a working set that the memory budget of the device
+        cannot hold: the synthetic set ``[k * per_class, C, H, W]`` three times (the images,
+        their gradient, the momentum buffer) and a real class batch twice (it and its
+        augmented copy)."""
+        _, channels, height, width = task.images.shape
+        image_bytes = channels * height * width * task.images.element_size()
+        syn = task.num_classes * task.per_class
+        real = min(self.batch_real, max(len(idx) for idx in task.by_class))
+        submodular.require_memory(
+            image_bytes * (3 * syn + 2 * real),
+            what=f"{self.method}: the synthetic set ({task.num_classes} classes x "
+            f"{task.per_class} images of {channels}x{height}x{width}, with its gradient and "
+            f"momentum) and a real batch of {real} images",
+            device=self.device,
+            fix="Lower per_class or batch_real, or condense fewer classes per run (classes=).",
         )
 
     def _initialise(self, task: Task) -> Tensor:

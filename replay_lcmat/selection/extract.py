@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from replay_lcmat import distributed
+from replay_lcmat import distributed, submodular
 from replay_lcmat.data import RandomCropFlip, holdout_split
 from replay_lcmat.models import make_model, split_head
 from replay_lcmat.seeding import seeded
@@ -148,6 +148,12 @@ def extract_outputs(
         batch_size: samples per forward pass (default 512, or 128 for ``"class-batch"``).
         device: where the model runs; outputs are returned on the CPU, in the order of ``data``.
         progress: show a progress bar.
+
+    Raises:
+        NotEnoughMemoryError: the outputs ``[n, d]`` and ``[n, c]`` would not fit the memory
+            budget (:func:`replay_lcmat.submodular.available_memory_bytes`, which
+            ``REPLAY_LCMAT_MEMORY_LIMIT`` overrides); raised after the first batch, before the
+            outputs are allocated.
     """
     check_stats(stats)
     if isinstance(data, Tensor):
@@ -213,6 +219,7 @@ def extract_outputs(
                     z = head(h).float().cpu()
                     h = h.float().cpu()
                     if feats is None:
+                        _check_output_memory(n, h.shape[1], z.shape[1], stats)
                         feats = torch.zeros(n, h.shape[1])
                         logits = torch.zeros(n, z.shape[1])
                     feats[idx], logits[idx] = h, z
@@ -230,6 +237,22 @@ def extract_outputs(
     finally:
         model.train(was_training)
     return ModelOutputs(feats, logits, labels)
+
+
+def _check_output_memory(n: int, d: int, c: int, stats: str) -> None:
+    """Refuse outputs ``features [n, d]`` and ``logits [n, c]`` (float32, CPU; one more
+    ``[n, d]`` copy for ``"class-center"``) that the memory budget cannot hold, before they are
+    allocated (:func:`replay_lcmat.submodular.require_memory`)."""
+    copies = 2 if stats == "class-center" else 1
+    needed = 4 * n * (copies * d + c)
+    submodular.require_memory(
+        needed,
+        what=f"extract_outputs on {n} samples (features [{n}, {d}] and logits [{n}, {c}], float32)",
+        device="cpu",
+        fix="Extract the data in parts (e.g. one class or experience at a time: a subset of the "
+        "ImageData, or rows of the tensor with their labels) and select from each part, or free "
+        "memory.",
+    )
 
 
 def pretrain_selection_model(
