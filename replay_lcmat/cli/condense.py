@@ -33,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--per-class",
         type=int,
         required=True,
-        help="synthetic images per class (what the condensation papers call ipc)",
+        help="synthetic images per class (what the condensation papers call ipc); a class "
+        "with fewer images is kept whole, with a warning",
     )
     parser.add_argument(
         "--iterations",
@@ -55,11 +56,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoint-every", type=int, default=10, help="iterations")
     parser.add_argument(
         "--classes", type=int, nargs="+", default=None, help="labels to condense (default: all)"
-    )
-    parser.add_argument(
-        "--allow-small-classes",
-        action="store_true",
-        help="condense a class with fewer images than --per-class (noise init) instead of refusing",
     )
     parser.add_argument(
         "--option",
@@ -97,7 +93,6 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         seed=args.seed,
         classes=args.classes,
-        allow_small_classes=args.allow_small_classes,
         checkpoint=str(checkpoint),
         overwrite=args.overwrite,
         checkpoint_every=args.checkpoint_every,
@@ -133,10 +128,13 @@ def run(args: argparse.Namespace) -> int:
         # unfinished, and no OUT)
         result.synthetic.save(out)
         checkpoint.unlink(missing_ok=True)  # the run is complete: OUT holds its resume state
-    counts = result.labels.bincount().tolist()
+    counts = [c for c in result.labels.bincount().tolist() if c]
+    kept = sum(c < args.per_class for c in counts)
+    whole = f", {kept} of them smaller and kept whole (real images)" if kept else ""
     print(
-        f"{args.method}: {len(result.images)} synthetic images {tuple(result.images.shape[1:])} "
-        f"({len([c for c in counts if c])} classes x {args.per_class}) saved to {args.out}"
+        f"{args.method}: {len(result.images)} {'' if kept else 'synthetic '}images "
+        f"{tuple(result.images.shape[1:])} "
+        f"({len(counts)} classes x {args.per_class}{whole}) saved to {args.out}"
     )
     if result.losses:
         print(f"matching loss: first {result.losses[0]:.4g}, last {result.losses[-1]:.4g}")

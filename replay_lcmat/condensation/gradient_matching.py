@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from replay_lcmat import distributed
-from replay_lcmat.condensation.base import CONDENSERS, Condenser, Task
+from replay_lcmat.condensation.base import CONDENSERS, Condenser
 from replay_lcmat.condensation.objectives import head_variance_gap, layerwise_distance
+from replay_lcmat.condensation.task import Task
 from replay_lcmat.validation import check_choice, check_number
 
 # (outer_loop, inner_loop) by ipc, from the public DC/DSA code
@@ -77,7 +78,7 @@ class GradientMatchingCondenser(Condenser):
 
     Args (besides :class:`Condenser`'s):
         rho: weight ρ of ``½ ρ Σ |Var_T − Var_S|`` (0 = plain gradient matching); needs
-            per_class >= 2 and at least 2 real images per class when positive.
+            per_class >= 2 when positive (a class of fewer images is kept whole).
         outer_loop, inner_loop: matching steps per network / network steps between them
             (``None``: DC's values for the budget, see :func:`default_loops`).
         lr_net: SGD learning rate of the network steps.
@@ -125,9 +126,6 @@ class GradientMatchingCondenser(Condenser):
                 "rho=0."
             )
         return per_class
-
-    def _min_real_per_class(self) -> int:
-        return 2 if self.rho > 0 else 1
 
     def _step(self, syn: Tensor, optimizer: torch.optim.Optimizer, task: Task) -> float:
         net, features, head = task.new_network()
