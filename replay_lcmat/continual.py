@@ -59,7 +59,7 @@ def memory_only_run(
     Classes are ordered by ``class_order(C, seed)`` and split into ``n_experiences`` equal
     groups. At experience ``k`` (seeds: :class:`replay_lcmat.memory.ExperienceSeeds`): a
     selection model (only when a policy needs one) is trained on experience ``k``'s data by
-    :func:`replay_lcmat.selection.pretrain_selection_model` (``selection_epochs``,
+    :func:`replay_lcmat.training.pretrain_selection_model` (``selection_epochs``,
     ``selection_lr``, ``selection_augment``, seed ``seeds.selection_model``) and its outputs are
     taken once per statistics mode in use (:func:`replay_lcmat.selection.extract_outputs`,
     ``selection_stats``); each policy builds ``per_class`` exemplars of every new class from
@@ -94,7 +94,7 @@ def memory_only_run(
             code trains it without).
         selection_early_stop: hold out this share of the experience's data and stop the
             selection model's training at its lowest held-out loss (at most
-            ``selection_epochs``; see :func:`replay_lcmat.selection.pretrain_selection_model`).
+            ``selection_epochs``; see :func:`replay_lcmat.training.pretrain_selection_model`).
         log: called with one line per finished experience and policy (e.g. ``print``).
         val_data: validation images (e.g. training images left out of ``train_data``): the
             same retrained models are also scored on its classes seen so far
@@ -157,7 +157,8 @@ def memory_only_run(
         x, y = stage.normalized(), stage.labels
         outputs: dict[str | None, object] = {None: None}
         if any(stats is not None for _, _, stats, _ in specs.values()):
-            from replay_lcmat.selection import extract_outputs, pretrain_selection_model
+            from replay_lcmat.selection import extract_outputs
+            from replay_lcmat.training import pretrain_selection_model
 
             selector_model = pretrain_selection_model(
                 stage,

@@ -8,7 +8,7 @@ result.indices, result.weights
 
 from replay_lcmat.selection.base import SelectionResult, Selector, class_budgets
 from replay_lcmat.selection.distances import lcmat_dissimilarity
-from replay_lcmat.selection.extract import ModelOutputs, extract_outputs, pretrain_selection_model
+from replay_lcmat.selection.extract import ModelOutputs, extract_outputs
 from replay_lcmat.selection.facility import (
     AdaCore,
     Craig,
@@ -33,5 +33,4 @@ __all__ = [
     "lcmat_dissimilarity",
     "lcmat_s",
     "make_selector",
-    "pretrain_selection_model",
 ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import math
 import warnings
 from dataclasses import dataclass
 
@@ -12,10 +11,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from replay_lcmat import distributed, submodular
-from replay_lcmat.data import RandomCropFlip, holdout_split
-from replay_lcmat.models import make_model, split_head
-from replay_lcmat.seeding import seeded
-from replay_lcmat.training import predict, train
+from replay_lcmat.models import split_head
 from replay_lcmat.validation import check_channels_first, check_finite_images
 
 # How a selection model's normalisation layers see the data while its outputs are taken.
@@ -254,75 +250,3 @@ def _check_output_memory(n: int, d: int, c: int, stats: str) -> None:
         "memory.",
     )
 
-
-def pretrain_selection_model(
-    train_data,
-    *,
-    model: str = "convnet",
-    model_options: dict | None = None,
-    epochs: int = 10,
-    lr: float = 0.1,
-    batch_size: int = 128,
-    augment: bool = True,
-    device: torch.device | str = "cpu",
-    seed: int = 0,
-    progress: bool = True,
-    early_stop: float | None = None,
-    patience: int = 2,
-) -> nn.Module:
-    """The selection model θ of the LCMat paper: a fresh network trained on the full data for a few epochs.
-
-    Args:
-        train_data: :class:`replay_lcmat.data.ImageData`.
-        model: a :func:`replay_lcmat.models.make_model` name; ``model_options`` its options.
-        epochs: training epochs (the paper uses 10; 0 keeps the random init).
-        lr, batch_size: SGD settings of :func:`replay_lcmat.training.train` (cosine schedule).
-        augment: random crop + flip (only for images of at least 32 pixels).
-        seed: seeds the initialisation, shuffling and augmentation.
-        early_stop: a share of every class (e.g. 0.1) held out (seeded by ``seed``): θ trains
-            on the rest for at most ``epochs``, its loss on the held-out part is measured after
-            each epoch, training stops after ``patience`` epochs without a new lowest loss, and
-            the weights of the lowest are returned. None (default): all data, ``epochs``.
-    """
-    channels, height, _ = train_data.shape
-    with seeded(seed):
-        net = make_model(
-            model,
-            in_channels=channels,
-            num_classes=train_data.num_classes,
-            image_size=height,
-            **(model_options or {}),
-        )
-    use_augment = augment and height >= 32
-    images, labels = train_data.normalized(), train_data.labels
-    on_epoch = None
-    if early_stop is not None:
-        fit, held = holdout_split(labels, early_stop, seed)
-        held_x, held_y = images[held], labels[held]
-        images, labels = images[fit], labels[fit]
-        best: dict = {"loss": math.inf, "epoch": -1, "state": None}
-
-        def on_epoch(epoch: int, model: nn.Module) -> bool:
-            logits = predict(model, held_x, device=device)
-            loss = float(nn.functional.cross_entropy(logits, held_y))
-            if loss < best["loss"]:
-                state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                best.update(loss=loss, epoch=epoch, state=state)
-            return epoch - best["epoch"] >= patience
-
-    net = train(
-        net,
-        images,
-        labels,
-        epochs=epochs,
-        lr=lr,
-        batch_size=batch_size,
-        augment=RandomCropFlip() if use_augment else None,
-        device=device,
-        seed=seed,
-        progress=progress,
-        on_epoch=on_epoch,
-    )
-    if early_stop is not None and best["state"] is not None:
-        net.load_state_dict(best["state"])
-    return net
