@@ -7,7 +7,7 @@ import contextlib
 import time
 from pathlib import Path
 
-from replay_lcmat import distributed
+from replay_lcmat import distributed, submodular
 from replay_lcmat.cli.common import add_data_arguments, check_output_path
 from replay_lcmat.condensation import CONDENSERS, load_synthetic, make_condenser
 from replay_lcmat.condensation.storage import data_fingerprint
@@ -107,6 +107,15 @@ def run(args: argparse.Namespace) -> int:
     with exclusive_output(out) if distributed.is_writer() else contextlib.nullcontext():
         train, _ = load_dataset(
             args.data, root=args.data_root, download=args.download, cache_dir=args.cache_dir
+        )
+        channels, height, width = train.shape
+        submodular.require_memory(  # the float copy and one temporary of normalisation
+            2 * 4 * len(train) * channels * height * width,
+            what=f"condense: the {len(train)} training images as normalised float32 "
+            f"[{len(train)}, {channels}, {height}, {width}]",
+            device="cpu",
+            fix="Condense a smaller dataset (e.g. the classes you need, saved as a folder "
+            "dataset), or free memory.",
         )
         images = train.normalized()
         condenser.check_checkpoint(
