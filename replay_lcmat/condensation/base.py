@@ -1,6 +1,7 @@
-"""Shared machinery of the condensers: the registry, input checks, initialisation, the outer
-loop and NaN handling (checkpoints and resume: :mod:`replay_lcmat.condensation.checkpoints`).
-Methods only implement :meth:`Condenser._step`."""
+"""Shared machinery of the condensers: the registry, options, the memory check,
+initialisation, the outer loop and NaN handling (the data of a run, its input checks and the
+small-class rule: :mod:`replay_lcmat.condensation.task`; checkpoints and resume:
+:mod:`replay_lcmat.condensation.checkpoints`). Methods only implement :meth:`Condenser._step`."""
 
 from __future__ import annotations
 

@@ -249,4 +249,3 @@ def _check_output_memory(n: int, d: int, c: int, stats: str) -> None:
         "ImageData, or rows of the tensor with their labels) and select from each part, or free "
         "memory.",
     )
-
