@@ -332,7 +332,6 @@ class Condenser(Checkpointing, ABC):
             images,
             labels,
             per_class,
-            method=self.method,
             classes=self.classes,
             seed=self.seed,
             device=self.device,

@@ -95,7 +95,6 @@ def make_task(
     labels: Tensor,
     per_class: int,
     *,
-    method: str,
     classes: Sequence[int] | None,
     seed: int,
     device: torch.device,
