@@ -44,11 +44,10 @@ from replay_lcmat.selection import (
     class_budgets,
     extract_outputs,
     make_selector,
-    pretrain_selection_model,
 )
 from replay_lcmat.selection.extract import STATS, check_stats
 from replay_lcmat.specs import expand_stats, format_policy, parse_policy
-from replay_lcmat.training import evaluate, train
+from replay_lcmat.training import evaluate, pretrain_selection_model, train
 
 from ._common import (
     ARCHIVE,

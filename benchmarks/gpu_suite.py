@@ -593,7 +593,7 @@ def prepare_selection(ctx: Context) -> None:
     """The selection model of Table 1 and its class-batch outputs (spec sections 3 and 5: a
     ResNet-18 trained 10 epochs on the full training set, without augmentation as the reference
     code, its outputs taken over one-class batches). The same as
-    :func:`replay_lcmat.selection.pretrain_selection_model` with ``augment=False``, plus
+    :func:`replay_lcmat.training.pretrain_selection_model` with ``augment=False``, plus
     channels-last and bf16 autocast for the training."""
     s, device, report = ctx.settings, ctx.device, ctx.report
     t0 = time.perf_counter()

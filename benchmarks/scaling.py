@@ -213,11 +213,8 @@ def part_streamed(sizes, threads: int, timeout: float | None, log) -> dict:
 def real_outputs(quick: bool, threads: int, log):
     """Features/logits of a small model trained briefly: CIFAR-10 archive, else digits."""
     from replay_lcmat.data import load_dataset, shared_cifar10_archive
-    from replay_lcmat.selection import (
-        SelectionModelConfig,
-        extract_outputs,
-        pretrain_selection_model,
-    )
+    from replay_lcmat.selection import SelectionModelConfig, extract_outputs
+    from replay_lcmat.training import pretrain_selection_model
 
     archive = shared_cifar10_archive()
     if archive is not None:

@@ -23,13 +23,14 @@ from replay_lcmat.memory import (
 )
 from replay_lcmat.memory.holdout import AUTO_EPS, choose_on_holdout
 from replay_lcmat.models import make_model
-from replay_lcmat.selection import (
-    SelectionModelConfig,
-    extract_outputs,
+from replay_lcmat.selection import SelectionModelConfig, extract_outputs
+from replay_lcmat.specs import memory_spec
+from replay_lcmat.training import (
+    PROTOCOL_RETRAIN,
+    TrainConfig,
+    evaluate,
     pretrain_selection_model,
 )
-from replay_lcmat.specs import memory_spec
-from replay_lcmat.training import PROTOCOL_RETRAIN, TrainConfig, evaluate
 
 
 def memory_only_run(
@@ -59,7 +60,7 @@ def memory_only_run(
     Classes are ordered by ``class_order(C, seed)`` and split into ``n_experiences`` equal
     groups. At experience ``k`` (seeds: :class:`replay_lcmat.memory.ExperienceSeeds`): a
     selection model (only when a policy needs one) is trained on experience ``k``'s data
-    (:func:`replay_lcmat.selection.pretrain_selection_model` with ``selection_model``, seed
+    (:func:`replay_lcmat.training.pretrain_selection_model` with ``selection_model``, seed
     ``seeds.selection_model``) and its outputs are taken once per statistics mode in use
     (:func:`replay_lcmat.selection.extract_outputs`); each policy builds ``per_class`` exemplars of every new class from
     that experience's data only (seed ``policy.experience_seed(seed, k)``) and adds them to its

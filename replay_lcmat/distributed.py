@@ -158,10 +158,17 @@ def check_peers(what: str) -> None:
         found = re.search(r"Ranks? ([0-9][0-9, ]*) failed", text) or re.search(
             r"from rank ([0-9]+)", text
         )
-        who = f"rank {found.group(1).strip()}" if found else "another rank"
+        if found:
+            who = f"rank {found.group(1).strip()}"
+        else:  # a dead peer's connection closed before the timeout: gloo names its address only
+            who = f"rank {1 - rank()}" if world_size() == 2 else "another rank"
+        if "connection closed" in text.lower() or "connection reset" in text.lower():
+            why = "(its connection closed: it died)"
+        else:
+            why = f"within {timeout.total_seconds():.0f} s (it died or hangs)"
         raise DistributedError(
-            f"{what}: {who} did not reach it within {timeout.total_seconds():.0f} s (it died or "
-            f"hangs), so rank {rank()} stops here instead of waiting. Look at {who}'s output for "
+            f"{what}: {who} did not reach it {why}, so rank {rank()} stops here instead of "
+            f"waiting. Look at {who}'s output for "
             f"its error; if its share of the work is just slower, raise {TIMEOUT_ENV} (seconds). "
             f"[{text[:300]}]"
         ) from None

@@ -255,6 +255,29 @@ def budget_note(device: torch.device | str = "cpu") -> str:
     return f"the smallest of free memory, cgroup and ulimit limits: {which}; {MEMORY_LIMIT_ENV} overrides it"
 
 
+def require_memory(needed: int, *, what: str, device: torch.device | str = "cpu", fix: str) -> None:
+    """Refuse, before allocating, a step that needs more than :func:`available_memory_bytes`.
+
+    Args:
+        needed: estimated bytes the step holds at once on ``device``.
+        what: the step and what it allocates, e.g. ``"extract_outputs: features [n, d]"``.
+        fix: how to make it fit (a smaller batch, streaming, ...); the message also names the
+            limit that applied and the override variable (:func:`budget_note`).
+
+    Raises:
+        NotEnoughMemoryError: ``needed`` exceeds the budget; nothing is checked when the budget
+            is unknown.
+    """
+    available = available_memory_bytes(device)
+    if available is None or needed <= available:
+        return
+    mib = 1 << 20
+    raise NotEnoughMemoryError(
+        f"{what} needs about {needed / mib:.1f} MiB but only {available / mib:.1f} MiB is "
+        f"available on {torch.device(device)} ({budget_note(device)}). {fix}"
+    )
+
+
 def is_allocation_failure(err: BaseException) -> bool:
     """Whether ``err`` is an allocator that ran out of memory (CPU or CUDA), not a check of ours."""
     if isinstance(err, NotEnoughMemoryError):

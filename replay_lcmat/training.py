@@ -11,8 +11,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from replay_lcmat.data.augment import RandomCropFlip
+from replay_lcmat.data.classes import holdout_split
 from replay_lcmat.data.dsa import DSA
-from replay_lcmat.seeding import make_generator
+from replay_lcmat.models import make_model
+from replay_lcmat.seeding import make_generator, seeded
+from replay_lcmat.selection.extract import SelectionModelConfig
 from replay_lcmat.validation import check_channels_first, check_finite_images
 
 Augment = Callable[[Tensor, torch.Generator], Tensor]
@@ -236,3 +239,70 @@ class TrainConfig:
 
 # The memory-only retraining of the continual protocol (LCMat paper, Fig. 5).
 PROTOCOL_RETRAIN = TrainConfig()
+
+
+def pretrain_selection_model(
+    train_data,
+    config: SelectionModelConfig | None = None,
+    *,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    progress: bool = True,
+) -> nn.Module:
+    """The selection model θ of the LCMat paper: a fresh network trained on the full data for a
+    few epochs (SGD, cosine schedule; :func:`train`).
+
+    Args:
+        train_data: :class:`replay_lcmat.data.ImageData`.
+        config: the network and its training
+            (:class:`~replay_lcmat.selection.SelectionModelConfig`; ``None``: its defaults, the
+            paper's 10 epochs; 0 epochs keeps the random init). With ``early_stop`` a share of
+            every class (seeded by ``seed``) is held out: θ trains on the rest for at most
+            ``epochs``, its loss on the held-out part is measured after each epoch, training
+            stops after ``patience`` epochs without a new lowest loss, and the weights of the
+            lowest are returned.
+        seed: seeds the initialisation, shuffling and augmentation.
+    """
+    config = SelectionModelConfig() if config is None else config
+    channels, height, _ = train_data.shape
+    with seeded(seed):
+        net = make_model(
+            config.architecture,
+            in_channels=channels,
+            num_classes=train_data.num_classes,
+            image_size=height,
+            **config.model_options,
+        )
+    use_augment = config.augment and height >= 32
+    images, labels = train_data.normalized(), train_data.labels
+    on_epoch = None
+    if config.early_stop is not None:
+        fit, held = holdout_split(labels, config.early_stop, seed)
+        held_x, held_y = images[held], labels[held]
+        images, labels = images[fit], labels[fit]
+        best: dict = {"loss": math.inf, "epoch": -1, "state": None}
+
+        def on_epoch(epoch: int, model: nn.Module) -> bool:
+            logits = predict(model, held_x, device=device)
+            loss = float(nn.functional.cross_entropy(logits, held_y))
+            if loss < best["loss"]:
+                state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best.update(loss=loss, epoch=epoch, state=state)
+            return epoch - best["epoch"] >= config.patience
+
+    net = train(
+        net,
+        images,
+        labels,
+        epochs=config.epochs,
+        lr=config.lr,
+        batch_size=config.batch_size,
+        augment=RandomCropFlip() if use_augment else None,
+        device=device,
+        seed=seed,
+        progress=progress,
+        on_epoch=on_epoch,
+    )
+    if config.early_stop is not None and best["state"] is not None:
+        net.load_state_dict(best["state"])
+    return net

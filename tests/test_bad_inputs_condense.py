@@ -191,23 +191,62 @@ def test_cli_rerun_refuses_before_loading_data(tmp_path, monkeypatch, capsys):
 
 
 # ----------------------------------------------------- 3. ipc larger than a class
+def _uneven(sizes=(3, 6), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.cat([torch.full((n,), c) for c, n in enumerate(sizes)])
+    labels = labels[torch.randperm(len(labels), generator=g)]
+    images = torch.randn(len(labels), 1, 8, 8, generator=g) + labels.view(-1, 1, 1, 1)
+    return images, labels
+
+
 @pytest.mark.parametrize("method", ["dc", "dsa", "dm", "lcmat-c"])
-def test_ipc_larger_than_a_class_is_an_error_unless_allowed(method):
-    images, labels = _data(per_class=3)
-    opts = _options(method, init="noise")
-    with pytest.raises(
-        ValueError, match=r"class 0 has 3 samples, fewer than .*allow_small_classes=True"
-    ):
-        make_condenser(method, iterations=0, **opts).condense(images, labels, per_class=4)
-    condenser = make_condenser(method, iterations=0, allow_small_classes=True, **opts)
-    result = condenser.condense(images, labels, per_class=4)
-    syn, syn_labels = result.images, result.labels
-    assert syn.shape == (8, 1, 8, 8) and syn_labels.tolist() == [0] * 4 + [1] * 4
-    # real init still needs ipc distinct real images
-    with pytest.raises(ValueError, match="init='real' needs "):
-        make_condenser(
-            method, iterations=0, allow_small_classes=True, **(opts | {"init": "real"})
-        ).condense(images, labels, per_class=4)
+@pytest.mark.parametrize("init", ["noise", "real"])
+def test_a_class_smaller_than_per_class_is_kept_whole_with_the_engines_warning(method, init):
+    """The small-class rule of every selection entry point: class 0 (3 images, per_class=4)
+    is its real images, in index order, with the engine's warning; class 1 is condensed as a
+    run on class 1 alone condenses it."""
+    images, labels = _uneven()
+    opts = _options(method, init=init)
+    with pytest.warns(UserWarning) as caught:
+        result = make_condenser(method, iterations=1, **opts).condense(images, labels, per_class=4)
+    assert [str(w.message) for w in caught] == [
+        "class 0 has only 3 sample(s), fewer than the 4 asked for: all of them are kept."
+    ]
+    assert result.labels.tolist() == [0] * 3 + [1] * 4
+    assert torch.equal(result.images[:3], images[labels == 0])
+    alone = make_condenser(method, iterations=1, classes=[1], **opts)
+    expected = alone.condense(images, labels, per_class=4)
+    assert torch.equal(result.images[3:], expected.images)
+    assert result.losses == expected.losses
+    assert torch.equal(result.synthetic.images, result.images)
+    assert torch.equal(result.synthetic.labels, result.labels)
+
+
+def test_every_class_smaller_than_per_class_gives_the_real_images():
+    images, labels = _uneven((2, 3))
+    with pytest.warns(UserWarning, match="class 0 has only 2 .*; class 1 has only 3 .*kept"):
+        result = make_condenser("lcmat-c", iterations=5, **GM_TINY).condense(
+            images, labels, per_class=4
+        )
+    order = torch.sort(labels, stable=True).indices
+    assert torch.equal(result.images, images[order]) and torch.equal(result.labels, labels[order])
+    assert result.losses == [] and result.synthetic.complete
+
+
+def test_resuming_a_run_with_a_class_kept_whole_equals_the_uninterrupted_run(tmp_path):
+    images, labels = _uneven()
+    path = tmp_path / "syn.pt"
+    run = {"checkpoint_every": 1, "seed": 3} | TINY
+    with pytest.warns(UserWarning, match="class 0 has only 3"):
+        whole = make_condenser("dm", iterations=3, **run).condense(images, labels, per_class=4)
+        make_condenser("dm", iterations=1, checkpoint=path, **run).condense(
+            images, labels, per_class=4
+        )
+        resumed = make_condenser("dm", iterations=3, checkpoint=path, **run).condense(
+            images, labels, per_class=4, resume=path
+        )
+    assert torch.equal(resumed.images, whole.images) and resumed.losses == whole.losses
+    assert torch.equal(load_synthetic(path).images, whole.images)
 
 
 # ------------------------------------------------ 4. corrupt checkpoint and memory files
@@ -403,7 +442,6 @@ NAN, INF = math.nan, math.inf
         ("classes", [0.5], r"lcmat-c option classes\[0\] must be an int; got 0\.5 \(float\)"),
         ("classes", "01", r"option classes must be a list of int labels or None; got '01'"),
         ("progress", "no", r"lcmat-c option progress must be True or False; got 'no' \(str\)"),
-        ("allow_small_classes", 1, r"allow_small_classes must be True or False; got 1 \(int\)"),
         ("init", "zeros", r"init must be one of 'noise', 'real'; got 'zeros' \(str\)"),
         ("network", "cnn", r"unknown network 'cnn'; choose one of convnet"),
         ("augment", DSA, r"option augment must be True, False or a DSA instance; got <class"),

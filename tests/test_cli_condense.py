@@ -91,3 +91,22 @@ def test_condense_says_its_cost_before_the_long_step(method, tmp_path, capsys):
         assert f"= {steps} matching and {steps * inner} network steps" in cost
         assert "--option outer_loop" in cost
     assert "--iterations N" in cost and "--resume" in cost
+
+
+def test_condense_refuses_images_over_the_memory_budget(tmp_path, capsys, monkeypatch):
+    """digits (its 1347 training images of 1x8x8) as float32, plus a temporary of the normalisation: over a
+    budget one byte smaller, an error naming the estimate, the limit and the fix, and no file;
+    at the estimate the run goes on."""
+    from replay_lcmat import submodular
+
+    needed = 2 * 4 * 1347 * 64
+    out = tmp_path / "syn.pt"
+    argv = BASE + ["--method", "dm", "--iterations", "0", "--out", str(out)]
+    monkeypatch.setenv(submodular.MEMORY_LIMIT_ENV, str(needed - 1))
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "the 1347 training images as normalised float32 [1347, 1, 8, 8]" in err
+    assert f"set by {submodular.MEMORY_LIMIT_ENV}" in err and "smaller dataset" in err
+    assert not out.exists()
+    monkeypatch.setenv(submodular.MEMORY_LIMIT_ENV, str(needed))
+    assert main(argv) == 0 and out.exists()

@@ -410,12 +410,12 @@ def _extract_with_a_hung_rank() -> dict:
     return {"raised": None}
 
 
-def _spawn_with_a_fault(fn, tmp_path: Path) -> tuple[dict, float]:
-    """Rank 0's result of ``fn`` while rank 1 dies or hangs, and the seconds rank 0 took;
-    the ranks that are left are killed once rank 0 has answered."""
+def _spawn_with_a_fault(fn, tmp_path: Path, args: tuple = ()) -> tuple[dict, float]:
+    """Rank 0's result of ``fn(*args)`` while rank 1 dies or hangs, and the seconds rank 0
+    took; the ranks that are left are killed once rank 0 has answered."""
     context = mp.start_processes(
         _entry,
-        args=(fn, str(tmp_path / "store"), 2, str(tmp_path), (), False),
+        args=(fn, str(tmp_path / "store"), 2, str(tmp_path), args, False),
         nprocs=2,
         join=False,
         start_method="spawn",
@@ -461,3 +461,154 @@ def test_the_default_timeout_is_minutes(monkeypatch):
     assert 60 <= distributed._timeout().total_seconds() <= 900
     with distributed.phase("work"):  # without a group: no barrier, nothing waits
         distributed.check_peers("nothing")
+
+
+# ------------------------------------------- a rank killed mid-run: no output, rerun identical
+FAULT_SELECT = ["select", "--data", "digits", "--method", "lcmat-s", "--per-class", "3"]
+FAULT_SELECT += ["--pretrain-epochs", "0", "--no-progress", "--out"]
+
+
+def _cli(argv: list[str], die_on_rank_one: str | None = None) -> dict:
+    """``replay-lcmat`` with ``argv`` on this rank: its exit code and what it printed to stderr.
+    ``die_on_rank_one``: rank 1 is killed (``os._exit``, as kill -9) in its first class of
+    LCMat-S (``"selection"``), once its share is done, before the final barrier (``"end"``),
+    or in iteration 3 of a DM condensation (``"condensation"``).
+    """
+    import contextlib
+    import io
+
+    from replay_lcmat.cli import main
+    from replay_lcmat.selection.facility import LCMatS
+
+    def die(*args, **kwargs):
+        if dist.get_rank() == 1:
+            os._exit(9)
+
+    if die_on_rank_one == "selection":
+        select_class = LCMatS.select_class
+
+        def dying(self, inputs, budget):
+            die()
+            return select_class(self, inputs, budget)
+
+        LCMatS.select_class = dying
+    elif die_on_rank_one == "condensation":  # in iteration 3, after the checkpoint of 2
+        step = DistributionMatchingCondenser._step
+        steps = []
+
+        def dying_step(self, syn, optimizer, task):
+            steps.append(1)
+            if len(steps) == 3:
+                die()
+            return step(self, syn, optimizer, task)
+
+        DistributionMatchingCondenser._step = dying_step
+    elif die_on_rank_one == "end":
+        check_peers = distributed.check_peers
+
+        def dying_at_the_end(what: str) -> None:
+            if what.startswith("the end of select"):
+                die()
+            check_peers(what)
+
+        distributed.check_peers = dying_at_the_end
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(argv)
+    return {"rc": rc, "stderr": err.getvalue()}
+
+
+@pytest.mark.parametrize(("when", "work"), [("selection", "lcmat-s"), ("end", "the end of select")])
+def test_a_rank_killed_mid_selection_leaves_no_output_and_a_rerun_is_identical(
+    when, work, tmp_path, monkeypatch, one_thread
+):
+    """``select`` under 2 ranks: rank 1 dies while selecting, or after its share but before the
+    final barrier; rank 0 stops naming it and the work, and no file
+    at --out (nor a temporary) is left for a reader to take as the selection. The rerun on the
+    same --out writes the file an uninterrupted single-process run writes, picks bit for bit."""
+    from replay_lcmat.cli import main
+    from replay_lcmat.diagnostics.sources import read_selection
+
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, str(FAULT_TIMEOUT_S))  # inherited by the spawn
+    out = tmp_path / "out" / "sel.json"
+    out.parent.mkdir()
+    faulted = tmp_path / "faulted"
+    faulted.mkdir()
+    got, _ = _spawn_with_a_fault(_cli, faulted, ([*FAULT_SELECT, str(out)], when))
+    assert got["rc"] == 1, got
+    assert "rank 1 did not reach it" in got["stderr"] and work in got["stderr"], got
+    assert not out.exists()
+    assert [p.name for p in out.parent.iterdir()] in ([], ["sel.json.lock"])  # no temporary
+    with pytest.raises(FileNotFoundError):
+        read_selection(out)
+    (tmp_path / "rerun").mkdir()
+    rerun = _spawn(_cli, tmp_path / "rerun", [*FAULT_SELECT, str(out)])
+    assert [r["rc"] for r in rerun] == [0, 0], rerun
+    assert main([*FAULT_SELECT, str(tmp_path / "one.json")]) == 0
+    one, two = (json.loads(p.read_text()) for p in (tmp_path / "one.json", out))
+    one.pop("seconds"), two.pop("seconds")
+    assert two == one and one["num_selected"] == 30
+    assert torch.equal(read_selection(out)[1], read_selection(tmp_path / "one.json")[1])
+
+
+def test_a_peer_whose_connection_closed_is_named(monkeypatch):
+    """A rank killed at a barrier closes its connection before the timeout; gloo names only its
+    address, so with two ranks the other one is named."""
+
+    def closed(**kwargs):
+        raise RuntimeError(
+            "[gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:15268. "
+            "This is typically caused by a remote worker crashing."
+        )
+
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+    monkeypatch.setattr(distributed, "_object_group", lambda: None)
+    monkeypatch.setattr(dist, "monitored_barrier", closed)
+    for me, other, size in ((0, "rank 1", 2), (1, "rank 0", 2), (0, "another rank", 3)):
+        monkeypatch.setattr(distributed, "rank", lambda me=me: me)
+        monkeypatch.setattr(distributed, "world_size", lambda size=size: size)
+        with pytest.raises(distributed.DistributedError) as err:
+            distributed.check_peers("the end of select")
+        assert str(err.value).startswith(
+            f"the end of select: {other} did not reach it (its connection closed: it died), "
+            f"so rank {me} stops here"
+        ), err.value
+
+
+FAULT_CONDENSE = ["condense", "--data", "digits", "--method", "dm", "--per-class", "2"]
+FAULT_CONDENSE += ["--iterations", "4", "--checkpoint-every", "2", "--no-progress"]
+FAULT_CONDENSE += ["--option", 'network_options={"width": 8, "depth": 2}']
+FAULT_CONDENSE += ["--option", "batch_real=16", "--out"]
+
+
+def test_a_rank_killed_mid_condensation_leaves_an_unfinished_checkpoint_and_resumes(
+    tmp_path, monkeypatch, one_thread
+):
+    """``condense`` under 2 ranks, rank 1 killed in iteration 3 of 4: no --out, only OUT.ckpt
+    marked unfinished (iteration 2), which readers warn about; resumed under 2 ranks it gives
+    the uninterrupted single-process run's set (up to the float rounding of summed gradients)."""
+    from replay_lcmat.cli import main
+    from replay_lcmat.condensation import load_synthetic
+
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, str(FAULT_TIMEOUT_S))  # inherited by the spawn
+    out = tmp_path / "out" / "syn.pt"
+    checkpoint = out.with_name("syn.pt.ckpt")
+    out.parent.mkdir()
+    (tmp_path / "faulted").mkdir()
+    argv = [*FAULT_CONDENSE, str(out)]
+    got, _ = _spawn_with_a_fault(_cli, tmp_path / "faulted", (argv, "condensation"))
+    assert got["rc"] == 1 and "rank 1 did not reach it" in got["stderr"], got
+    assert not out.exists()
+    with pytest.warns(UserWarning, match="unfinished condensation"):
+        saved = load_synthetic(checkpoint)
+    assert saved.complete is False and saved.iteration == 2
+    (tmp_path / "rerun").mkdir()
+    rerun = _spawn(_cli, tmp_path / "rerun", [*argv, "--resume", str(checkpoint)])
+    assert [r["rc"] for r in rerun] == [0, 0], rerun
+    assert main([*FAULT_CONDENSE, str(tmp_path / "one.pt")]) == 0
+    one, two = load_synthetic(tmp_path / "one.pt"), load_synthetic(out)
+    assert two.complete and two.iteration == 4 and not checkpoint.exists()
+    assert torch.equal(one.labels, two.labels)
+    torch.testing.assert_close(one.images, two.images, rtol=1e-5, atol=1e-6)
+    losses = [torch.tensor(s.state["losses"]) for s in (one, two)]
+    torch.testing.assert_close(*losses, rtol=1e-5, atol=1e-6)

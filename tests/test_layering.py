@@ -84,6 +84,18 @@ def test_training_imports_no_condensation_module():
     )
 
 
+def test_selection_trains_no_model():
+    """Pretraining the selection model is training's job; selection takes a trained model."""
+    graph = import_graph()
+    selection = [m for m in graph if m.startswith("replay_lcmat.selection")]
+    assert selection and not any("replay_lcmat.training" in graph[m] for m in selection)
+    import replay_lcmat.selection as selection_package
+    import replay_lcmat.training as training
+
+    assert not hasattr(selection_package, "pretrain_selection_model")
+    assert callable(training.pretrain_selection_model)
+
+
 @pytest.mark.slow
 def test_importing_training_loads_no_condensation_module():
     code = (

@@ -20,7 +20,8 @@ import pytest
 import torch
 
 from replay_lcmat import submodular
-from replay_lcmat.selection import lcmat_s, make_selector
+from replay_lcmat.condensation import make_condenser
+from replay_lcmat.selection import extract_outputs, lcmat_s, make_selector
 from replay_lcmat.submodular import NotEnoughMemoryError
 
 ENV = submodular.MEMORY_LIMIT_ENV
@@ -210,3 +211,70 @@ def test_under_an_address_space_limit_auto_streams_and_dense_is_refused():
     assert done.returncode == 0, done.stderr[-3000:]
     assert "dense refused" in done.stdout
     assert "auto picked 3" in done.stdout
+
+
+# ------------------------------------------- per-dataset tensors of extraction and condensation
+def _head_model(d_in, d, c):
+    """A model that splits into features [n, d] (flatten, linear, relu) and a linear head."""
+    features = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(d_in, d), torch.nn.ReLU())
+    model = torch.nn.Module()
+    model.features, model.classifier = features, torch.nn.Linear(d, c)
+    model.forward = lambda x: model.classifier(model.features(x))
+    return model
+
+
+@pytest.mark.parametrize("stats", ["running", "class-center"])
+def test_extract_outputs_refuses_outputs_over_the_budget_before_allocating(
+    no_limits, monkeypatch, stats
+):
+    n, d, c = 60, 16, 3
+    gen = torch.Generator().manual_seed(0)
+    data, labels = torch.randn(n, 1, 2, 2, generator=gen), torch.arange(n) % c
+    torch.manual_seed(0)
+    model = _head_model(4, d, c)
+    copies = 2 if stats == "class-center" else 1  # class-center holds a centred copy of h
+    needed = 4 * n * (copies * d + c)  # float32 features [n, d] and logits [n, c]
+    monkeypatch.setenv(ENV, str(needed))
+    got = extract_outputs(model, data, labels, stats=stats, batch_size=7)
+    assert got.features.shape == (n, d) and got.logits.shape == (n, c)
+    monkeypatch.setenv(ENV, str(needed - 1))
+    zeros = torch.zeros
+
+    def no_outputs(*shape, **kw):  # the [n, d] / [n, c] outputs must not be allocated
+        assert shape[:1] != (n,), "allocated the outputs before checking the budget"
+        return zeros(*shape, **kw)
+
+    monkeypatch.setattr(torch, "zeros", no_outputs)
+    with pytest.raises(NotEnoughMemoryError) as err:
+        extract_outputs(model, data, labels, stats=stats, batch_size=7)
+    message = str(err.value)
+    assert f"features [{n}, {d}] and logits [{n}, {c}]" in message
+    assert f"set by {ENV}" in message and "in parts" in message
+
+
+@pytest.mark.parametrize("method", ["dm", "dc"])
+def test_condensation_refuses_a_working_set_over_the_budget(no_limits, monkeypatch, method):
+    k, per_class, batch_real, shape = 3, 4, 5, (1, 6, 6)
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(k).repeat_interleave(8)
+    images = torch.randn(len(labels), *shape, generator=gen)
+    pixels = shape[0] * shape[1] * shape[2] * 4
+    # the synthetic set, its gradient and momentum; a real class batch and its augmented copy
+    needed = pixels * (3 * k * per_class + 2 * batch_real)
+    options = {"network_options": {"width": 4, "depth": 1}, "batch_real": batch_real}
+    options |= {"augment": False, "progress": False, "iterations": 0}
+    monkeypatch.setenv(ENV, str(needed))
+    result = make_condenser(method, **options).condense(images, labels, per_class=per_class)
+    assert result.images.shape == (k * per_class, *shape)
+    monkeypatch.setenv(ENV, str(needed - 1))
+
+    def no_init(*args, **kwargs):
+        raise AssertionError("the synthetic set was allocated before the budget was checked")
+
+    condenser = make_condenser(method, **options)
+    monkeypatch.setattr(condenser, "_initialise", no_init)
+    with pytest.raises(NotEnoughMemoryError) as err:
+        condenser.condense(images, labels, per_class=per_class)
+    message = str(err.value)
+    assert f"{k} classes x {per_class} images of 1x6x6" in message
+    assert f"set by {ENV}" in message and "Lower per_class or batch_real" in message

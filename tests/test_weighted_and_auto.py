@@ -203,8 +203,7 @@ def test_training_stops_when_on_epoch_says_so():
 
 
 def test_selection_model_early_stopping_keeps_the_best_held_out_epoch(digits):
-    from replay_lcmat.selection import pretrain_selection_model
-    from replay_lcmat.training import predict
+    from replay_lcmat.training import predict, pretrain_selection_model
 
     data, _ = digits
     # lr 2 makes the held-out loss go up and down, so the best epoch is not the last

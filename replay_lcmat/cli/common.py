@@ -8,12 +8,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from replay_lcmat.selection import (
-    SelectionModelConfig,
-    extract_outputs,
-    pretrain_selection_model,
-)
+from replay_lcmat.selection import SelectionModelConfig, extract_outputs
 from replay_lcmat.selection.extract import DEFAULT_STATS, STATS
+from replay_lcmat.training import pretrain_selection_model
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:

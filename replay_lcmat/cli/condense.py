@@ -7,7 +7,7 @@ import contextlib
 import time
 from pathlib import Path
 
-from replay_lcmat import distributed
+from replay_lcmat import distributed, submodular
 from replay_lcmat.cli.common import add_data_arguments, check_output_path
 from replay_lcmat.condensation import CONDENSERS, load_synthetic, make_condenser
 from replay_lcmat.condensation.storage import data_fingerprint
@@ -33,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--per-class",
         type=int,
         required=True,
-        help="synthetic images per class (what the condensation papers call ipc)",
+        help="synthetic images per class (what the condensation papers call ipc); a class "
+        "with fewer images is kept whole, with a warning",
     )
     parser.add_argument(
         "--iterations",
@@ -55,11 +56,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoint-every", type=int, default=10, help="iterations")
     parser.add_argument(
         "--classes", type=int, nargs="+", default=None, help="labels to condense (default: all)"
-    )
-    parser.add_argument(
-        "--allow-small-classes",
-        action="store_true",
-        help="condense a class with fewer images than --per-class (noise init) instead of refusing",
     )
     parser.add_argument(
         "--option",
@@ -132,7 +128,6 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         seed=args.seed,
         classes=args.classes,
-        allow_small_classes=args.allow_small_classes,
         checkpoint=str(checkpoint),
         overwrite=args.overwrite,
         checkpoint_every=args.checkpoint_every,
@@ -147,6 +142,15 @@ def run(args: argparse.Namespace) -> int:
     with exclusive_output(out) if distributed.is_writer() else contextlib.nullcontext():
         train, _ = load_dataset(
             args.data, root=args.data_root, download=args.download, cache_dir=args.cache_dir
+        )
+        channels, height, width = train.shape
+        submodular.require_memory(  # the float copy and one temporary of normalisation
+            2 * 4 * len(train) * channels * height * width,
+            what=f"condense: the {len(train)} training images as normalised float32 "
+            f"[{len(train)}, {channels}, {height}, {width}]",
+            device="cpu",
+            fix="Condense a smaller dataset (e.g. the classes you need, saved as a folder "
+            "dataset), or free memory.",
         )
         images = train.normalized()
         condenser.check_checkpoint(
@@ -170,10 +174,13 @@ def run(args: argparse.Namespace) -> int:
         # unfinished, and no OUT)
         result.synthetic.save(out)
         checkpoint.unlink(missing_ok=True)  # the run is complete: OUT holds its resume state
-    counts = result.labels.bincount().tolist()
+    counts = [c for c in result.labels.bincount().tolist() if c]
+    kept = sum(c < args.per_class for c in counts)
+    whole = f", {kept} of them smaller and kept whole (real images)" if kept else ""
     print(
-        f"{args.method}: {len(result.images)} synthetic images {tuple(result.images.shape[1:])} "
-        f"({len([c for c in counts if c])} classes x {args.per_class}) saved to {args.out}"
+        f"{args.method}: {len(result.images)} {'' if kept else 'synthetic '}images "
+        f"{tuple(result.images.shape[1:])} "
+        f"({len(counts)} classes x {args.per_class}{whole}) saved to {args.out}"
     )
     if result.losses:
         print(f"matching loss: first {result.losses[0]:.4g}, last {result.losses[-1]:.4g}")

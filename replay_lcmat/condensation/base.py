@@ -1,6 +1,7 @@
-"""Shared machinery of the condensers: the registry, input checks, initialisation, the outer
-loop and NaN handling (checkpoints and resume: :mod:`replay_lcmat.condensation.checkpoints`).
-Methods only implement :meth:`Condenser._step`."""
+"""Shared machinery of the condensers: the registry, options, the memory check,
+initialisation, the outer loop and NaN handling (the data of a run, its input checks and the
+small-class rule: :mod:`replay_lcmat.condensation.task`; checkpoints and resume:
+:mod:`replay_lcmat.condensation.checkpoints`). Methods only implement :meth:`Condenser._step`."""
 
 from __future__ import annotations
 
@@ -9,23 +10,22 @@ import math
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Container, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from replay_lcmat import distributed
+from replay_lcmat import distributed, submodular
 from replay_lcmat.condensation.checkpoints import Checkpointing
-from replay_lcmat.condensation.storage import SyntheticSet, data_fingerprint
+from replay_lcmat.condensation.storage import SyntheticSet
+from replay_lcmat.condensation.task import NetworkFactory, Task, check_inputs, make_task
 from replay_lcmat.data.dsa import DSA
 from replay_lcmat.files import exclusive_output
-from replay_lcmat.models import MODEL_NAMES, make_model, split_head
+from replay_lcmat.models import MODEL_NAMES, make_model
 from replay_lcmat.registry import Registry, get_params
-from replay_lcmat.seeding import seeded
 from replay_lcmat.validation import (
-    check_channels_first,
     check_choice,
     check_flag,
     check_number,
@@ -33,66 +33,8 @@ from replay_lcmat.validation import (
     option_error,
 )
 
-NetworkFactory = Callable[..., nn.Module]
-"""Called as ``factory(in_channels=C, num_classes=k, image_size=H)``; returns a model whose last
-module is an ``nn.Linear`` head (see :func:`replay_lcmat.models.split_head`)."""
-
 CONDENSERS = Registry("condenser")
 """Every condenser by name, with its paper's defaults (registered next to each class)."""
-
-
-@dataclass
-class Task:
-    """The data one :meth:`Condenser.condense` call works on.
-
-    Class ``j`` of the synthetic set is original label ``classes[j]`` and holds ``per_class``
-    images (rows ``j * per_class`` to ``(j + 1) * per_class``); the matching networks see labels
-    ``0..k-1``. ``by_class[j]`` indexes ``images`` (which may stay on the CPU).
-    ``fingerprint`` is :func:`data_fingerprint` of the images and labels (saved, checked on
-    resume).
-    """
-
-    images: Tensor
-    by_class: list[Tensor]
-    classes: Tensor
-    per_class: int
-    generator: torch.Generator
-    device: torch.device
-    network: NetworkFactory
-    fingerprint: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.by_class)
-
-    def real_indices(self, j: int, size: int) -> Tensor:
-        """Indices into ``images`` of up to ``size`` distinct random real images of class ``j``
-        (one draw from the generator, whether or not the images are then used)."""
-        idx = self.by_class[j]
-        return idx[torch.randperm(len(idx), generator=self.generator)[:size]]
-
-    def real_batch(self, j: int, size: int) -> Tensor:
-        """Up to ``size`` distinct random real images of class ``j``, on the device."""
-        return self.images[self.real_indices(j, size)].to(self.device)
-
-    def real_mixed_batch(self, size: int) -> tuple[Tensor, Tensor]:
-        """Up to ``size`` random real images of all classes and their labels ``0..k-1``."""
-        pool = torch.cat(self.by_class)
-        local = torch.cat([torch.full((len(i),), j) for j, i in enumerate(self.by_class)])
-        pick = torch.randperm(len(pool), generator=self.generator)[:size]
-        return self.images[pool[pick]].to(self.device), local[pick].to(self.device)
-
-    def new_network(self) -> tuple[nn.Module, nn.Module, nn.Linear]:
-        """A freshly initialised network (seeded from the task generator) and its two parts."""
-        seed = int(torch.randint(2**62, (1,), generator=self.generator))
-        _, channels, height, _ = self.images.shape
-        with seeded(seed):
-            net = self.network(
-                in_channels=channels, num_classes=self.num_classes, image_size=height
-            )
-        net = net.to(self.device)
-        features, head = split_head(net)
-        return net, features, head
 
 
 @dataclass(frozen=True)
@@ -100,9 +42,11 @@ class CondensationResult:
     """Output of :meth:`Condenser.condense`.
 
     Attributes:
-        images: float ``[k * per_class, C, H, W]`` on the condenser's device, sorted by class,
-            ``per_class`` images of each of the ``k`` condensed classes.
-        labels: int64 ``[k * per_class]`` original class labels, aligned with ``images``.
+        images: float ``[m, C, H, W]`` on the condenser's device, sorted by class:
+            ``per_class`` synthetic images of each condensed class, and all real images of a
+            class with fewer than ``per_class`` (taken whole; ``m = k * per_class`` when there
+            is none).
+        labels: int64 ``[m]`` original class labels, aligned with ``images``.
         losses: the matching loss of every outer iteration run by this call (after a resume:
             of the whole run).
         options: the options of the run (plain values, as saved; includes ``per_class``).
@@ -138,8 +82,6 @@ class Condenser(Checkpointing, ABC):
             i.e. ConvNet-3) or a factory ``f(in_channels=, num_classes=, image_size=)``.
         network_options: keyword options of a named model (e.g. ``{"width": 64}``).
         classes: labels to condense (default: those present); each must have samples.
-        allow_small_classes: learn ``ipc`` images even for a class with fewer real images
-            (noise init only: ``init="real"`` always needs ``ipc`` distinct real images).
         checkpoint: file to save the set (with resume state and a fingerprint of the data)
             every ``checkpoint_every`` iterations and at the end. If the file exists and holds
             another run (other method, seed, options, network or data), :meth:`condense`
@@ -164,7 +106,6 @@ class Condenser(Checkpointing, ABC):
         network: str | NetworkFactory = "convnet",
         network_options: dict[str, Any] | None = None,
         classes: Sequence[int] | None = None,
-        allow_small_classes: bool = False,
         checkpoint: str | os.PathLike | None = None,
         overwrite: bool = False,
         checkpoint_every: int = 10,
@@ -185,7 +126,6 @@ class Condenser(Checkpointing, ABC):
         self.checkpoint_every = check_number(
             owner, "checkpoint_every", checkpoint_every, integer=True, minimum=1
         )
-        self.allow_small_classes = check_flag(owner, "allow_small_classes", allow_small_classes)
         self.overwrite = check_flag(owner, "overwrite", overwrite)
         self.progress = check_flag(owner, "progress", progress)
         if callback is not None and not callable(callback):
@@ -264,9 +204,6 @@ class Condenser(Checkpointing, ABC):
         """One outer iteration: update ``syn`` (a leaf, ``ipc`` images per class in class
         order) through ``optimizer``; return the iteration's matching loss."""
 
-    def _min_real_per_class(self) -> int:
-        return 1
-
     def check_budget(self, per_class: object) -> int:
         """``per_class`` as an int, after checking it (an int >= 1, plus the method's own
         limits); called by :meth:`condense`, and by the CLI before it loads any data.
@@ -294,9 +231,10 @@ class Condenser(Checkpointing, ABC):
         Args:
             images: float ``[n, C, H, W]``, already normalised (any device).
             labels: int64 ``[n]``.
-            per_class: synthetic images per class (>= 1). A class with fewer real images is
-                an error (as a selection budget larger than a class is), unless
-                ``allow_small_classes``.
+            per_class: synthetic images per class (>= 1). A class with fewer real images
+                is taken whole, its real images instead of synthetic ones, with a warning
+                naming it (the small-class rule of every selection entry point,
+                :func:`replay_lcmat.selection.engine.fit_budgets`).
             resume: a checkpoint (path or :class:`SyntheticSet`) of a run of this condenser
                 with the same seed, options, budget and network, on the same data (checked
                 against its fingerprint); continues from its iteration and gives the same
@@ -310,7 +248,7 @@ class Condenser(Checkpointing, ABC):
                 is held for the whole run by the process that writes it).
         """
         per_class = self.check_budget(per_class)
-        _check_inputs(images, labels)
+        check_inputs(images, labels)
         with contextlib.ExitStack() as hold:
             if self.checkpoint is not None and distributed.is_writer():
                 hold.enter_context(exclusive_output(self.checkpoint, what="checkpoint"))
@@ -324,6 +262,7 @@ class Condenser(Checkpointing, ABC):
         resume: str | os.PathLike | SyntheticSet | None,
     ) -> CondensationResult:
         task = self._make_task(images, labels, per_class)
+        self._check_memory(task)
         self.check_checkpoint(resume, fingerprint=task.fingerprint, per_class=per_class)
         syn = self._initialise(task).requires_grad_(True)
         optimizer = torch.optim.SGD([syn], lr=self.lr_img, momentum=self.momentum_img)
@@ -335,8 +274,9 @@ class Condenser(Checkpointing, ABC):
             total=self.iterations, initial=start, desc=self.method, disable=not self.progress
         )
         last_saved = start if resume is not None else None
+        end = self.iterations if task.num_classes else start  # every class kept whole: no work
         try:
-            for it in range(start, self.iterations):
+            for it in range(start, end):
                 loss = self._step(syn, optimizer, task)
                 if not (math.isfinite(loss) and torch.isfinite(syn).all()):
                     if self.checkpoint is None:
@@ -366,10 +306,10 @@ class Condenser(Checkpointing, ABC):
         finally:
             bar.close()
         synthetic = self._snapshot(syn, optimizer, task, max(start, self.iterations), losses)
-        if self.checkpoint is not None and self.iterations == start and distributed.is_writer():
+        if self.checkpoint is not None and end == start and distributed.is_writer():
             synthetic.save(self.checkpoint)
         return CondensationResult(
-            images=syn.detach().clone(),
+            images=task.assemble(syn.detach().clone())[0],
             labels=synthetic.labels.to(self.device),
             losses=list(losses),
             options=synthetic.options,
@@ -388,80 +328,40 @@ class Condenser(Checkpointing, ABC):
         return build
 
     def _make_task(self, images: Tensor, labels: Tensor, per_class: int) -> Task:
-        present = torch.unique(labels.cpu()).tolist()
-        classes = present if self.classes is None else self.classes
-        labels_cpu = labels.cpu()
-        by_class = []
-        for c in classes:
-            idx = (labels_cpu == c).nonzero().squeeze(1)
-            if len(idx) == 0:
-                raise ValueError(
-                    f"class {c} has no samples (present: {present}); pass images of every class "
-                    "to condense or leave it out of classes=."
-                )
-            need = self._min_real_per_class()
-            if len(idx) < need:
-                raise ValueError(
-                    f"class {c} has {len(idx)} samples but {self.method} needs at least {need} "
-                    "real images per class (an unbiased variance of its real gradients); pass "
-                    "rho=0 or provide more images of that class."
-                )
-            if len(idx) < per_class and self.init == "real":
-                raise ValueError(
-                    f"class {c} has {len(idx)} samples but init='real' needs per_class={per_class} "
-                    f"distinct real images; lower per_class to at most {len(idx)}, use init='noise' "
-                    "with allow_small_classes=True, or provide more images of that class."
-                )
-            if len(idx) < per_class and not self.allow_small_classes:
-                raise ValueError(
-                    f"class {c} has {len(idx)} samples, fewer than per_class={per_class}: the "
-                    "synthetic set would hold more images of it than the data does. Lower per_class "
-                    "to at most "
-                    f"{len(idx)}, or pass allow_small_classes=True (CLI: --allow-small-classes) "
-                    f"to learn {per_class} images from {len(idx)} anyway."
-                )
-            by_class.append(idx)
-        return Task(
-            images=images,
-            by_class=by_class,
-            classes=torch.tensor(classes, dtype=torch.long),
-            per_class=per_class,
-            generator=torch.Generator().manual_seed(self.seed),
+        return make_task(
+            images,
+            labels,
+            per_class,
+            classes=self.classes,
+            seed=self.seed,
             device=self.device,
             network=self._network_factory(),
-            fingerprint=data_fingerprint(images, labels),
+        )
+
+    def _check_memory(self, task: Task) -> None:
+        """Refuse, before it is allocated, a working set that the memory budget of the device
+        cannot hold: the synthetic set ``[k * per_class, C, H, W]`` three times (the images,
+        their gradient, the momentum buffer) and a real class batch twice (it and its
+        augmented copy)."""
+        if task.num_classes == 0:
+            return
+        _, channels, height, width = task.images.shape
+        image_bytes = channels * height * width * task.images.element_size()
+        syn = task.num_classes * task.per_class
+        real = min(self.batch_real, max(len(idx) for idx in task.by_class))
+        submodular.require_memory(
+            image_bytes * (3 * syn + 2 * real),
+            what=f"{self.method}: the synthetic set ({task.num_classes} classes x "
+            f"{task.per_class} images of {channels}x{height}x{width}, with its gradient and "
+            f"momentum) and a real batch of {real} images",
+            device=self.device,
+            fix="Lower per_class or batch_real, or condense fewer classes per run (classes=).",
         )
 
     def _initialise(self, task: Task) -> Tensor:
         _, channels, height, width = task.images.shape
-        if self.init == "noise":
+        if self.init == "noise" or task.num_classes == 0:
             shape = (task.num_classes * task.per_class, channels, height, width)
             syn = torch.randn(shape, generator=task.generator, dtype=task.images.dtype)
             return syn.to(self.device)
         return torch.cat([task.real_batch(j, task.per_class) for j in range(task.num_classes)])
-
-
-def _check_inputs(images: Tensor, labels: Tensor) -> None:
-    if not isinstance(images, Tensor) or images.dim() != 4:
-        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-        raise ValueError(
-            f"images must be a 4-D float tensor [n, C, H, W], got {shape}; add a channel "
-            "dimension with images.unsqueeze(1) for grey images."
-        )
-    if not images.is_floating_point():
-        raise TypeError(
-            f"images must be float (normalised), got {images.dtype}; use ImageData.normalized()."
-        )
-    if len(images) == 0:
-        raise ValueError("images is empty; pass at least ipc images of every class.")
-    check_channels_first(images, "images")
-    if not isinstance(labels, Tensor) or labels.dim() != 1 or len(labels) != len(images):
-        shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
-        raise ValueError(
-            f"labels must be a 1-D int64 tensor with one label per image ({len(images)}), got "
-            f"{shape}."
-        )
-    if labels.is_floating_point() or labels.dtype == torch.bool:
-        raise TypeError(f"labels must be integer class indices, got {labels.dtype}.")
-    if not torch.isfinite(images).all():
-        raise ValueError("images contain NaN or inf; clean or drop those images first.")

@@ -20,14 +20,13 @@ from replay_lcmat.condensation.storage import (
 )
 
 if TYPE_CHECKING:  # annotations only: base imports this module
-    from replay_lcmat.condensation.base import Task
+    from replay_lcmat.condensation.task import Task
 
 # options that do not change the result: they may differ between a run and its rerun
 _RERUN_DIFFERENCES = {
     "device",
     "checkpoint",
     "checkpoint_every",
-    "allow_small_classes",
     "overwrite",
     "progress",
     "callback",
@@ -58,9 +57,10 @@ class Checkpointing:
         iteration: int,
         losses: list[float],
     ) -> SyntheticSet:
+        images, labels = task.assemble(syn.detach().cpu().clone())
         return SyntheticSet(
-            images=syn.detach().cpu().clone(),
-            labels=task.classes.repeat_interleave(task.per_class),
+            images=images,
+            labels=labels,
             method=self.method,
             options=self.saved_options(task.per_class),
             seed=self.seed,
@@ -211,8 +211,10 @@ class Checkpointing:
                 f"{source} is a corrupt checkpoint: its resume state lacks {missing}; start a "
                 "new run (overwrite=True, CLI: --overwrite)."
             )
-        if saved.images.shape != syn.shape or not torch.equal(
-            saved.labels, task.classes.repeat_interleave(task.per_class)
+        # the condensed classes' rows (a class taken whole is saved as its real images)
+        condensed = torch.isin(saved.labels, task.classes)
+        if saved.images[condensed].shape != syn.shape or not torch.equal(
+            saved.labels[condensed], task.classes.repeat_interleave(task.per_class)
         ):
             raise ValueError(
                 f"the checkpoint holds images {tuple(saved.images.shape)} of classes "
@@ -220,7 +222,7 @@ class Checkpointing:
                 f"classes {task.classes.tolist()}; resume on the same data."
             )
         with torch.no_grad():
-            syn.copy_(saved.images.to(syn.device))
+            syn.copy_(saved.images[condensed].to(syn.device))
         optimizer.load_state_dict(saved.state["optimizer"])
         task.generator.set_state(saved.state["generator"])
         return saved.iteration, list(saved.state["losses"])

@@ -17,8 +17,9 @@ import torch
 from torch import Tensor
 
 from replay_lcmat import distributed
-from replay_lcmat.condensation.base import CONDENSERS, Condenser, Task
+from replay_lcmat.condensation.base import CONDENSERS, Condenser
 from replay_lcmat.condensation.objectives import mean_embedding_loss
+from replay_lcmat.condensation.task import Task
 
 
 @CONDENSERS.register(

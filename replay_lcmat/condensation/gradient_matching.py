@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from replay_lcmat import distributed
-from replay_lcmat.condensation.base import CONDENSERS, Condenser, Task
+from replay_lcmat.condensation.base import CONDENSERS, Condenser
 from replay_lcmat.condensation.objectives import head_variance_gap, layerwise_distance
+from replay_lcmat.condensation.task import Task
 from replay_lcmat.validation import check_choice, check_number
 
 # (outer_loop, inner_loop) by ipc, from the public DC/DSA code
@@ -76,9 +77,9 @@ class GradientMatchingCondenser(Condenser):
     """Gradient matching (+ LCMat-C's curvature term when ``rho > 0``).
 
     Args (besides :class:`Condenser`'s):
-        rho: weight ρ of ``½ ρ Σ |Var_T − Var_S|`` (0 = plain gradient matching); needs at
-            least 2 real images per class when positive. At per_class 1 the synthetic variance
-            is 0 and the term a constant (see
+        rho: weight ρ of ``½ ρ Σ |Var_T − Var_S|`` (0 = plain gradient matching). A class of
+            one image (real or synthetic) has variance 0, its population variance; at per_class
+            1 the term is a constant (see
             :func:`~replay_lcmat.condensation.objectives.gradient_variance_gap`).
         outer_loop, inner_loop: matching steps per network / network steps between them
             (``None``: DC's values for the budget, see :func:`default_loops`).
@@ -117,9 +118,6 @@ class GradientMatchingCondenser(Condenser):
             outer_default if self.outer_loop is None else self.outer_loop,
             inner_default if self.inner_loop is None else self.inner_loop,
         )
-
-    def _min_real_per_class(self) -> int:
-        return 2 if self.rho > 0 else 1
 
     def _step(self, syn: Tensor, optimizer: torch.optim.Optimizer, task: Task) -> float:
         net, features, head = task.new_network()

@@ -13,7 +13,6 @@ from replay_lcmat.selection.extract import (
     ModelOutputs,
     SelectionModelConfig,
     extract_outputs,
-    pretrain_selection_model,
 )
 from replay_lcmat.selection.facility import (
     AdaCore,
@@ -45,7 +44,6 @@ __all__ = [
     "lcmat_s",
     "load_selection",
     "make_selector",
-    "pretrain_selection_model",
     "selection_report",
     "selection_subset",
 ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -13,11 +12,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from replay_lcmat import distributed
-from replay_lcmat.data import RandomCropFlip, holdout_split
-from replay_lcmat.models import make_model, split_head
-from replay_lcmat.seeding import seeded
-from replay_lcmat.training import predict, train
+from replay_lcmat import distributed, submodular
+from replay_lcmat.models import split_head
 from replay_lcmat.validation import check_channels_first, check_finite_images
 
 # How a selection model's normalisation layers see the data while its outputs are taken.
@@ -153,6 +149,12 @@ def extract_outputs(
         batch_size: samples per forward pass (default 512, or 128 for ``"class-batch"``).
         device: where the model runs; outputs are returned on the CPU, in the order of ``data``.
         progress: show a progress bar.
+
+    Raises:
+        NotEnoughMemoryError: the outputs ``[n, d]`` and ``[n, c]`` would not fit the memory
+            budget (:func:`replay_lcmat.submodular.available_memory_bytes`, which
+            ``REPLAY_LCMAT_MEMORY_LIMIT`` overrides); raised after the first batch, before the
+            outputs are allocated.
     """
     check_stats(stats)
     if isinstance(data, Tensor):
@@ -218,6 +220,7 @@ def extract_outputs(
                     z = head(h).float().cpu()
                     h = h.float().cpu()
                     if feats is None:
+                        _check_output_memory(n, h.shape[1], z.shape[1], stats)
                         feats = torch.zeros(n, h.shape[1])
                         logits = torch.zeros(n, z.shape[1])
                     feats[idx], logits[idx] = h, z
@@ -268,67 +271,17 @@ class SelectionModelConfig:
         check_stats(self.stats)
 
 
-def pretrain_selection_model(
-    train_data,
-    config: SelectionModelConfig | None = None,
-    *,
-    device: torch.device | str = "cpu",
-    seed: int = 0,
-    progress: bool = True,
-) -> nn.Module:
-    """The selection model θ of the LCMat paper: a fresh network trained on the full data for a
-    few epochs (SGD, cosine schedule; :func:`replay_lcmat.training.train`).
-
-    Args:
-        train_data: :class:`replay_lcmat.data.ImageData`.
-        config: the network and its training (:class:`SelectionModelConfig`; ``None``: its
-            defaults, the paper's 10 epochs). With ``early_stop`` a share of every class
-            (seeded by ``seed``) is held out: θ trains on the rest for at most ``epochs``, its
-            loss on the held-out part is measured after each epoch, training stops after
-            ``patience`` epochs without a new lowest loss, and the weights of the lowest are
-            returned.
-        seed: seeds the initialisation, shuffling and augmentation.
-    """
-    config = SelectionModelConfig() if config is None else config
-    channels, height, _ = train_data.shape
-    with seeded(seed):
-        net = make_model(
-            config.architecture,
-            in_channels=channels,
-            num_classes=train_data.num_classes,
-            image_size=height,
-            **config.model_options,
-        )
-    use_augment = config.augment and height >= 32
-    images, labels = train_data.normalized(), train_data.labels
-    on_epoch = None
-    if config.early_stop is not None:
-        fit, held = holdout_split(labels, config.early_stop, seed)
-        held_x, held_y = images[held], labels[held]
-        images, labels = images[fit], labels[fit]
-        best: dict = {"loss": math.inf, "epoch": -1, "state": None}
-
-        def on_epoch(epoch: int, model: nn.Module) -> bool:
-            logits = predict(model, held_x, device=device)
-            loss = float(nn.functional.cross_entropy(logits, held_y))
-            if loss < best["loss"]:
-                state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                best.update(loss=loss, epoch=epoch, state=state)
-            return epoch - best["epoch"] >= config.patience
-
-    net = train(
-        net,
-        images,
-        labels,
-        epochs=config.epochs,
-        lr=config.lr,
-        batch_size=config.batch_size,
-        augment=RandomCropFlip() if use_augment else None,
-        device=device,
-        seed=seed,
-        progress=progress,
-        on_epoch=on_epoch,
+def _check_output_memory(n: int, d: int, c: int, stats: str) -> None:
+    """Refuse outputs ``features [n, d]`` and ``logits [n, c]`` (float32, CPU; one more
+    ``[n, d]`` copy for ``"class-center"``) that the memory budget cannot hold, before they are
+    allocated (:func:`replay_lcmat.submodular.require_memory`)."""
+    copies = 2 if stats == "class-center" else 1
+    needed = 4 * n * (copies * d + c)
+    submodular.require_memory(
+        needed,
+        what=f"extract_outputs on {n} samples (features [{n}, {d}] and logits [{n}, {c}], float32)",
+        device="cpu",
+        fix="Extract the data in parts (e.g. one class or experience at a time: a subset of the "
+        "ImageData, or rows of the tensor with their labels) and select from each part, or free "
+        "memory.",
     )
-    if config.early_stop is not None and best["state"] is not None:
-        net.load_state_dict(best["state"])
-    return net
