@@ -17,8 +17,8 @@ operation and coordinate. On other devices (and without numba) the torch passes 
 order, with the same results. The distance kernel does the same IEEE operations in the same order
 as its torch twin (no fused multiply-add: numba does not contract without fast-math) with a
 correctly rounded square root, which torch's vectorised float64 sqrt is not always (they can
-differ by one ulp); each path is deterministic and gives rows and dense blocks alike. The gains kernel fixes its own summation order (eight float64 partial sums,
-then added in order), so a row's gain is the same whatever the rows around it; where it does
+differ by one ulp); each path is deterministic and gives rows and dense blocks alike. The gains kernel sums in float64 in the order its compiled code fixes for a
+row length, so a row's gain is the same whatever the rows around it; where it does
 not run, :class:`~replay_lcmat.submodular.FacilityLocation` sums with torch (same picks
 except on near ties).
 """
@@ -88,9 +88,11 @@ def _kernel_source(rows_of, out, row_stride: int, width: int, x, x_t, first_colu
                             acc[j] += abs(xi - column[j])
 
 
-def _jit(source):
+def _jit(source, **flags):
     # parallel: rows go to threads whole, so every entry is summed alike on any thread count
-    return None if numba is None else numba.njit(nogil=True, cache=True, parallel=True)(source)
+    if numba is None:
+        return None
+    return numba.njit(nogil=True, cache=True, parallel=True, **flags)(source)
 
 
 def _threads() -> None:
@@ -167,30 +169,38 @@ def _grad_source(h_dots, e_dots, h_rows, h_cols, e_rows, e_cols, sq_rows, sq_col
 
 
 def _gains_source(sim, rows_of, cov, out) -> None:
-    """``out[r] = sum_i max(0, sim[rows_of[r], i] - cov[i])``: eight float64 partial sums over
-    ``i = l, l + 8, ...`` (kept in registers), then the tail, then the partials added in order."""
+    """``out[r] = sum_i max(0, sim[rows_of[r], i] - cov[i])`` in float64. Compiled with
+    reassociation allowed, so the compiler vectorises the sum with its own partial sums: an
+    order fixed by the compiled code and the row length alone (the same for a row whatever the
+    other rows, in any process of one machine)."""
     n = cov.shape[0]
-    body = n - n % 8
     for r in prange(rows_of.shape[0]):
         row = sim[rows_of[r]]
-        p0 = p1 = p2 = p3 = p4 = p5 = p6 = p7 = 0.0
-        for b in range(0, body, 8):
-            p0 += max(np.float64(row[b]) - np.float64(cov[b]), 0.0)
-            p1 += max(np.float64(row[b + 1]) - np.float64(cov[b + 1]), 0.0)
-            p2 += max(np.float64(row[b + 2]) - np.float64(cov[b + 2]), 0.0)
-            p3 += max(np.float64(row[b + 3]) - np.float64(cov[b + 3]), 0.0)
-            p4 += max(np.float64(row[b + 4]) - np.float64(cov[b + 4]), 0.0)
-            p5 += max(np.float64(row[b + 5]) - np.float64(cov[b + 5]), 0.0)
-            p6 += max(np.float64(row[b + 6]) - np.float64(cov[b + 6]), 0.0)
-            p7 += max(np.float64(row[b + 7]) - np.float64(cov[b + 7]), 0.0)
         total = 0.0
-        for i in range(body, n):
-            total += max(np.float64(row[i]) - np.float64(cov[i]), 0.0)
-        out[r] = total + p0 + p1 + p2 + p3 + p4 + p5 + p6 + p7
+        for i in range(n):
+            v = np.float64(row[i]) - np.float64(cov[i])
+            total += v if v > 0.0 else 0.0
+        out[r] = total
 
 
+def _transpose_source(flat, src: int, dst: int, stride: int, m: int, w: int) -> None:
+    """``flat[dst + i * stride + j] = flat[src + j * stride + i]`` for ``i < w``, ``j < m``: a
+    transposed copy between two blocks of one row-major matrix, in 32 x 32 tiles (both sides
+    stay in cache)."""
+    for tile in prange((w + 31) // 32):
+        i0 = tile * 32
+        i1 = min(i0 + 32, w)
+        for j0 in range(0, m, 32):
+            j1 = min(j0 + 32, m)
+            for i in range(i0, i1):
+                row = dst + i * stride
+                for j in range(j0, j1):
+                    flat[row + j] = flat[src + j * stride + i]
+
+
+_transpose_compiled = _jit(_transpose_source)
 _grad_compiled = _jit(_grad_source)
-_gains_compiled = _jit(_gains_source)
+_gains_compiled = _jit(_gains_source, fastmath={"reassoc", "nsz"})
 
 
 def _flat_rows(out: Tensor) -> tuple[Tensor, int]:
@@ -236,8 +246,8 @@ def grad_distances_into(
 
 def coverage_gains(sim: Tensor, rows: Tensor, cov: Tensor, out: Tensor) -> Tensor:
     """``out[r] = sum_i max(0, sim[rows[r], i] - cov[i])`` with the compiled kernel (CPU, numba):
-    float64 partial sums in the fixed order of :func:`_gains_source`, so a row's gain is the same
-    whatever the other rows of the call; returns ``out``.
+    float64 sums in the order :func:`_gains_source`'s compiled code fixes, so a row's gain is the
+    same whatever the other rows of the call; returns ``out``.
 
     Args:
         sim: ``[N, n]`` with contiguous rows; rows: int64 ``[m]``; cov: ``[n]``; out: ``[m]``.
@@ -251,3 +261,18 @@ def coverage_gains(sim: Tensor, rows: Tensor, cov: Tensor, out: Tensor) -> Tenso
 def gains_compiled(device: torch.device) -> bool:
     """Whether :func:`coverage_gains` runs for tensors on ``device``."""
     return _gains_compiled is not None and torch.device(device).type == "cpu"
+
+
+def mirror_block(out: Tensor, start: int, stop: int) -> None:
+    """``out[stop:, start:stop] = out[start:stop, stop:].T`` in a square contiguous ``out``
+    (compiled on the CPU, else torch's copy; the same values either way)."""
+    n = out.shape[0]
+    if stop >= n:
+        return
+    if _transpose_compiled is None or out.device.type != "cpu" or not out.is_contiguous():
+        out[stop:, start:stop] = out[start:stop, stop:].T
+        return
+    _threads()
+    _transpose_compiled(
+        out.view(-1).numpy(), start * n + stop, stop * n + start, n, stop - start, n - stop
+    )

@@ -162,3 +162,21 @@ def test_kernels_give_the_same_bits_on_one_and_two_threads():
         torch.set_num_threads(before)
     assert torch.equal(results[0][0], results[1][0])
     assert torch.equal(results[0][1], results[1][1])
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_mirror_block_copies_the_transposed_block_and_nothing_else(compiled, monkeypatch):
+    if not compiled:
+        monkeypatch.setattr(l1, "_transpose_compiled", None)
+    elif l1._transpose_compiled is None:
+        pytest.skip("numba is not installed")
+    gen = torch.Generator().manual_seed(8)
+    out = torch.randn(70, 70, generator=gen)
+    before = out.clone()
+    l1.mirror_block(out, 5, 41)  # 36 rows, 29 columns after them: partial 32-tiles
+    assert torch.equal(out[41:, 5:41], before[5:41, 41:].T)
+    rest = torch.ones(70, 70, dtype=torch.bool)
+    rest[41:, 5:41] = False
+    assert torch.equal(out[rest], before[rest])
+    l1.mirror_block(out, 60, 70)  # the last block: nothing below it
+    assert torch.equal(out[rest], before[rest])

@@ -33,6 +33,7 @@ from replay_lcmat.kernels import (
     grad_distances_into,
     l1_block,
     l1_rows,
+    mirror_block,
 )
 
 # Rows per block when building an [n, n] dissimilarity: the temporaries are a few [BLOCK_ROWS, n]
@@ -47,7 +48,7 @@ def _mirror_rows(out: Tensor, start: int, stop: int) -> None:
     """
     square = out[start:stop, start:stop]
     square.copy_(torch.triu(square).add_(torch.triu(square, 1).T))
-    out[stop:, start:stop] = out[start:stop, stop:].T
+    mirror_block(out, start, stop)
 
 
 def l1_distances(x: Tensor, *, block_rows: int = BLOCK_ROWS) -> Tensor:
