@@ -427,9 +427,9 @@ class FacilityLocation:
         Returns:
             ``[len(candidates)]`` (``[n_candidates]`` for ``None``). A row's gain is rounded the
             same way whatever the other candidates of the call: on the CPU the compiled kernel
-            (:func:`~replay_lcmat.kernels.coverage_gains`, float64 sums in the
-            order its compiled code fixes for the row length); elsewhere torch, rows summed in blocks of at least two, because torch splits
-            a one-output sum over threads (another order).
+            (:func:`~replay_lcmat.kernels.coverage_gains`, float64 sums in the order its
+            compiled code fixes for the row length); elsewhere torch, rows summed in blocks of
+            at least two, because torch splits a one-output sum over threads (another order).
         """
         sim = self.similarity
         count = self.n_candidates if candidates is None else len(candidates)
