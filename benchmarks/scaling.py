@@ -422,6 +422,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--point-timeout", type=float, default=None, help="seconds per point")
     parser.add_argument("--note", default="", help="what else was running on the machine")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--name", default=None, help="results file stem (default: scaling, or scaling_quick)"
+    )
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
@@ -447,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         results["processes"] = part_processes(args.quick, args.threads, log)
     if "projection" in parts:
         results["projection"] = part_projection(args.threads, args.point_timeout, log)
-    stem = "scaling_quick" if args.quick else "scaling"
+    stem = args.name or ("scaling_quick" if args.quick else "scaling")
     lines = report(results, args, command)
     lines.append(f"\nTotal wall time: {time.perf_counter() - started:.0f} s.")
     write_markdown(args.out_dir / f"{stem}.md", lines)
