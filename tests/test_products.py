@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from replay_lcmat.selection import lcmat_s, make_selector
-from replay_lcmat.selection.distances import GradientDistances, resolve_products
+from replay_lcmat.selection.distances import GradientDistances
+from replay_lcmat.selection.products import resolve_products
 
 
 @pytest.mark.parametrize(
@@ -49,7 +50,7 @@ def test_fast_products_pick_like_exact_ones_on_a_class_without_near_ties():
 
 
 def test_fast_products_turn_tf32_off_and_restore_it():
-    from replay_lcmat.selection.distances import _no_tf32
+    from replay_lcmat.selection.products import _no_tf32
 
     matmul = torch.backends.cuda.matmul
     name = "fp32_precision" if hasattr(matmul, "fp32_precision") else "allow_tf32"

@@ -26,15 +26,11 @@ from replay_lcmat.selection import lcmat_s, make_selector
 from replay_lcmat.selection.base import ClassInputs
 from replay_lcmat.selection.distances import (
     BLOCK_ROWS,
-    STREAM_BLOCK_ROWS,
     GradientDistances,
     PreconditionedDistances,
-    StreamedSimilarity,
-    _take,
-    exact_dots,
-    exact_self_dots,
-    exact_split,
 )
+from replay_lcmat.selection.products import _take, exact_dots, exact_self_dots, exact_split
+from replay_lcmat.selection.streamed import STREAM_BLOCK_ROWS, StreamedSimilarity
 from replay_lcmat.submodular import FacilityLocation, NotEnoughMemoryError, maximize
 
 FACILITY = ["lcmat-s", "craig", "adacore"]

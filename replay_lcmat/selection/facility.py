@@ -23,11 +23,13 @@ from replay_lcmat import submodular
 from replay_lcmat.selection.base import ClassInputs, Selector, registered
 from replay_lcmat.selection.distances import (
     POINT_BLOCK,
-    PRODUCTS,
-    STREAM_BLOCK_ROWS,
     ClassDistances,
     GradientDistances,
     PreconditionedDistances,
+)
+from replay_lcmat.selection.products import PRODUCTS
+from replay_lcmat.selection.streamed import (
+    STREAM_BLOCK_ROWS,
     StreamedSimilarity,
     format_bytes,
     offset_and_check,

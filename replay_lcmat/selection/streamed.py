@@ -1,0 +1,157 @@
+"""Streamed similarity rows of one class (no ``n x n`` matrix): the facility-location
+selectors' path for classes whose dense similarity would not fit in memory."""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from replay_lcmat import submodular
+from replay_lcmat.selection.distances import ClassDistances
+
+
+def format_bytes(n_bytes: float) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.1f} {unit}"
+    return f"{int(n_bytes)} bytes"
+
+
+# Rows per block of a streamed pass over all rows (and of the lazy greedy's largest refresh).
+STREAM_BLOCK_ROWS = 32
+# Most rows a streamed similarity keeps in its cache (fewer when they pass STREAM_CACHE_BYTES).
+CACHE_ROWS = 128
+
+
+def _overflow_error(name: str, label: int, dtype: torch.dtype, low, high, n: int) -> ValueError:
+    return ValueError(
+        f"{name} on class {label}: the {dtype} dissimilarities (range [{float(low):.3g}, "
+        f"{float(high):.3g}]) or their sums over {n} samples overflow; the inputs are finite "
+        "but too large. Scale the features or logits down"
+        + (
+            ", or pass float64 inputs."
+            if dtype != torch.float64
+            else " (e.g. divide by their max)."
+        )
+    )
+
+
+def offset_and_check(name: str, label: int, offset, low: Tensor, high: Tensor, n: int) -> Tensor:
+    """``C`` (a 0-dim tensor) from the extremes of ``d``; raises when ``d`` or its sums overflow.
+
+    The inputs were checked finite already, so a non-finite ``d`` can only be an overflow.
+    """
+    c = high if offset == "max" else high.new_tensor(float(offset))
+    extreme = max(abs(float(c - low)), abs(float(c - high)))
+    if not (math.isfinite(float(low)) and math.isfinite(float(high))) or (
+        n * extreme >= torch.finfo(high.dtype).max
+    ):
+        raise _overflow_error(name, label, high.dtype, low, high, n)
+    return c
+
+
+class StreamedSimilarity:
+    """``s = C - d`` rows of one class on demand: a :class:`~replay_lcmat.submodular.RowSource`.
+
+    ``C = "max"`` takes one streamed pass over every candidate row first (``C`` must be known
+    before any gain; the pass also checks for overflow; with every point a candidate, over the
+    blocks from the diagonal on only: half the work, the same entries); a float ``C`` is checked row block by
+    row block as rows are made. Recently used rows are kept in a cache of
+    :data:`~replay_lcmat.submodular.STREAM_CACHE_BYTES`.
+
+    Args:
+        distances: the class's :class:`ClassDistances`.
+        offset: ``"max"`` or a float.
+        candidates: class indices of the candidates (default: every sample, in order); the
+            points are always the whole class.
+        owner: ``(selector name, class label)`` for error messages.
+    """
+
+    lazy_chunks = (16, 1024)  # a chunk's rows share one read of the inputs
+
+    def __init__(
+        self,
+        distances: ClassDistances,
+        offset: float | str,
+        *,
+        candidates: Tensor | None = None,
+        owner: tuple[str, int] = ("facility location", 0),
+    ) -> None:
+        self.distances, self.owner = distances, owner
+        self.candidates = candidates
+        self.n_points = distances.n
+        self.n_candidates = distances.n if candidates is None else len(candidates)
+        self.dtype, self.device = distances.dtype, distances.device
+        self.block_rows = STREAM_BLOCK_ROWS
+        row_bytes = self.n_points * torch.finfo(self.dtype).bits // 8
+        self._capacity = max(1, min(CACHE_ROWS, submodular.STREAM_CACHE_BYTES // row_bytes))
+        self._cache: OrderedDict[int, Tensor] = OrderedDict()
+        self.offset = offset
+        self.c: Tensor | None = None
+        if offset == "max":
+            low = high = None
+            starts = tqdm(
+                range(0, self.n_candidates, STREAM_BLOCK_ROWS),
+                desc=f"{owner[0]} class {owner[1]}, streamed: offset pass",
+                disable=self.n_points < submodular.STREAM_PROGRESS_MIN_POINTS,
+                leave=False,
+            )
+            buffer = None
+            for a in starts:
+                stop = min(a + STREAM_BLOCK_ROWS, self.n_candidates)
+                if candidates is None:  # d is symmetric: the blocks from the diagonal on
+                    if buffer is None:
+                        buffer = torch.empty(
+                            STREAM_BLOCK_ROWS * self.n_points, dtype=self.dtype, device=self.device
+                        )
+                    block = buffer[: (stop - a) * (self.n_points - a)].view(
+                        stop - a, self.n_points - a
+                    )
+                    distances.upper(a, stop, block)
+                else:
+                    block = self._distances(torch.arange(a, stop))
+                lo, hi = torch.aminmax(block)
+                low = lo if low is None else torch.minimum(low, lo)
+                high = hi if high is None else torch.maximum(high, hi)
+            self.c = offset_and_check(*owner, offset, low, high, self.n_points)
+
+    def _distances(self, ids: Tensor) -> Tensor:
+        ids = ids.to(self.device)
+        return self.distances.rows(ids if self.candidates is None else self.candidates[ids])
+
+    def _similarity(self, ids: Tensor) -> Tensor:
+        d = self._distances(ids)
+        if self.c is None:  # a float offset: check the rows as they come
+            low, high = torch.aminmax(d)
+            c = offset_and_check(*self.owner, self.offset, low, high, self.n_points)
+        else:
+            c = self.c
+        return torch.sub(c, d, out=d)
+
+    def rows(self, ids: Tensor) -> Tensor:
+        """``s[ids]``, ``[len(ids), n_points]``. Rows asked for one by one or in chunks go
+        through the cache; a run of consecutive rows (a full pass) does not."""
+        ids = ids.to(self.device)
+        if len(ids) > 1 and bool((ids[1:] - ids[:-1] == 1).all()):
+            return self._similarity(ids)
+        wanted = ids.tolist()
+        missing = [j for j in dict.fromkeys(wanted) if j not in self._cache]
+        if missing:
+            made = self._similarity(torch.tensor(missing, device=self.device))
+            for j, row in zip(missing, made, strict=True):
+                self._cache[j] = row.clone()
+                if len(self._cache) > self._capacity:
+                    self._cache.popitem(last=False)
+        out = torch.empty(len(ids), self.n_points, dtype=self.dtype, device=self.device)
+        for r, j in enumerate(wanted):
+            row = self._cache.get(j)
+            if row is None:  # pushed out by the rows made just now: make it again
+                row = self._similarity(ids[r : r + 1])[0]
+            else:
+                self._cache.move_to_end(j)
+            out[r] = row
+        return out
