@@ -194,11 +194,11 @@ def streamed_targets(rows: list[dict]) -> list[str]:
 
 
 def part_streamed(sizes, threads: int, timeout: float | None, log, stochastic_sizes=()) -> dict:
-    from replay_lcmat import submodular
+    from replay_lcmat import resources
     from replay_lcmat.selection import make_selector
 
     selector = make_selector("lcmat-s")
-    available = submodular.available_memory_bytes("cpu")
+    available = resources.available_memory_bytes("cpu")
     rows, streamed_times = [], []
     for n in sizes:
         for path in ("dense", "streamed"):

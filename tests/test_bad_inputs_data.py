@@ -339,7 +339,7 @@ def test_tar_whose_members_all_go_up_names_the_skipped_members(tmp_path):
 
 
 def test_out_of_memory_while_decoding_is_not_called_corrupt(tmp_path, monkeypatch):
-    from replay_lcmat.submodular import NotEnoughMemoryError
+    from replay_lcmat.resources import NotEnoughMemoryError
 
     root = tmp_path / "ds"
     write_folder(root)

@@ -15,10 +15,11 @@ import pytest
 import torch
 from torch import nn
 
-from replay_lcmat import submodular
+from replay_lcmat import resources
 from replay_lcmat.memory import ClassMemory
+from replay_lcmat.resources import NotEnoughMemoryError
 from replay_lcmat.selection import SELECTORS, LCMatS, lcmat_s, make_selector
-from replay_lcmat.submodular import NotEnoughMemoryError, facility_location_peak_bytes
+from replay_lcmat.submodular import facility_location_peak_bytes
 from replay_lcmat.training import evaluate, train
 
 # Largest class part whose estimate fits in 1000 bytes (d=5, c=3, float32).
@@ -215,7 +216,7 @@ def test_estimate_matches_the_measured_growth():
 @pytest.mark.parametrize("name", list(FITS_IN_1000_BYTES))
 def test_facility_location_refuses_a_class_that_does_not_fit_before_allocating(name, monkeypatch):
     features, logits, labels = toy(n_per_class=(20,), dtype=torch.float32)
-    monkeypatch.setattr(submodular, "available_memory_bytes", lambda device: 1000)
+    monkeypatch.setattr(resources, "available_memory_bytes", lambda device: 1000)
     selector = make_selector(name)
 
     def never(inputs):
@@ -237,7 +238,7 @@ def test_facility_location_refuses_a_class_that_does_not_fit_before_allocating(n
 
 def test_float64_inputs_say_float32_halves_the_estimate(monkeypatch):
     features, logits, labels = toy(n_per_class=(20,))
-    monkeypatch.setattr(submodular, "available_memory_bytes", lambda device: 1000)
+    monkeypatch.setattr(resources, "available_memory_bytes", lambda device: 1000)
     with pytest.raises(NotEnoughMemoryError, match="float32 inputs would halve the estimate"):
         lcmat_s(features, logits, labels, 3)
 
@@ -252,27 +253,27 @@ def test_adacore_estimate_counts_its_gradient_matrix():
 def test_a_class_that_fits_or_unknown_memory_selects_as_before(monkeypatch):
     features, logits, labels = toy(seed=5)
     expected = lcmat_s(features, logits, labels, 3)
-    monkeypatch.setattr(submodular, "available_memory_bytes", lambda device: None)
+    monkeypatch.setattr(resources, "available_memory_bytes", lambda device: None)
     assert torch.equal(lcmat_s(features, logits, labels, 3), expected)
-    monkeypatch.setattr(submodular, "available_memory_bytes", lambda device: 10**6)
+    monkeypatch.setattr(resources, "available_memory_bytes", lambda device: 10**6)
     assert torch.equal(lcmat_s(features, logits, labels, 3), expected)
 
 
 def test_available_memory_is_psutils_then_unknown(monkeypatch):
-    assert submodular.available_memory_bytes("cpu") > 0
-    assert submodular.available_memory_bytes("meta") is None
-    monkeypatch.delenv(submodular.MEMORY_LIMIT_ENV, raising=False)  # no other limit applies
-    monkeypatch.setattr(submodular, "cgroup_available_bytes", lambda: None)
-    monkeypatch.setattr(submodular, "rlimit_available_bytes", lambda: None)
+    assert resources.available_memory_bytes("cpu") > 0
+    assert resources.available_memory_bytes("meta") is None
+    monkeypatch.delenv(resources.MEMORY_LIMIT_ENV, raising=False)  # no other limit applies
+    monkeypatch.setattr(resources, "cgroup_available_bytes", lambda: None)
+    monkeypatch.setattr(resources, "rlimit_available_bytes", lambda: None)
     host = psutil.virtual_memory().available
-    got = submodular.available_memory_bytes("cpu")
+    got = resources.available_memory_bytes("cpu")
     assert abs(got - host) < max(host // 10, 1 << 28)  # the host's free memory moves a little
 
     def unknown():
         raise psutil.Error("not on this platform")
 
-    monkeypatch.setattr(submodular.psutil, "virtual_memory", unknown)
-    assert submodular.available_memory_bytes("cpu") is None
+    monkeypatch.setattr(resources.psutil, "virtual_memory", unknown)
+    assert resources.available_memory_bytes("cpu") is None
     features, logits, labels = toy(seed=6)  # unknown memory: no check, selection as usual
     result = LCMatS().select(features=features, logits=logits, labels=labels, per_class=2)
     assert len(result.indices) == 6

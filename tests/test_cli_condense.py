@@ -97,16 +97,16 @@ def test_condense_refuses_images_over_the_memory_budget(tmp_path, capsys, monkey
     """digits (its 1347 training images of 1x8x8) as float32, plus a temporary of the normalisation: over a
     budget one byte smaller, an error naming the estimate, the limit and the fix, and no file;
     at the estimate the run goes on."""
-    from replay_lcmat import submodular
+    from replay_lcmat import resources
 
     needed = 2 * 4 * 1347 * 64
     out = tmp_path / "syn.pt"
     argv = BASE + ["--method", "dm", "--iterations", "0", "--out", str(out)]
-    monkeypatch.setenv(submodular.MEMORY_LIMIT_ENV, str(needed - 1))
+    monkeypatch.setenv(resources.MEMORY_LIMIT_ENV, str(needed - 1))
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert "the 1347 training images as normalised float32 [1347, 1, 8, 8]" in err
-    assert f"set by {submodular.MEMORY_LIMIT_ENV}" in err and "smaller dataset" in err
+    assert f"set by {resources.MEMORY_LIMIT_ENV}" in err and "smaller dataset" in err
     assert not out.exists()
-    monkeypatch.setenv(submodular.MEMORY_LIMIT_ENV, str(needed))
+    monkeypatch.setenv(resources.MEMORY_LIMIT_ENV, str(needed))
     assert main(argv) == 0 and out.exists()

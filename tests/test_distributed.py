@@ -527,7 +527,7 @@ def test_a_rank_killed_mid_selection_leaves_no_output_and_a_rerun_is_identical(
     at --out (nor a temporary) is left for a reader to take as the selection. The rerun on the
     same --out writes the file an uninterrupted single-process run writes, picks bit for bit."""
     from replay_lcmat.cli import main
-    from replay_lcmat.diagnostics.sources import read_selection
+    from replay_lcmat import load_selection
 
     monkeypatch.setenv(distributed.TIMEOUT_ENV, str(FAULT_TIMEOUT_S))  # inherited by the spawn
     out = tmp_path / "out" / "sel.json"
@@ -540,7 +540,7 @@ def test_a_rank_killed_mid_selection_leaves_no_output_and_a_rerun_is_identical(
     assert not out.exists()
     assert [p.name for p in out.parent.iterdir()] in ([], ["sel.json.lock"])  # no temporary
     with pytest.raises(FileNotFoundError):
-        read_selection(out)
+        load_selection(out)
     (tmp_path / "rerun").mkdir()
     rerun = _spawn(_cli, tmp_path / "rerun", [*FAULT_SELECT, str(out)])
     assert [r["rc"] for r in rerun] == [0, 0], rerun
@@ -548,7 +548,7 @@ def test_a_rank_killed_mid_selection_leaves_no_output_and_a_rerun_is_identical(
     one, two = (json.loads(p.read_text()) for p in (tmp_path / "one.json", out))
     one.pop("seconds"), two.pop("seconds")
     assert two == one and one["num_selected"] == 30
-    assert torch.equal(read_selection(out)[1], read_selection(tmp_path / "one.json")[1])
+    assert torch.equal(load_selection(out).indices, load_selection(tmp_path / "one.json").indices)
 
 
 def test_a_peer_whose_connection_closed_is_named(monkeypatch):

@@ -19,12 +19,12 @@ import textwrap
 import pytest
 import torch
 
-from replay_lcmat import submodular
+from replay_lcmat import resources, submodular
 from replay_lcmat.condensation import make_condenser
+from replay_lcmat.resources import NotEnoughMemoryError
 from replay_lcmat.selection import extract_outputs, lcmat_s, make_selector
-from replay_lcmat.submodular import NotEnoughMemoryError
 
-ENV = submodular.MEMORY_LIMIT_ENV
+ENV = resources.MEMORY_LIMIT_ENV
 
 
 def toy(n=400, d=6, c=4, seed=0):
@@ -38,9 +38,9 @@ def toy(n=400, d=6, c=4, seed=0):
 def no_limits(monkeypatch, tmp_path):
     """No cgroup, no ulimit, a known amount of free host memory: each test adds its own limit."""
     monkeypatch.delenv(ENV, raising=False)
-    monkeypatch.setattr(submodular, "PROC_CGROUP", str(tmp_path / "no-cgroup"))
-    monkeypatch.setattr(submodular, "rlimit_available_bytes", lambda: None)
-    monkeypatch.setattr(submodular, "_host_available_bytes", lambda: 10**12)
+    monkeypatch.setattr(resources, "PROC_CGROUP", str(tmp_path / "no-cgroup"))
+    monkeypatch.setattr(resources, "rlimit_available_bytes", lambda: None)
+    monkeypatch.setattr(resources, "_host_available_bytes", lambda: 10**12)
     return tmp_path
 
 
@@ -65,14 +65,14 @@ def test_cgroup_v2_limit_minus_usage_and_the_tightest_ancestor(no_limits, monkey
             "job/memory.current": "400000\n",
         },
     )
-    monkeypatch.setattr(submodular, "PROC_CGROUP", str(root / "proc-cgroup"))
-    monkeypatch.setattr(submodular, "CGROUP_ROOT", str(root / "cg"))
+    monkeypatch.setattr(resources, "PROC_CGROUP", str(root / "proc-cgroup"))
+    monkeypatch.setattr(resources, "CGROUP_ROOT", str(root / "cg"))
     # usage 400,000 of which 100,000 reclaimable page cache: 700,000 left
-    assert submodular.cgroup_available_bytes() == 700_000
-    assert submodular.available_memory_bytes("cpu") == 700_000
+    assert resources.cgroup_available_bytes() == 700_000
+    assert resources.available_memory_bytes("cpu") == 700_000
     (root / "cg/job/memory.max").write_text("500000\n")  # a tighter parent wins
-    assert submodular.available_memory_bytes("cpu") == 100_000
-    assert "cgroup" in submodular.budget_note("cpu")
+    assert resources.available_memory_bytes("cpu") == 100_000
+    assert "cgroup" in resources.budget_note("cpu")
 
 
 def test_cgroup_v1_limit_and_unlimited(no_limits, monkeypatch):
@@ -86,27 +86,27 @@ def test_cgroup_v1_limit_and_unlimited(no_limits, monkeypatch):
             "memory/docker/abc/memory.stat": "total_inactive_file 0\n",
         },
     )
-    monkeypatch.setattr(submodular, "PROC_CGROUP", str(root / "proc-cgroup"))
-    monkeypatch.setattr(submodular, "CGROUP_ROOT", str(root / "cg"))
-    assert submodular.available_memory_bytes("cpu") == 1_500_000
+    monkeypatch.setattr(resources, "PROC_CGROUP", str(root / "proc-cgroup"))
+    monkeypatch.setattr(resources, "CGROUP_ROOT", str(root / "cg"))
+    assert resources.available_memory_bytes("cpu") == 1_500_000
     # v1 writes "no limit" as a number near 2**63
     (root / "cg/memory/docker/abc/memory.limit_in_bytes").write_text("9223372036854771712\n")
-    assert submodular.cgroup_available_bytes() is None
-    assert submodular.available_memory_bytes("cpu") == 10**12
+    assert resources.cgroup_available_bytes() is None
+    assert resources.available_memory_bytes("cpu") == 10**12
 
 
 def test_override_replaces_detection_and_bad_values_are_named(no_limits, monkeypatch):
     monkeypatch.setenv(ENV, "1000")
-    assert submodular.available_memory_bytes("cpu") == 1000
-    assert submodular.available_memory_bytes("meta") == 1000
+    assert resources.available_memory_bytes("cpu") == 1000
+    assert resources.available_memory_bytes("meta") == 1000
     monkeypatch.setenv(ENV, "1.5G")
-    assert submodular.available_memory_bytes("cpu") == 3 * 2**29
+    assert resources.available_memory_bytes("cpu") == 3 * 2**29
     monkeypatch.setenv(ENV, "512MiB")
-    assert submodular.available_memory_bytes("cpu") == 512 * 2**20
+    assert resources.available_memory_bytes("cpu") == 512 * 2**20
     for bad in ("lots", "-5", "0", "12 GB please"):
         monkeypatch.setenv(ENV, bad)
         with pytest.raises(ValueError, match=f"{ENV}=.* is not a memory size.*unset it"):
-            submodular.available_memory_bytes("cpu")
+            resources.available_memory_bytes("cpu")
 
 
 def test_auto_streams_under_a_small_override_with_the_same_picks(no_limits, monkeypatch):
@@ -181,9 +181,9 @@ def test_under_an_address_space_limit_auto_streams_and_dense_is_refused():
         f"""
         import os, resource, torch
         os.environ.pop("{ENV}", None)
-        from replay_lcmat import submodular
+        from replay_lcmat import resources
         from replay_lcmat.selection import lcmat_s
-        from replay_lcmat.submodular import NotEnoughMemoryError
+        from replay_lcmat.resources import NotEnoughMemoryError
         gen = torch.Generator().manual_seed(0)
         torch.set_num_threads(1)
         n = 9000
@@ -193,7 +193,7 @@ def test_under_an_address_space_limit_auto_streams_and_dense_is_refused():
         torch.zeros(1).sum()
         size = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
         resource.setrlimit(resource.RLIMIT_AS, (size + (320 << 20), resource.RLIM_INFINITY))
-        left = submodular.available_memory_bytes("cpu")
+        left = resources.available_memory_bytes("cpu")
         assert left <= 320 << 20, left
         try:
             lcmat_s(features, logits, labels, 3, similarity="dense")

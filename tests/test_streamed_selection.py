@@ -21,7 +21,8 @@ from references import (
 )
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from replay_lcmat import submodular
+from replay_lcmat import resources, submodular
+from replay_lcmat.resources import NotEnoughMemoryError
 from replay_lcmat.selection import lcmat_s, make_selector
 from replay_lcmat.selection.base import ClassInputs
 from replay_lcmat.selection.distances import (
@@ -31,7 +32,7 @@ from replay_lcmat.selection.distances import (
 )
 from replay_lcmat.selection.products import _take, exact_dots, exact_self_dots, exact_split
 from replay_lcmat.selection.streamed import STREAM_BLOCK_ROWS, StreamedSimilarity
-from replay_lcmat.submodular import FacilityLocation, NotEnoughMemoryError, maximize
+from replay_lcmat.submodular import FacilityLocation, maximize
 
 FACILITY = ["lcmat-s", "craig", "adacore"]
 
@@ -246,7 +247,7 @@ def test_auto_chooses_streamed_when_the_dense_estimate_does_not_fit(monkeypatch)
     streamed_needs = selector.streamed_peak_bytes(1000, 5, 3, 8)
     assert streamed_needs < dense_needs
     available = (streamed_needs + dense_needs) // 2
-    monkeypatch.setattr(submodular, "available_memory_bytes", lambda device: available)
+    monkeypatch.setattr(resources, "available_memory_bytes", lambda device: available)
     assert selector.path(inputs) == "streamed"
 
     def never(inputs):
@@ -262,7 +263,7 @@ def test_auto_chooses_streamed_when_the_dense_estimate_does_not_fit(monkeypatch)
 
 
 def test_auto_refuses_when_neither_path_fits(monkeypatch):
-    monkeypatch.setattr(submodular, "available_memory_bytes", lambda device: 1000)
+    monkeypatch.setattr(resources, "available_memory_bytes", lambda device: 1000)
     inputs = class_inputs(50)
     with pytest.raises(NotEnoughMemoryError, match="streamed similarity .* does not fit either"):
         make_selector("craig").path(inputs)

@@ -7,7 +7,7 @@ import contextlib
 import time
 from pathlib import Path
 
-from replay_lcmat import distributed, submodular
+from replay_lcmat import distributed, resources
 from replay_lcmat.cli.common import add_data_arguments, check_output_path
 from replay_lcmat.condensation import CONDENSERS, load_synthetic, make_condenser
 from replay_lcmat.condensation.storage import data_fingerprint
@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
             args.data, root=args.data_root, download=args.download, cache_dir=args.cache_dir
         )
         channels, height, width = train.shape
-        submodular.require_memory(  # the float copy and one temporary of normalisation
+        resources.require_memory(  # the float copy and one temporary of normalisation
             2 * 4 * len(train) * channels * height * width,
             what=f"condense: the {len(train)} training images as normalised float32 "
             f"[{len(train)}, {channels}, {height}, {width}]",

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from replay_lcmat import distributed, submodular
+from replay_lcmat import distributed, resources
 from replay_lcmat.condensation.checkpoints import Checkpointing
 from replay_lcmat.condensation.storage import SyntheticSet
 from replay_lcmat.condensation.task import NetworkFactory, Task, check_inputs, make_task
@@ -349,7 +349,7 @@ class Condenser(Checkpointing, ABC):
         image_bytes = channels * height * width * task.images.element_size()
         syn = task.num_classes * task.per_class
         real = min(self.batch_real, max(len(idx) for idx in task.by_class))
-        submodular.require_memory(
+        resources.require_memory(
             image_bytes * (3 * syn + 2 * real),
             what=f"{self.method}: the synthetic set ({task.num_classes} classes x "
             f"{task.per_class} images of {channels}x{height}x{width}, with its gradient and "

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from replay_lcmat.data.image_data import channel_stats
 from replay_lcmat.files import CorruptDataError
-from replay_lcmat.submodular import NotEnoughMemoryError
+from replay_lcmat.resources import NotEnoughMemoryError
 
 
 class UnsupportedPixels(ValueError):

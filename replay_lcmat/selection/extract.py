@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from replay_lcmat import distributed, submodular
+from replay_lcmat import distributed, resources
 from replay_lcmat.models import split_head
 from replay_lcmat.validation import check_channels_first, check_finite_images
 
@@ -152,7 +152,7 @@ def extract_outputs(
 
     Raises:
         NotEnoughMemoryError: the outputs ``[n, d]`` and ``[n, c]`` would not fit the memory
-            budget (:func:`replay_lcmat.submodular.available_memory_bytes`, which
+            budget (:func:`replay_lcmat.resources.available_memory_bytes`, which
             ``REPLAY_LCMAT_MEMORY_LIMIT`` overrides); raised after the first batch, before the
             outputs are allocated.
     """
@@ -274,10 +274,10 @@ class SelectionModelConfig:
 def _check_output_memory(n: int, d: int, c: int, stats: str) -> None:
     """Refuse outputs ``features [n, d]`` and ``logits [n, c]`` (float32, CPU; one more
     ``[n, d]`` copy for ``"class-center"``) that the memory budget cannot hold, before they are
-    allocated (:func:`replay_lcmat.submodular.require_memory`)."""
+    allocated (:func:`replay_lcmat.resources.require_memory`)."""
     copies = 2 if stats == "class-center" else 1
     needed = 4 * n * (copies * d + c)
-    submodular.require_memory(
+    resources.require_memory(
         needed,
         what=f"extract_outputs on {n} samples (features [{n}, {d}] and logits [{n}, {c}], float32)",
         device="cpu",

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from replay_lcmat import submodular
+from replay_lcmat import resources
 from replay_lcmat.selection.base import ClassInputs, Selector, registered
 from replay_lcmat.selection.distances import (
     POINT_BLOCK,
@@ -27,6 +27,7 @@ from replay_lcmat.selection.distances import (
     GradientDistances,
     PreconditionedDistances,
 )
+from replay_lcmat.selection.matching import GAPS, bound_order, joint_order
 from replay_lcmat.selection.products import PRODUCTS
 from replay_lcmat.selection.streamed import (
     STREAM_BLOCK_ROWS,
@@ -34,12 +35,10 @@ from replay_lcmat.selection.streamed import (
     format_bytes,
     offset_and_check,
 )
-from replay_lcmat.selection.matching import GAPS, bound_order, joint_order
 from replay_lcmat.submodular import (
     FACILITY_PEAK_FACTOR,
     OPTIMIZERS,
     FacilityLocation,
-    NotEnoughMemoryError,
     facility_location_peak_bytes,
     maximize,
     streamed_peak_bytes,
@@ -61,7 +60,7 @@ class FacilityLocationSelector(Selector):
         stochastic_epsilon: accuracy of stochastic greedy; seed: its random draws.
         similarity: how the ``[n, n]`` similarity of a class is held. ``"dense"``: built whole
             (about :func:`~replay_lcmat.submodular.facility_location_peak_bytes`, 1.2 n^2
-            itemsize bytes; refused with :class:`NotEnoughMemoryError` when that does not fit).
+            itemsize bytes; refused with :class:`resources.NotEnoughMemoryError` when that does not fit).
             ``"streamed"``: never built; a row costs ``O(n (c + d + K))`` (AdaCore:
             ``O(n c d)``) and memory stays ``O(n (c + d + K))`` plus blocks of rows. One pass
             over all rows makes ``C = "max"``, one more the first gains, then the lazy greedy
@@ -140,14 +139,14 @@ class FacilityLocationSelector(Selector):
         """Refuse a class whose ``[n, n]`` similarity would not fit, before building it.
 
         Raises:
-            NotEnoughMemoryError: the estimated peak (:meth:`peak_bytes`) exceeds the memory
+            resources.NotEnoughMemoryError: the estimated peak (:meth:`peak_bytes`) exceeds the memory
                 available on the inputs' device; nothing is checked when that is unknown.
                 ``streamed_too``: the message also says the streamed path does not fit.
         """
         n, d, c, itemsize = self._shape(inputs)
         device = inputs.features.device
         needed = self.peak_bytes(n, d, c, itemsize)
-        available = submodular.available_memory_bytes(device)
+        available = resources.available_memory_bytes(device)
         if available is None or needed <= available:
             return
         low, high = 0, n  # the largest class part that fits: peak_bytes(low) <= available
@@ -168,31 +167,31 @@ class FacilityLocationSelector(Selector):
             else f' Or pass similarity="streamed": the streamed similarity avoids the n x n '
             f"matrix (about {streamed} here)."
         )
-        raise NotEnoughMemoryError(
+        raise resources.NotEnoughMemoryError(
             f"{self.name} on class {inputs.label} ({n} samples) needs about {format_bytes(needed)} at "
             f"its peak (the {n} x {n} {inputs.features.dtype} similarity and temporaries) "
             f"but only {format_bytes(available)} is available on {device} "
-            f"({submodular.budget_note(device)}). Split the class into "
+            f"({resources.budget_note(device)}). Split the class into "
             f"{split} and select from each with a share of the budget (e.g. several calls with "
             f"the same fraction on disjoint parts), or use partitions=p.{remedy}{halve}"
         )
 
     def _streamed_fits(self, inputs: ClassInputs) -> bool:
-        available = submodular.available_memory_bytes(inputs.features.device)
+        available = resources.available_memory_bytes(inputs.features.device)
         return available is None or self.streamed_peak_bytes(*self._shape(inputs)) <= available
 
     def path(self, inputs: ClassInputs) -> str:
         """``"dense"`` or ``"streamed"``: what :meth:`select_class` runs on this class.
 
         Raises:
-            NotEnoughMemoryError: the chosen path (``"auto"``: both) does not fit.
+            resources.NotEnoughMemoryError: the chosen path (``"auto"``: both) does not fit.
         """
         if self.similarity == "dense":
             self.check_memory(inputs)
             return "dense"
         if self.similarity == "auto":
             n, d, c, itemsize = self._shape(inputs)
-            available = submodular.available_memory_bytes(inputs.features.device)
+            available = resources.available_memory_bytes(inputs.features.device)
             if available is None or self.peak_bytes(n, d, c, itemsize) <= available:
                 return "dense"
             if not self._streamed_fits(inputs):
@@ -200,12 +199,12 @@ class FacilityLocationSelector(Selector):
             return "streamed"
         if not self._streamed_fits(inputs):
             n, d, c, itemsize = self._shape(inputs)
-            available = submodular.available_memory_bytes(inputs.features.device)
-            raise NotEnoughMemoryError(
+            available = resources.available_memory_bytes(inputs.features.device)
+            raise resources.NotEnoughMemoryError(
                 f"{self.name} on class {inputs.label} ({n} samples): the streamed similarity "
                 f"needs about {format_bytes(self.streamed_peak_bytes(n, d, c, itemsize))} (inputs and "
                 f"blocks of rows) but only {format_bytes(available)} is available on "
-                f"{inputs.features.device} ({submodular.budget_note(inputs.features.device)}). Split the class into parts, or free memory."
+                f"{inputs.features.device} ({resources.budget_note(inputs.features.device)}). Split the class into parts, or free memory."
             )
         return "streamed"
 
@@ -223,7 +222,7 @@ class FacilityLocationSelector(Selector):
             sim = self.dissimilarity(inputs)
         except (MemoryError, RuntimeError) as err:
             # the estimate fitted but the allocator said no (other processes, fragmentation)
-            if self.similarity != "auto" or not submodular.is_allocation_failure(err):
+            if self.similarity != "auto" or not resources.is_allocation_failure(err):
                 raise
             warnings.warn(
                 f"{self.name} on class {inputs.label}: the dense similarity could not be "

@@ -22,9 +22,9 @@ from replay_lcmat.curvature import (
     top_variance_coordinates,
 )
 from replay_lcmat.selection.base import ClassInputs, check_inputs
-from replay_lcmat.selection.streamed import StreamedSimilarity
 from replay_lcmat.selection.engine import SelectionResult
 from replay_lcmat.selection.facility import FacilityLocationSelector, LCMatS
+from replay_lcmat.selection.streamed import StreamedSimilarity
 
 
 @dataclass(frozen=True)
