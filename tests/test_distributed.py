@@ -478,7 +478,7 @@ def _cli(argv: list[str], die_on_rank_one: str | None = None) -> dict:
     import io
 
     from replay_lcmat.cli import main
-    from replay_lcmat.selection.facility import LCMatS
+    from replay_lcmat.selection.facility_selectors import LCMatS
 
     def die(*args, **kwargs):
         if dist.get_rank() == 1:
@@ -526,8 +526,8 @@ def test_a_rank_killed_mid_selection_leaves_no_output_and_a_rerun_is_identical(
     final barrier; rank 0 stops naming it and the work, and no file
     at --out (nor a temporary) is left for a reader to take as the selection. The rerun on the
     same --out writes the file an uninterrupted single-process run writes, picks bit for bit."""
-    from replay_lcmat.cli import main
     from replay_lcmat import load_selection
+    from replay_lcmat.cli import main
 
     monkeypatch.setenv(distributed.TIMEOUT_ENV, str(FAULT_TIMEOUT_S))  # inherited by the spawn
     out = tmp_path / "out" / "sel.json"

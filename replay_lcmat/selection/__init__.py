@@ -14,13 +14,8 @@ from replay_lcmat.selection.extract import (
     SelectionModelConfig,
     extract_outputs,
 )
-from replay_lcmat.selection.facility import (
-    AdaCore,
-    Craig,
-    FacilityLocationSelector,
-    LCMatS,
-    lcmat_s,
-)
+from replay_lcmat.selection.facility import FacilityLocationSelector
+from replay_lcmat.selection.facility_selectors import AdaCore, Craig, LCMatS, lcmat_s
 from replay_lcmat.selection.record import Selection, load_selection, selection_subset
 from replay_lcmat.selection.registry import SELECTORS, available_selectors, make_selector
 from replay_lcmat.selection.report import curvature_share, selection_report

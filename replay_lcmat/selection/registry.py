@@ -6,7 +6,7 @@ A new family module is imported here once; its classes register themselves (``@r
 from __future__ import annotations
 
 from replay_lcmat.selection import (  # noqa: F401 (importing a family registers its selectors)
-    facility,
+    facility_selectors,
     geometry,
     gradient,
     uncertainty,

@@ -23,7 +23,8 @@ from replay_lcmat.curvature import (
 )
 from replay_lcmat.selection.base import ClassInputs, check_inputs
 from replay_lcmat.selection.engine import SelectionResult
-from replay_lcmat.selection.facility import FacilityLocationSelector, LCMatS
+from replay_lcmat.selection.facility import FacilityLocationSelector
+from replay_lcmat.selection.facility_selectors import LCMatS
 from replay_lcmat.selection.streamed import StreamedSimilarity
 
 
