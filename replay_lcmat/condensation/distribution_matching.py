@@ -16,7 +16,7 @@ from collections.abc import Container
 import torch
 from torch import Tensor
 
-from replay_lcmat import distributed
+from replay_lcmat import collectives, distributed
 from replay_lcmat.condensation.base import CONDENSERS, Condenser
 from replay_lcmat.condensation.objectives import mean_embedding_loss
 from replay_lcmat.condensation.task import Task
@@ -43,7 +43,7 @@ class DistributionMatchingCondenser(Condenser):
             optimizer.zero_grad()
             if loss.requires_grad:  # False on a rank without classes
                 loss.backward()
-        total = distributed.sum_gradient_(syn, loss)
+        total = collectives.sum_gradient_(syn, loss)
         optimizer.step()
         return total
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from replay_lcmat import distributed
+from replay_lcmat import collectives, distributed
 from replay_lcmat.condensation.base import CONDENSERS, Condenser
 from replay_lcmat.condensation.objectives import head_variance_gap, layerwise_distance
 from replay_lcmat.condensation.task import Task
@@ -134,7 +134,7 @@ class GradientMatchingCondenser(Condenser):
                 optimizer.zero_grad()
                 if loss.requires_grad:  # False on a rank without classes
                     loss.backward()
-            total += distributed.sum_gradient_(syn, loss)
+            total += collectives.sum_gradient_(syn, loss)
             optimizer.step()
             if outer + 1 < outer_loop:
                 for _ in range(inner_loop):

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from replay_lcmat import distributed, resources
+from replay_lcmat import collectives, distributed, resources
 from replay_lcmat.models import split_head
 from replay_lcmat.validation import check_channels_first, check_finite_images
 
@@ -198,7 +198,7 @@ def extract_outputs(
     was_training = model.training
     if net is model:
         model.to(device).eval()
-    distributed.broadcast_module_(net)  # no-op in one process
+    collectives.broadcast_module_(net)  # no-op in one process
     # under torch.distributed each rank runs its share of the batches (each batch as in one
     # process); rows of the other ranks stay zero until merge_rows sums them in
     mine = distributed.shard(batches, [len(idx) for idx in batches])
@@ -224,7 +224,7 @@ def extract_outputs(
                         feats = torch.zeros(n, h.shape[1])
                         logits = torch.zeros(n, z.shape[1])
                     feats[idx], logits[idx] = h, z
-        feats, logits = distributed.merge_rows(feats, n), distributed.merge_rows(logits, n)
+        feats, logits = collectives.merge_rows(feats, n), collectives.merge_rows(logits, n)
         for name, values in (("features", feats), ("logits", logits)):
             bad = ~torch.isfinite(values).all(1)
             if bool(bad.any()):  # finite inputs, NaN outputs: the model, not the data
