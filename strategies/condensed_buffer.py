@@ -13,6 +13,7 @@ from avalanche.training.storage_policy import ExemplarsBuffer
 from replay_lcmat.memory import ClassMemory, CondensationPolicy, check_options, memory_policy
 from replay_lcmat.strategies.datasets import dataset_tensors, tensor_dataset
 from replay_lcmat.strategies.sizing import check_sizing
+from replay_lcmat.strategies.state_header import check_state_header
 
 STATE_FORMAT = "replay-lcmat/condensed-buffer"
 STATE_VERSION = 1  # the one state layout read back; any other version is refused
@@ -228,15 +229,13 @@ class CondensedClassBuffer(ExemplarsBuffer):
             ValueError: not a condensed-buffer state, or it keeps another ``per_class``
                 (build the buffer with the saved one, then :meth:`resize`).
         """
-        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-            raise ValueError(
-                "not a condensed-buffer state; pass the dict of CondensedClassBuffer.state_dict()."
-            )
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(
-                f"condensed-buffer state version {state.get('version')!r}; this replay-lcmat "
-                f"reads version {STATE_VERSION} only. Rebuild the memory with this version."
-            )
+        check_state_header(
+            state,
+            STATE_FORMAT,
+            STATE_VERSION,
+            "condensed-buffer",
+            "CondensedClassBuffer.state_dict()",
+        )
         saved_per_class, saved_total = state["per_class"], state.get("mem_size")
         if saved_total is not None or self.mem_size is not None:
             if saved_total != self.mem_size:

@@ -12,6 +12,7 @@ from avalanche.benchmarks.utils import AvalancheDataset, concat_datasets
 from torch import Tensor
 
 from replay_lcmat.strategies.datasets import dataset_targets, dataset_task_labels, dataset_tensors
+from replay_lcmat.strategies.state_header import check_state_header
 
 STATE_FORMAT = "replay-lcmat/selection-buffer"
 # The one state layout read back: per group the class, task, sources, labels and image
@@ -157,15 +158,9 @@ def check_selection_state(state: dict, stream, per_class: int | None, mem_size: 
     """Raise unless ``state`` is a selection-buffer state of this version, with the sizing
     ``per_class`` / ``mem_size`` of the buffer it is restored into, and ``stream`` can be the
     stream it was built from."""
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise ValueError(
-            "not a selection-buffer state; pass the dict of SelectionBuffer.state_dict()."
-        )
-    if state.get("version") != STATE_VERSION:
-        raise ValueError(
-            f"selection-buffer state version {state.get('version')!r}; this replay-lcmat "
-            f"reads version {STATE_VERSION} only. Rebuild the memory with this version."
-        )
+    check_state_header(
+        state, STATE_FORMAT, STATE_VERSION, "selection-buffer", "SelectionBuffer.state_dict()"
+    )
     if stream is None:
         raise ValueError(
             "a selection memory stores indices into the stream: pass stream=<the benchmark's "
