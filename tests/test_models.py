@@ -99,3 +99,41 @@ def test_split_head_names_non_finite_examples_and_a_nan_model():
         model[1].bias[2] = float("nan")
     with pytest.raises(ValueError, match=r"returns NaN or inf on finite inputs.*\['1\.bias'\]"):
         split_head(model, example=torch.randn(2, 1, 2, 2))
+
+
+@pytest.mark.parametrize("norm", ["instance", "batch", "none"])
+def test_convnet_relu_works_in_place_under_autograd_only_with_the_same_gradients(norm):
+    torch.manual_seed(0)
+    net = ConvNet(3, 4, image_size=8, width=6, depth=2, norm=norm).double()
+    x = torch.randn(5, 3, 8, 8, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 3, 0])
+    seen = {}
+    # the layer before the first ReLU: what a feature hook on it receives, and where
+    before = net.body[1] if norm != "none" else net.body[0]
+    before.register_forward_hook(lambda _m, _i, out: seen.update(out=out, copy=out.clone()))
+    relu = next(m for m in net.body if isinstance(m, nn.ReLU))
+    relu.register_forward_hook(lambda _m, _i, out: seen.update(relu=out))
+
+    loss = nn.functional.cross_entropy(net(x), y)
+    assert seen["relu"].data_ptr() == seen["out"].data_ptr()  # in place while training
+    grads = torch.autograd.grad(loss, [x, *net.parameters()], create_graph=True)
+    # independent computation: the same network with out-of-place ReLUs
+    plain = nn.Sequential(
+        *[nn.ReLU() if isinstance(m, nn.ReLU) else m for m in net.body],
+        nn.Flatten(),
+        net.classifier,
+    )
+    expected = torch.autograd.grad(
+        nn.functional.cross_entropy(plain(x), y), [x, *net.parameters()], create_graph=True
+    )
+    for got, want in zip(grads, expected, strict=True):
+        assert torch.equal(got, want)
+    # second order (gradient matching differentiates through these gradients)
+    second = torch.autograd.grad(grads[1].square().sum(), x)[0]
+    want2 = torch.autograd.grad(expected[1].square().sum(), x)[0]
+    assert torch.allclose(second, want2, rtol=1e-12, atol=1e-14)
+
+    with torch.no_grad():  # feature extraction: the hooked layer's output is left as it was
+        net(x)
+    assert seen["relu"].data_ptr() != seen["out"].data_ptr()
+    assert torch.equal(seen["out"], seen["copy"]) and (seen["out"] < 0).any()
