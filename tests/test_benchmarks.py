@@ -77,6 +77,8 @@ def test_condensation_speed_quick_times_every_part_and_counts_the_reference_loop
         # images through the first layer, counted by a hook, against the loops of the
         # reference code: 10 classes x (real + synthetic) per matching, inner-loop batches
         assert int(row["images forwarded"]) == forward_images(method, QUICK)
+        matching, training = map(int, row["of which matching / training"].split(" / "))
+        assert matching + training == int(row["images forwarded"])
         parts = sum(
             float(row[f"{p} s"]) for p in ("network training", "matching", "augmentation", "other")
         )
