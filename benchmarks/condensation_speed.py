@@ -274,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def write_results(rows, ours, args, command, sizes, states) -> None:
     data = next((m["data"] for m in ours.values() if "data" in m), "-")
+    from replay_lcmat.condensation import default_loops
+
+    loops = sizes["loops"] or f"{default_loops(sizes['ipc'])} (the reference's get_loops)"
     images = forward_images("lcmat-c", sizes) / forward_images("dsa", sizes)
     ratio = (
         f"Images forwarded, LCMat-C / DSA: {images:.2f} by the loops alone (LCMat-C trains its "
@@ -303,7 +306,7 @@ def write_results(rows, ours, args, command, sizes, states) -> None:
         f"torch {torch.__version__}, CPU seconds (process time), medians of {args.repeats} "
         f"subprocesses. Data: {data}.",
         f"Settings: ConvNet-3 width {sizes['width']}, ipc {sizes['ipc']}, real batch "
-        f"{sizes['batch_real']} per class, loops {sizes['loops'] or '(10, 50) (get_loops)'}, "
+        f"{sizes['batch_real']} per class, loops {loops}, "
         "batch_train 256, DSA color_crop_cutout_flip_scale_rotate (DC: none), DM: one image "
         "step per iteration on a fresh frozen network.",
         (__doc__ or "").split("\n\n")[4].replace("\n", " "),
