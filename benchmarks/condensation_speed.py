@@ -41,14 +41,7 @@ from pathlib import Path
 
 import torch
 
-from ._common import (
-    RESULTS,
-    command_line,
-    command_markdown,
-    markdown_table,
-    write_csv,
-    write_markdown,
-)
+from . import _common as common
 from .greedy_speed import machine_state
 
 METHODS = ("dc", "dsa", "dm", "lcmat-c")
@@ -241,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         sizes["ipc"] = args.ipc
     if args.per_class is not None:
         sizes["per_class_n"] = args.per_class
-    command = command_line("condensation_speed", argv)
+    command = common.command_line("condensation_speed", argv)
     before = machine_state()
     rows, ours = [], {}
     for method in args.methods:
@@ -300,7 +293,7 @@ def write_results(rows, ours, args, command, sizes, states) -> None:
     lines = [
         "# Condensation speed: one outer iteration, replay-lcmat vs. the reference code",
         "",
-        command_markdown(command, "repository root"),
+        common.command_markdown(command, "repository root"),
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {args.threads} torch thread(s), "
         f"torch {torch.__version__}, CPU seconds (process time), medians of {args.repeats} "
@@ -312,7 +305,7 @@ def write_results(rows, ours, args, command, sizes, states) -> None:
         (__doc__ or "").split("\n\n")[4].replace("\n", " "),
         reference,
         "",
-        markdown_table(rows),
+        common.markdown_table(rows),
         "",
         ratio,
         "",
@@ -324,11 +317,11 @@ def write_results(rows, ours, args, command, sizes, states) -> None:
             f"- {when}: {state['utc']} UTC, load average {state['load average (1, 5, 15 min)']}"
         )
         lines += [f"  - `{p}`" for p in state["busiest processes"][1:4]]
-    out = args.out_dir or RESULTS
+    out = args.out_dir or common.RESULTS
     stem = "condensation_speed" + (f"_threads{args.threads}" if args.threads != 1 else "")
     stem += "_quick" if args.quick else ""
-    write_markdown(out / f"{stem}.md", lines)
-    write_csv(out / f"{stem}.csv", rows)
+    common.write_markdown(out / f"{stem}.md", lines)
+    common.write_csv(out / f"{stem}.csv", rows)
     print(f"written {out / stem}.md and .csv")
 
 
