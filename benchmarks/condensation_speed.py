@@ -22,9 +22,12 @@ for LCMat-C, on the synthetic set for DC/DSA, as the reference does), augmentati
 and transforms, in matching and in training), other (building the fresh network) and matching
 (the rest: forward and backward passes of the class batches, the distance and the image step).
 
-``--reference`` runs a harness that lives next to an unmodified-but-for-patches copy of
-VICO-UoE/DatasetCondensation (``<reference>/../harness.py``) and reports the same parts for its
-main.py (DC, DSA) and main_DM.py (DM); without it the table gives operation counts instead.
+``--reference DIR`` runs ``DIR/../harness.py`` (kept outside this repository with the copy
+DIR of VICO-UoE/DatasetCondensation; its patches are listed in the results) as
+``harness.py --root DIR --script main|main_DM [--method DC|DSA] --threads N --ipc I
+--per-class P --data random|archive``; it prints one JSON line ``{"seconds", "parts"}`` with the
+same parts for one iteration of the reference loop. Without it, and always as a column, the
+table gives the operation count: images forwarded per outer iteration, the same for both.
 """
 
 from __future__ import annotations
