@@ -6,20 +6,7 @@ import torch
 from torch import Tensor, nn
 
 NORMS = ("instance", "batch", "none")
-
-
-class _TrainingReLU(nn.ReLU):
-    """ReLU that overwrites its input while autograd records (training, condensation), saving
-    one activation-sized allocation per block; out of place under ``torch.no_grad()``, so a
-    forward hook on the preceding layer sees that layer's own output when features are
-    extracted. The norm and convolution before it keep what their backward needs (their
-    inputs), so gradients are the same bit for bit."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.relu_(x) if torch.is_grad_enabled() else torch.relu(x)
-
-
-ACTIVATIONS = {"relu": _TrainingReLU, "leakyrelu": nn.LeakyReLU, "sigmoid": nn.Sigmoid}
+ACTIVATIONS = {"relu": nn.ReLU, "leakyrelu": nn.LeakyReLU, "sigmoid": nn.Sigmoid}
 POOLINGS = ("avg", "max", "none")
 
 
