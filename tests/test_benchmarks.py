@@ -62,3 +62,33 @@ def test_class_mean_one_scales_each_class_to_mean_one():
     out = class_mean_one(w, labels, 1.0)
     assert torch.allclose(out, torch.tensor([0.5, 1.5, 4 / 3, 4 / 3, 1 / 3]))
     assert torch.allclose(class_mean_one(w, labels, 0.0), torch.ones(5))
+
+
+def test_condensation_speed_quick_times_every_part_and_counts_the_reference_loops(tmp_path):
+    from replay_lcmat.benchmarks.condensation_speed import QUICK, forward_images
+    from replay_lcmat.benchmarks.condensation_speed import main as speed_main
+
+    assert speed_main(["--quick", "--repeats", "1", "--out-dir", str(tmp_path)]) == 0
+    with (tmp_path / "condensation_speed_quick.csv").open() as handle:
+        rows = {r["method"]: r for r in csv.DictReader(handle)}
+    assert set(rows) == {"dc", "dsa", "dm", "lcmat-c"}
+    for method, row in rows.items():
+        assert not row.get("note"), row  # a failed run or a count off the loops' formula
+        # images through the first layer, counted by a hook, against the loops of the
+        # reference code: 10 classes x (real + synthetic) per matching, inner-loop batches
+        assert int(row["images forwarded"]) == forward_images(method, QUICK)
+        matching, training = map(int, row["of which matching / training"].split(" / "))
+        assert matching + training == int(row["images forwarded"])
+        parts = sum(
+            float(row[f"{p} s"]) for p in ("network training", "matching", "augmentation", "other")
+        )
+        assert abs(parts - float(row["outer iteration s"])) <= 0.03
+    assert (
+        float(rows["dc"]["augmentation s"]) == 0.0
+        and float(rows["dm"]["network training s"]) == 0.0
+    )
+    # hand count: 2 matchings x 10 classes x (8 real + 2 synthetic) + 1 x 2 inner steps x 20
+    assert forward_images("dsa", QUICK) == 2 * 10 * (8 + 2) + 2 * 20
+    assert forward_images("lcmat-c", QUICK) == 2 * 10 * (8 + 2) + 2 * 240
+    text = (tmp_path / "condensation_speed_quick.md").read_text()
+    assert "python -m benchmarks.condensation_speed --quick" in text and "load average" in text
