@@ -22,6 +22,7 @@ __all__ = ["load_selection"]
 
 
 def __getattr__(name: str) -> Any:
+    # lazy: `import replay_lcmat` loads no torch; the selection package loads on first use
     if name == "load_selection":
         from replay_lcmat.selection.record import load_selection
 
