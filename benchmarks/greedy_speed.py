@@ -206,8 +206,14 @@ def lcmat_worker(spec: dict) -> dict:
         return lcmat_s(h, z, y, budget, eps=eps, k_dims=k_dims).tolist()
 
     run(h[:WARM_UP], z[:WARM_UP], y[:WARM_UP], 5)  # warm-up, as for the greedy
+    units = []
+    for _ in range(3):  # the unit in this very process, just before: the machine's speed cancels
+        start = time.perf_counter()
+        torch.mm(h, h.T)
+        units.append(time.perf_counter() - start)
     picks, out = measured(run, h, z, y, spec["budget"])
     out["picks"] = picks
+    out["unit"] = statistics.median(units)
     return out
 
 
@@ -380,10 +386,12 @@ def summarise(size: dict) -> tuple[list[dict], list[dict], list[dict], list[tupl
 
     ours = runs["lcmat_s ours"]
     t_ours = median(ours, "seconds")
+    own_unit = statistics.median(r["seconds"] / r["unit"] for r in ours)  # per run, then median
     row = {
         "n, k": f"{n}, {k}",
         "ours s": f"{t_ours:.3f}",
         "ours / h@h.T": f"{t_ours / hht:.2f}",
+        "ours / h@h.T of its own process": f"{own_unit:.2f}",
         "ours peak extra MiB": f"{median(ours, 'peak_extra') / 2**20:.0f}",
         "ours peak / (n^2 * 4 bytes)": f"{median(ours, 'peak_extra') / (4 * n * n):.2f}",
     }
@@ -419,8 +427,10 @@ def summarise(size: dict) -> tuple[list[dict], list[dict], list[dict], list[tupl
     if n == 5000:
         targets.append(
             (
-                f"n={n}, k={k}: lcmat_s at most 3.0 h@h.T (one float32 n x n x d Gram product)",
-                f"{'met' if t_ours / hht <= 3.0 else 'NOT met'}: {t_ours / hht:.2f} h@h.T",
+                f"n={n}, k={k}: lcmat_s at most 3.0 h@h.T (one float32 n x n x d Gram product, "
+                "timed in the same process just before)",
+                f"{'met' if own_unit <= 3.0 else 'NOT met'}: {own_unit:.2f} h@h.T "
+                f"({t_ours / hht:.2f} against the stages' unit)",
             )
         )
     return greedy_rows, stage_rows, lcmat_rows, checks + targets
@@ -523,7 +533,8 @@ def main(argv=None) -> int:
         "check = the `aminmax` that C = max d needs (also the finiteness check); greedy = lazy, "
         "float32, on the same similarity. `lcmat_s` end to end includes everything (through "
         "the public `lcmat_s`, with its input checks). Unit: one float32 `h @ h.T` of the "
-        "class's [n, d] features, timed in the same worker.",
+        "class's [n, d] features, timed in the stages' worker, and for `lcmat_s` also in its own "
+        "process just before it (median of 3; the ratio of each run, then the median).",
     ]
     write_markdown(RESULTS / f"{args.name}.md", "\n".join(header) + "\n\n" + text)
     print(f"written {RESULTS / args.name}.md")

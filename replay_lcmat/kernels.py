@@ -43,10 +43,14 @@ TILE = 512
 ROWS = 4
 
 
-def _kernel_source(rows_of, out, row_stride: int, width: int, x, x_t, first_column: int) -> None:
+def _kernel_source(
+    rows_of, out, row_stride: int, width: int, x, x_t, first_column: int, target, t_stride, eps
+) -> None:
     """``out[r * row_stride + j] = sum_k |x[rows_of[r], k] - x_t[k, first_column + j]|``, k in
     order from 0. ``out`` is flat (contiguous), so the compiler sees unit strides and vectorises
-    the sweep over ``j``."""
+    the sweep over ``j``. With ``t_stride > 0``, each finished tile is also added, times
+    ``eps``, to ``target[r * t_stride + j]`` (``target += eps * out``, rounded as torch's
+    ``target.add_(out.mul_(eps))``) while it is still in cache."""
     n_rows = rows_of.shape[0]
     n_coords = x.shape[1]
     for group in prange((n_rows + ROWS - 1) // ROWS):  # rows are independent: any thread
@@ -75,6 +79,16 @@ def _kernel_source(rows_of, out, row_stride: int, width: int, x, x_t, first_colu
                         a1[j] += abs(x1 - v)
                         a2[j] += abs(x2 - v)
                         a3[j] += abs(x3 - v)
+                if t_stride > 0:
+                    for r in range(ROWS):
+                        _add_scaled(
+                            target,
+                            r * t_stride + (r0 * t_stride) + j0,
+                            out,
+                            o + r * row_stride,
+                            w,
+                            eps,
+                        )
             else:
                 for r in range(r0, r0 + m):
                     o = r * row_stride + j0
@@ -86,6 +100,17 @@ def _kernel_source(rows_of, out, row_stride: int, width: int, x, x_t, first_colu
                         column = x_t[k, c0 : c0 + w]
                         for j in range(w):
                             acc[j] += abs(xi - column[j])
+                    if t_stride > 0:
+                        _add_scaled(target, r * t_stride + j0, out, o, w, eps)
+
+
+def _add_scaled_source(target, t0: int, source, s0: int, w: int, eps) -> None:
+    """``target[t0 + j] += source[s0 + j] * eps`` for ``j < w``: two roundings in the arrays'
+    dtype, as torch's ``target.add_(source.mul_(eps))``."""
+    for j in range(w):
+        scaled = source[s0 + j] * eps
+        source[s0 + j] = scaled
+        target[t0 + j] = target[t0 + j] + scaled
 
 
 def _jit(source, **flags):
@@ -100,6 +125,7 @@ def _threads() -> None:
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
 
 
+_add_scaled = None if numba is None else numba.njit(nogil=True, cache=True)(_add_scaled_source)
 _compiled = _jit(_kernel_source)
 
 
@@ -122,19 +148,36 @@ def _torch_rows(x: Tensor, x_t: Tensor, rows: Tensor, first_column: int, out: Te
 
 
 def l1_rows(
-    x: Tensor, x_t: Tensor, rows: Tensor, out: Tensor, *, first_column: int = 0, compiled=None
+    x: Tensor,
+    x_t: Tensor,
+    rows: Tensor,
+    out: Tensor,
+    *,
+    first_column: int = 0,
+    add_to: Tensor | None = None,
+    eps: float = 1.0,
+    compiled: bool | None = None,
 ) -> Tensor:
     """``out[r, j] = ||x[rows[r]] - x[first_column + j]||_1``, in place; returns ``out``.
 
     Args:
         x: ``[n, K]``; x_t: ``x.T.contiguous()`` ``[K, n]``.
         rows: int64 ``[m]``; out: ``[m, w]`` with ``first_column + w <= n``, rows contiguous.
+        add_to: ``[m, w]`` (rows contiguous): then ``out *= eps`` and ``add_to += out``, rounded
+            as ``add_to.add_(out.mul_(eps))`` (the compiled kernel does it tile by tile, in cache).
         compiled: force (True) or avoid (False) the compiled kernel; default: where available.
     """
     use = compiled_available(x.device) if compiled is None else compiled
     if not use or out.shape[0] == 0:
-        return _torch_rows(x, x_t, rows, first_column, out)
+        _torch_rows(x, x_t, rows, first_column, out)
+        if add_to is not None:
+            add_to.add_(out.mul_(eps))
+        return out
     flat, row_stride = _flat_rows(out)
+    if add_to is None:
+        target, t_stride = flat[:1], 0
+    else:
+        target, t_stride = _flat_rows(add_to)
     _threads()
     _compiled(
         rows.cpu().numpy(),
@@ -144,15 +187,28 @@ def l1_rows(
         x.detach().contiguous().numpy(),
         x_t.detach().numpy(),
         int(first_column),
+        target.detach().numpy(),
+        t_stride,
+        torch.tensor(eps, dtype=out.dtype).numpy()[()],  # eps in the arrays' dtype, as torch
     )
     return out
 
 
-def l1_block(x: Tensor, x_t: Tensor, start: int, stop: int, out: Tensor) -> Tensor:
+def l1_block(
+    x: Tensor,
+    x_t: Tensor,
+    start: int,
+    stop: int,
+    out: Tensor,
+    *,
+    add_to: Tensor | None = None,
+    eps: float = 1.0,
+) -> Tensor:
     """Rows ``start:stop`` of the L1 distances from their diagonal on (columns ``start:``),
-    ``out`` ``[stop - start, n - start]`` (a view into the full matrix is fine)."""
+    ``out`` ``[stop - start, n - start]`` (a view into the full matrix is fine); ``add_to`` /
+    ``eps`` as in :func:`l1_rows`."""
     rows = torch.arange(start, stop, device=x.device)
-    return l1_rows(x, x_t, rows, out, first_column=start)
+    return l1_rows(x, x_t, rows, out, first_column=start, add_to=add_to, eps=eps)
 
 
 def _grad_source(h_dots, e_dots, h_rows, h_cols, e_rows, e_cols, sq_rows, sq_cols, out, stride):

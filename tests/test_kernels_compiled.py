@@ -180,3 +180,17 @@ def test_mirror_block_copies_the_transposed_block_and_nothing_else(compiled, mon
     assert torch.equal(out[rest], before[rest])
     l1.mirror_block(out, 60, 70)  # the last block: nothing below it
     assert torch.equal(out[rest], before[rest])
+
+
+@needs_compiled
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_add_rounds_as_torch_add_of_the_scaled_l1(dtype):
+    x = _inputs(700, 11, dtype, seed=9)
+    x_t = x.T.contiguous()
+    rows = torch.tensor([3, 699, 350, 10, 11])
+    base = torch.randn(5, 700 - 40, dtype=dtype, generator=torch.Generator().manual_seed(1))
+    fused, twin = base.clone(), base.clone()
+    l1.l1_rows(x, x_t, rows, x.new_empty(5, 660), first_column=40, add_to=fused, eps=0.037)
+    plain = l1.l1_rows(x, x_t, rows, x.new_empty(5, 660), first_column=40, compiled=False)
+    twin.add_(plain.mul_(0.037))
+    assert torch.equal(fused, twin)

@@ -121,8 +121,8 @@ class ClassDistances:
         )
         out[torch.arange(len(ids), device=self.device), ids] = 0.0
         if self.lam is not None:
-            l1 = l1_rows(self.lam, self.lam_t, ids, self.lam.new_empty(len(ids), self.n))
-            out.add_(l1.mul_(self.eps))
+            l1 = self.lam.new_empty(len(ids), self.n)
+            l1_rows(self.lam, self.lam_t, ids, l1, add_to=out, eps=self.eps)
         return out
 
     def upper(self, start: int, stop: int, out: Tensor, scratch: Tensor | None = None) -> Tensor:
@@ -138,7 +138,7 @@ class ClassDistances:
             if scratch is None:
                 scratch = self.lam.new_empty(size)
             l1 = scratch[:size].view(stop - start, n - start)
-            out.add_(l1_block(self.lam, self.lam_t, start, stop, l1).mul_(self.eps))
+            l1_block(self.lam, self.lam_t, start, stop, l1, add_to=out, eps=self.eps)
         return out
 
     def dense(self) -> Tensor:
