@@ -115,6 +115,7 @@ class FacilityLocation:
     """
 
     progress_label: str | None = None  # set: the greedy and full passes show tqdm bars
+    initial_bounds: Tensor | None = None  # a source's upper bounds of the first gains, if any
 
     def __init__(self, similarity: Tensor | RowSource, *, check_finite: bool = True) -> None:
         if isinstance(similarity, Tensor):
@@ -135,6 +136,7 @@ class FacilityLocation:
             self.dtype, self.device = similarity.dtype, similarity.device
             self._block_rows = max(2, min(self.n_candidates, similarity.block_rows))
             self.lazy_chunks = similarity.lazy_chunks
+            self.initial_bounds = getattr(similarity, "initial_bounds", None)
             check_finite = False
             owner = getattr(similarity, "owner", None)
             if owner is not None and self.n_points >= STREAM_PROGRESS_MIN_POINTS:
@@ -333,14 +335,20 @@ def _lazy_greedy(fn: SetFunction, budget: int, bar: tqdm) -> GreedyResult:
     and pushed back. A fresh top is exactly naive greedy's argmax: its gain is at least every
     other bound, and an equal bound of a lower index would sit above it. The chunk sizes are
     ``fn.lazy_chunks`` when it has them (a streamed function refreshes one at a time), else
-    ``(16, 1024)``; they change the work, never the picks.
+    ``(16, 1024)``; they change the work, never the picks. A function with ``initial_bounds``
+    (upper bounds of the first gains, e.g. from the streamed offset pass) starts from those,
+    all stale, instead of a pass over every candidate.
     """
     first_chunk, max_chunk = getattr(fn, "lazy_chunks", (16, 1024))
     state = fn.initial_state()
     device = state.device
     # entries (-bound, index, step the bound was computed at); indices are unique, so the step
     # never decides an order
-    heap = [(-g, j, 0) for j, g in enumerate(fn.gains(state).tolist())]
+    bounds = getattr(fn, "initial_bounds", None)
+    if bounds is None:
+        heap = [(-g, j, 0) for j, g in enumerate(fn.gains(state).tolist())]
+    else:  # upper bounds known without a pass: stale from the start (step -1), refreshed on top
+        heap = [(-b, j, -1) for j, b in enumerate(bounds.tolist())]
     heapq.heapify(heap)
     picks, gains = [], []
     for step in range(budget):

@@ -353,3 +353,20 @@ def test_bad_similarity_and_partitions_name_the_choices(name):
     for bad in (0, -2, 1.5, "2", True, None):
         with pytest.raises(ValueError, match="partitions must be"):
             make_selector(name, partitions=bad)
+
+
+def test_the_offset_pass_bounds_the_first_gains_from_above_and_tightly():
+    """The streamed offset pass also gives upper bounds of the first gains (n C - row sums of
+    d, plus a rounding margin): never below a gain as computed, and within the margin of it."""
+    features, logits, labels = toy(n_per_class=(90,), dtype=torch.float32, duplicates=True)
+    inputs = ClassInputs(label=0, features=features, logits=logits, labels=labels)
+    source = StreamedSimilarity(make_selector("lcmat-s", eps=0.3).distances(inputs), "max")
+    fn = FacilityLocation(source)
+    gains = fn.gains(fn.initial_state()).double()
+    bounds = source.initial_bounds
+    assert bounds is not None and bounds.shape == gains.shape
+    assert (bounds >= gains).all()
+    margin = 4 * 90 * float(source.c) * torch.finfo(torch.float32).eps / 2
+    assert (bounds - gains).max() <= 2 * margin
+    # a float offset or a candidate subset gives none: the first gains are computed
+    assert StreamedSimilarity(source.distances, 3.0).initial_bounds is None

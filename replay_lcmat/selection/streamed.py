@@ -54,6 +54,18 @@ def offset_and_check(name: str, label: int, offset, low: Tensor, high: Tensor, n
     return c
 
 
+def _first_gain_bounds(row_sums: Tensor, c: float, dtype: torch.dtype) -> Tensor:
+    """Upper bounds of the first marginal gains ``sum_i max(0, s_ji)`` with ``s = C - d`` and
+    ``C = max d`` (every ``s_ji >= 0``): ``n C - sum_i d_ij`` (float64 ``[n]``) plus a margin
+    for the roundings of the gains as computed (each ``C - d`` rounded in ``dtype``, the sum
+    rounded to ``dtype``): ``4 n C u`` with ``u`` the unit roundoff. The lazy greedy refreshes
+    the top ones before it picks (:func:`~replay_lcmat.submodular.maximize`), so the picks are
+    the exact greedy's, without a pass over every row for the first gains."""
+    n = len(row_sums)
+    unit = torch.finfo(dtype).eps / 2
+    return (n * c - row_sums) + 4 * n * abs(c) * unit
+
+
 class StreamedSimilarity:
     """``s = C - d`` rows of one class on demand: a :class:`~replay_lcmat.submodular.RowSource`.
 
@@ -72,6 +84,7 @@ class StreamedSimilarity:
     """
 
     lazy_chunks = (16, 1024)  # a chunk's rows share one read of the inputs
+    initial_bounds: Tensor | None = None  # upper bounds of the first gains (offset "max")
 
     def __init__(
         self,
@@ -101,6 +114,7 @@ class StreamedSimilarity:
                 leave=False,
             )
             buffer = None
+            row_sums = None  # sum_i d_ij of every row j, float64, from the same blocks
             for a in starts:
                 stop = min(a + STREAM_BLOCK_ROWS, self.n_candidates)
                 if candidates is None:  # d is symmetric: the blocks from the diagonal on
@@ -108,16 +122,24 @@ class StreamedSimilarity:
                         buffer = torch.empty(
                             STREAM_BLOCK_ROWS * self.n_points, dtype=self.dtype, device=self.device
                         )
+                        row_sums = torch.zeros(
+                            self.n_points, dtype=torch.float64, device=self.device
+                        )
                     block = buffer[: (stop - a) * (self.n_points - a)].view(
                         stop - a, self.n_points - a
                     )
                     distances.upper(a, stop, block)
+                    # rows a:stop see columns a: here, and columns before a in earlier blocks
+                    row_sums[a:stop] += block.sum(1, dtype=torch.float64)
+                    row_sums[stop:] += block[:, stop - a :].sum(0, dtype=torch.float64)
                 else:
                     block = self._distances(torch.arange(a, stop))
                 lo, hi = torch.aminmax(block)
                 low = lo if low is None else torch.minimum(low, lo)
                 high = hi if high is None else torch.maximum(high, hi)
             self.c = offset_and_check(*owner, offset, low, high, self.n_points)
+            if row_sums is not None:
+                self.initial_bounds = _first_gain_bounds(row_sums, float(self.c), self.dtype)
 
     def _distances(self, ids: Tensor) -> Tensor:
         ids = ids.to(self.device)
