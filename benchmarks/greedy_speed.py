@@ -111,7 +111,8 @@ def greedy_worker(spec: dict) -> dict:
         return apricot_worker(sim, k, optimizer)
     sim = torch.from_numpy(sim)
     small = sim[:WARM_UP, :WARM_UP].clone()
-    from replay_lcmat.submodular import FacilityLocation, maximize
+    from replay_lcmat.greedy import maximize
+    from replay_lcmat.submodular import FacilityLocation
 
     def run(matrix, budget):  # the matrix is finite by construction: no check
         fn = FacilityLocation(matrix, check_finite=False)

@@ -2,7 +2,7 @@
 and replay memories in continual learning.
 
 Modules: ``data``, ``models``, ``training``, ``seeding``, ``curvature``, ``submodular``,
-``selection``, ``condensation``, ``memory`` (replay memory), ``continual`` (the memory-only
+``greedy``, ``selection``, ``condensation``, ``memory`` (replay memory), ``continual`` (the memory-only
 protocol), ``diagnostics``, ``reporting`` (results files), ``cli``; Avalanche adapters in
 ``replay_lcmat.strategies`` and the paper protocols in ``replay_lcmat.benchmarks``.
 

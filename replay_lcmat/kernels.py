@@ -239,6 +239,31 @@ def _gains_source(sim, rows_of, cov, out) -> None:
         out[r] = total
 
 
+def _bound_sums_source(block, stride: int, m: int, w: int, c, cov, first: int, rows, cols) -> None:
+    """Both sums of one block of ``d`` (rows ``first:first + m``, points ``first:``, flat with
+    row ``stride``): ``rows[r] = sum_j max(0, (c - d_rj) - cov[first + j])`` over the whole
+    block, and, for the points right of the block's square, ``cols[j - m] += sum_r max(0,
+    (c - d_rj) - cov[first + r])`` (the mirrored block: ``d`` is symmetric). Each term as in
+    :func:`_gains_source` (``c - d`` in the block's dtype, the rest in float64); the order of
+    the sums is the compiler's."""
+    for r in prange(m):
+        o = r * stride
+        total = 0.0
+        for j in range(w):
+            v = np.float64(c - block[o + j]) - np.float64(cov[first + j])
+            total += v if v > 0.0 else 0.0
+        rows[r] = total
+    for tile in prange((w - m + TILE - 1) // TILE):  # a column is summed by one thread
+        j0 = m + tile * TILE
+        j1 = min(j0 + TILE, w)
+        for r in range(m):
+            o = r * stride
+            point = np.float64(cov[first + r])
+            for j in range(j0, j1):
+                v = np.float64(c - block[o + j]) - point
+                cols[j - m] += v if v > 0.0 else 0.0
+
+
 def _transpose_source(flat, src: int, dst: int, stride: int, m: int, w: int) -> None:
     """``flat[dst + i * stride + j] = flat[src + j * stride + i]`` for ``i < w``, ``j < m``: a
     transposed copy between two blocks of one row-major matrix, in 32 x 32 tiles (both sides
@@ -257,6 +282,7 @@ def _transpose_source(flat, src: int, dst: int, stride: int, m: int, w: int) -> 
 _transpose_compiled = _jit(_transpose_source)
 _grad_compiled = _jit(_grad_source)
 _gains_compiled = _jit(_gains_source, fastmath={"reassoc", "nsz"})
+_bound_sums_compiled = _jit(_bound_sums_source, fastmath={"reassoc", "nsz"})
 
 
 def _flat_rows(out: Tensor) -> tuple[Tensor, int]:
@@ -312,6 +338,32 @@ def coverage_gains(sim: Tensor, rows: Tensor, cov: Tensor, out: Tensor) -> Tenso
     _threads()
     _gains_compiled(sim.contiguous().numpy(), rows.cpu().numpy(), cov.contiguous().numpy(), result)
     return out.copy_(torch.from_numpy(result))
+
+
+def add_gain_sums(block: Tensor, c: Tensor, cov: Tensor, first: int, sums: Tensor) -> None:
+    """Add one block's share of every gain ``sum_i max(0, (c - d_ji) - cov_i)`` to ``sums``.
+
+    ``block``: rows ``first:first + m`` of a symmetric ``d`` from their diagonal on (points
+    ``first:``, ``[m, n - first]``, contiguous rows); ``c``: 0-dim, the block's dtype; ``cov``
+    ``[n]``; ``sums``: float64 ``[n]``. Rows ``first:first + m`` get their sums over the block,
+    the points after them their sums over the block's rows; over every block of rows, each
+    gain is summed whole, in an order of its own (CPU: compiled; elsewhere torch).
+    """
+    m, w = block.shape
+    if _bound_sums_compiled is None or block.device.type != "cpu":
+        s = torch.sub(c, block).double()
+        sums[first : first + m] += (s - cov[first:].double()).clamp_(min=0).sum(1)
+        sums[first + m :] += (s[:, m:] - cov[first : first + m, None].double()).clamp_(min=0).sum(0)
+        return
+    flat, stride = _flat_rows(block)
+    rows = np.empty(m, dtype=np.float64)
+    cols = np.zeros(w - m, dtype=np.float64)
+    _threads()
+    _bound_sums_compiled(
+        flat.numpy(), stride, m, w, c.numpy()[()], cov.contiguous().numpy(), first, rows, cols
+    )
+    sums[first : first + m] += torch.from_numpy(rows)
+    sums[first + m :] += torch.from_numpy(cols)
 
 
 def gains_compiled(device: torch.device) -> bool:

@@ -1,11 +1,7 @@
-"""Facility location and greedy maximisers, kept apart.
-
-:class:`FacilityLocation` is the set function; :func:`maximize` runs a greedy optimiser on any
-object with the same four members (``n_candidates``, ``initial_state``, ``gains``, ``update``),
-and knows nothing about gradients or similarities.
+"""Facility location, the set function of the greedy maximisers (:mod:`replay_lcmat.greedy`).
 
     fn = FacilityLocation(similarity)            # similarity[j, i]: how well j represents i
-    result = maximize(fn, budget=10)             # lazy greedy
+    result = maximize(fn, budget=10)             # lazy greedy (replay_lcmat.greedy)
     result.ranking, result.gains                 # picks in greedy order, marginal gains
 
 The similarity is a ``[n_candidates, n_points]`` tensor (dense) or any :class:`RowSource`, which
@@ -15,9 +11,7 @@ a source whose rows equal the tensor's bit for bit gives the same gains, picks a
 
 from __future__ import annotations
 
-import heapq
 import math
-from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -25,8 +19,6 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from replay_lcmat import kernels
-
-OPTIMIZERS = ("naive", "lazy", "stochastic")
 
 # Size of the row blocks FacilityLocation works in: big enough that each torch call does real
 # work, small enough to stay in cache and to be negligible next to the [n, n] similarity.
@@ -46,18 +38,6 @@ STREAM_PROGRESS_MIN_POINTS = 20_000
 def facility_location_peak_bytes(n_points: int, itemsize: int) -> int:
     """Estimated peak bytes of building an ``[n, n]`` similarity and running greedy on it."""
     return math.ceil(FACILITY_PEAK_FACTOR * n_points * n_points * itemsize)
-
-
-class SetFunction(Protocol):
-    """What the greedy optimisers need from a monotone submodular function."""
-
-    n_candidates: int
-
-    def initial_state(self) -> Tensor: ...
-
-    def gains(self, state: Tensor, candidates: Tensor | None = None) -> Tensor: ...
-
-    def update(self, state: Tensor, candidate: int) -> Tensor: ...
 
 
 # Bytes of rows a streamed source keeps from its recent calls (a row the lazy greedy has just
@@ -221,6 +201,12 @@ class FacilityLocation:
             out[a:b] = rows.clamp_(min=0).sum(1)[: b - a]
         return out
 
+    def gain_bounds(self, state: Tensor) -> Tensor | None:
+        """Upper bounds of every candidate's gain from the source's pass over half the
+        symmetric matrix (a streamed source that offers it), else None."""
+        bounds = getattr(self.source, "gain_bounds", None)
+        return None if bounds is None else bounds(state)
+
     def _range(self, a: int, b: int) -> Tensor:
         return torch.arange(a, b, device=self.device)
 
@@ -255,145 +241,3 @@ class FacilityLocation:
                 best = torch.where(better, values, best)
                 owner = torch.where(better, first + a, owner)
         return torch.bincount(owner, minlength=len(subset)).to(self.dtype)
-
-
-@dataclass(frozen=True)
-class GreedyResult:
-    """Greedy picks: ``ranking`` int64 ``[budget]`` in pick order, ``gains`` ``[budget]``."""
-
-    ranking: Tensor
-    gains: Tensor
-
-
-def maximize(
-    fn: SetFunction,
-    budget: int,
-    *,
-    optimizer: str = "lazy",
-    epsilon: float = 0.1,
-    generator: torch.Generator | None = None,
-) -> GreedyResult:
-    """Greedily pick ``budget`` candidates maximising ``fn``.
-
-    Args:
-        fn: the set function (e.g. :class:`FacilityLocation`).
-        budget: number of picks, ``1 <= budget <= fn.n_candidates``.
-        optimizer: ``"naive"`` (every gain at every step), ``"lazy"`` (Minoux's accelerated
-            greedy; the same picks as naive, ties to the lowest index) or ``"stochastic"``
-            (Mirzasoleiman et al. 2015: best of a random sample of
-            ``ceil(n / budget * ln(1 / epsilon))`` candidates per step; approximate).
-        epsilon: accuracy of the stochastic optimiser (ignored by the others).
-        generator: random source of the stochastic optimiser (default: seed 0).
-
-    Returns:
-        :class:`GreedyResult`; its first ``k`` picks are the greedy answer for budget ``k``.
-    """
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}.")
-    n = fn.n_candidates
-    if not 1 <= budget <= n:
-        raise ValueError(
-            f"budget must be between 1 and the number of candidates ({n}); got {budget}."
-        )
-    if optimizer == "stochastic" and not 0 < epsilon < 1:
-        raise ValueError(f"epsilon must be in (0, 1); got {epsilon}. 0.1 is a good default.")
-    label = getattr(fn, "progress_label", None)
-    with tqdm(total=budget, desc=f"{label}: greedy", disable=label is None, leave=False) as bar:
-        if optimizer == "naive":
-            return _naive_greedy(fn, budget, bar)
-        if optimizer == "lazy":
-            return _lazy_greedy(fn, budget, bar)
-        if generator is None:
-            generator = torch.Generator().manual_seed(0)
-        return _stochastic_greedy(fn, budget, epsilon, generator, bar)
-
-
-def _naive_greedy(fn: SetFunction, budget: int, bar: tqdm) -> GreedyResult:
-    state = fn.initial_state()
-    available = torch.ones(fn.n_candidates, dtype=torch.bool)
-    picks, gains = [], []
-    for _ in range(budget):
-        g = fn.gains(state).cpu()
-        g[~available] = -math.inf
-        j = int(torch.argmax(g))  # argmax returns the first (lowest-index) maximum
-        picks.append(j)
-        gains.append(float(g[j]))
-        available[j] = False
-        state = fn.update(state, j)
-        bar.update(1)
-    return _result(picks, gains, state.dtype)
-
-
-def _lazy_greedy(fn: SetFunction, budget: int, bar: tqdm) -> GreedyResult:
-    """Minoux's lazy greedy on a heap of upper bounds, refreshed in chunks.
-
-    Stale gains are upper bounds of the current gains (submodularity; also in floating point,
-    since every term ``max(0, s - cov)`` only shrinks and a row is always summed in the same
-    order). The heap orders ``(-bound, index)``, so its top is the largest bound, ties to the
-    lowest index. While the top is stale, the next chunk of stale entries (doubling in size,
-    from ``first_chunk`` up to ``max_chunk``) is popped, refreshed with one ``fn.gains`` call
-    and pushed back. A fresh top is exactly naive greedy's argmax: its gain is at least every
-    other bound, and an equal bound of a lower index would sit above it. The chunk sizes are
-    ``fn.lazy_chunks`` when it has them (a streamed function refreshes one at a time), else
-    ``(16, 1024)``; they change the work, never the picks. A function with ``initial_bounds``
-    (upper bounds of the first gains, e.g. from the streamed offset pass) starts from those,
-    all stale, instead of a pass over every candidate.
-    """
-    first_chunk, max_chunk = getattr(fn, "lazy_chunks", (16, 1024))
-    state = fn.initial_state()
-    device = state.device
-    # entries (-bound, index, step the bound was computed at); indices are unique, so the step
-    # never decides an order
-    bounds = getattr(fn, "initial_bounds", None)
-    if bounds is None:
-        heap = [(-g, j, 0) for j, g in enumerate(fn.gains(state).tolist())]
-    else:  # upper bounds known without a pass: stale from the start (step -1), refreshed on top
-        heap = [(-b, j, -1) for j, b in enumerate(bounds.tolist())]
-    heapq.heapify(heap)
-    picks, gains = [], []
-    for step in range(budget):
-        chunk = first_chunk
-        while heap[0][2] != step:
-            stale = []
-            while heap and heap[0][2] != step and len(stale) < chunk:
-                stale.append(heapq.heappop(heap)[1])
-            fresh = fn.gains(state, torch.tensor(stale, device=device)).tolist()
-            for j, g in zip(stale, fresh, strict=True):
-                heapq.heappush(heap, (-g, j, step))
-            chunk = min(2 * chunk, max_chunk)
-        negative_gain, j, _ = heapq.heappop(heap)
-        picks.append(j)
-        gains.append(-negative_gain)
-        state = fn.update(state, j)
-        bar.update(1)
-    return _result(picks, gains, state.dtype)
-
-
-def _stochastic_greedy(
-    fn: SetFunction, budget: int, epsilon: float, generator: torch.Generator, bar: tqdm
-) -> GreedyResult:
-    n = fn.n_candidates
-    sample_size = min(n, math.ceil(n / budget * math.log(1 / epsilon)))
-    state = fn.initial_state()
-    remaining = torch.arange(n)
-    picks, gains = [], []
-    for _ in range(budget):
-        k = min(sample_size, len(remaining))
-        pos = torch.randperm(len(remaining), generator=generator)[:k].sort().values
-        cands = remaining[pos]
-        g = fn.gains(state, cands.to(state.device)).cpu()
-        best = int(torch.argmax(g))
-        j = int(cands[best])
-        picks.append(j)
-        gains.append(float(g[best]))
-        remaining = torch.cat([remaining[: pos[best]], remaining[pos[best] + 1 :]])
-        state = fn.update(state, j)
-        bar.update(1)
-    return _result(picks, gains, state.dtype)
-
-
-def _result(picks: list[int], gains: list[float], dtype: torch.dtype) -> GreedyResult:
-    return GreedyResult(
-        ranking=torch.tensor(picks, dtype=torch.long),
-        gains=torch.tensor(gains, dtype=dtype),
-    )

@@ -10,9 +10,10 @@ import torch
 
 from replay_lcmat import submodular
 from replay_lcmat.curvature import pairwise_grad_distances
+from replay_lcmat.greedy import maximize
 from replay_lcmat.selection import lcmat_dissimilarity, lcmat_s, make_selector
 from replay_lcmat.selection.distances import l1_distances
-from replay_lcmat.submodular import FacilityLocation, maximize
+from replay_lcmat.submodular import FacilityLocation
 
 
 def similarity(n, seed, kind, dtype=torch.float64):

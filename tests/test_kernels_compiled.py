@@ -128,7 +128,8 @@ def test_coverage_gains_match_a_float64_loop_and_ignore_the_other_rows():
 
 @needs_compiled
 def test_facility_location_picks_are_the_same_with_and_without_the_compiled_gains(monkeypatch):
-    from replay_lcmat.submodular import FacilityLocation, maximize
+    from replay_lcmat.greedy import maximize
+    from replay_lcmat.submodular import FacilityLocation
 
     gen = torch.Generator().manual_seed(6)
     x = torch.randn(120, 6, generator=gen)

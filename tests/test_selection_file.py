@@ -17,10 +17,11 @@ import replay_lcmat
 from replay_lcmat.cli import main
 from replay_lcmat.data import load_dataset
 from replay_lcmat.data.folder import image_folder_files, load_image_folder
+from replay_lcmat.greedy import maximize
 from replay_lcmat.selection import LCMatS, lcmat_dissimilarity, make_selector, selection_subset
 from replay_lcmat.selection.record import selection_record
 from replay_lcmat.selection.report import curvature_share, selection_report
-from replay_lcmat.submodular import FacilityLocation, maximize
+from replay_lcmat.submodular import FacilityLocation
 
 # created out of name order, with names whose numeric and string orders differ
 NAMES = ("10.png", "2.png", "b.png", "a1.png", "1.png")

@@ -22,6 +22,7 @@ from references import (
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from replay_lcmat import resources, submodular
+from replay_lcmat.greedy import maximize
 from replay_lcmat.resources import NotEnoughMemoryError
 from replay_lcmat.selection import lcmat_s, make_selector
 from replay_lcmat.selection.base import ClassInputs
@@ -32,7 +33,7 @@ from replay_lcmat.selection.distances import (
 )
 from replay_lcmat.selection.products import _take, exact_dots, exact_self_dots, exact_split
 from replay_lcmat.selection.streamed import STREAM_BLOCK_ROWS, StreamedSimilarity
-from replay_lcmat.submodular import FacilityLocation, maximize
+from replay_lcmat.submodular import FacilityLocation
 
 FACILITY = ["lcmat-s", "craig", "adacore"]
 

@@ -9,7 +9,8 @@ import math
 import pytest
 import torch
 
-from replay_lcmat.submodular import FacilityLocation, maximize
+from replay_lcmat.greedy import maximize
+from replay_lcmat.submodular import FacilityLocation
 
 
 def random_similarity(n, seed, integer=False, dtype=torch.float64):

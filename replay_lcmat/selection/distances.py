@@ -104,6 +104,20 @@ class ClassDistances:
     lam_t: Tensor | None = None
     eps: float = 0.0
     block_rows: int = BLOCK_ROWS
+    _buffers: dict[tuple[str, torch.dtype], Tensor] | None = None
+
+    def _scratch(self, name: str, rows: int, cols: int, dtype: torch.dtype) -> Tensor:
+        """A ``[rows, cols]`` temporary reused from call to call (grown when too small): the
+        blocks' products and L1 terms go into memory already mapped, not into fresh pages of a
+        new allocation each time (tens of MB per block at large ``n``)."""
+        if self._buffers is None:
+            self._buffers = {}
+        flat = self._buffers.get((name, dtype))
+        if flat is None or flat.numel() < rows * cols:
+            flat = self._buffers[name, dtype] = torch.empty(
+                rows * cols, dtype=dtype, device=self.device
+            )
+        return flat[: rows * cols].view(rows, cols)
 
     def _grad(self, ids: Tensor, start: int = 0) -> Tensor:
         """Float64 ``[len(ids), n - start]`` distances of rows ``ids`` to points ``start:``."""
@@ -121,23 +135,20 @@ class ClassDistances:
         )
         out[torch.arange(len(ids), device=self.device), ids] = 0.0
         if self.lam is not None:
-            l1 = self.lam.new_empty(len(ids), self.n)
+            l1 = self._scratch("l1", len(ids), self.n, self.lam.dtype)
             l1_rows(self.lam, self.lam_t, ids, l1, add_to=out, eps=self.eps)
         return out
 
-    def upper(self, start: int, stop: int, out: Tensor, scratch: Tensor | None = None) -> Tensor:
+    def upper(self, start: int, stop: int, out: Tensor) -> Tensor:
         """Rows ``start:stop`` from the diagonal on (columns ``start:``) into ``out``
-        ``[stop - start, n - start]`` (a view into a larger matrix is fine); ``scratch``: at
-        least as many elements, for the L1 term. Each entry equals :meth:`rows`' bit for bit."""
+        ``[stop - start, n - start]`` (a view into a larger matrix is fine). Each entry equals
+        :meth:`rows`' bit for bit."""
         n = self.n
         ids = torch.arange(start, stop, device=self.device)
         self._grad_into(ids, start, out)
         out[:, : stop - start].fill_diagonal_(0.0)
         if self.lam is not None:
-            size = (stop - start) * (n - start)
-            if scratch is None:
-                scratch = self.lam.new_empty(size)
-            l1 = scratch[:size].view(stop - start, n - start)
+            l1 = self._scratch("l1", stop - start, n - start, self.lam.dtype)
             l1_block(self.lam, self.lam_t, start, stop, l1, add_to=out, eps=self.eps)
         return out
 
@@ -147,10 +158,9 @@ class ClassDistances:
         of a few blocks."""
         n, rows = self.n, self.block_rows
         out = torch.empty(n, n, dtype=self.dtype, device=self.device)
-        scratch = None if self.lam is None else self.lam.new_empty(min(rows, n) * n)
         for start in range(0, n, rows):
             stop = min(start + rows, n)
-            self.upper(start, stop, out[start:stop, start:], scratch)
+            self.upper(start, stop, out[start:stop, start:])
             _mirror_rows(out, start, stop)
         return out
 
@@ -201,9 +211,10 @@ class GradientDistances(ClassDistances):
         points = slice(start, None)
         h, e = _take(self.h, ids), _take(self.e, ids)
         h_cols, e_cols = _take(self.h, points), _take(self.e, points)
+        m, w = len(ids), self.n - start
         return grad_distances_into(
-            exact_dots(h, h_cols, scaled=False),
-            exact_dots(e, e_cols, scaled=False),
+            exact_dots(h, h_cols, scaled=False, out=self._scratch("h", m, w, torch.float64)),
+            exact_dots(e, e_cols, scaled=False, out=self._scratch("e", m, w, torch.float64)),
             (h[1], h_cols[1]),
             (e[1], e_cols[1]),
             (self.sq[ids], self.sq[points]),

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from replay_lcmat import resources
+from replay_lcmat.greedy import OPTIMIZERS, maximize
 from replay_lcmat.selection.base import ClassInputs, Selector
 from replay_lcmat.selection.distances import (
     ClassDistances,
@@ -32,10 +33,8 @@ from replay_lcmat.selection.streamed import (
     offset_and_check,
 )
 from replay_lcmat.submodular import (
-    OPTIMIZERS,
     FacilityLocation,
     facility_location_peak_bytes,
-    maximize,
     streamed_peak_bytes,
 )
 from replay_lcmat.validation import check_choice, check_flag, check_number, check_seed

@@ -96,13 +96,14 @@ def split_rows(x: Tensor, products: str) -> tuple[list[Tensor], Tensor, int]:
     return exact_split(x, 1 if x.dtype == torch.float32 else 3)
 
 
-def exact_dots(a: tuple, b: tuple, *, scaled: bool = True) -> Tensor:
+def exact_dots(a: tuple, b: tuple, *, scaled: bool = True, out: Tensor | None = None) -> Tensor:
     """``x_j . y_i`` for the rows of two :func:`exact_split` results, float64 ``[m, p]``.
 
     Every product of slices is an exact integer whatever the shapes; the levels (pairs of
     slices of equal weight) are then added smallest first, elementwise, and scaled by powers of
     two: the same value in the dense and the streamed path, and symmetric when ``a`` and ``b``
     are the same rows. ``scaled=False``: before the rows' and columns' scales (exact integers).
+    ``out``: float64 ``[m, p]`` (contiguous) to write into and return instead of a new tensor.
     """
     (qa, sa, bits), (qb, sb, _) = a, b
     total = None
@@ -110,7 +111,10 @@ def exact_dots(a: tuple, b: tuple, *, scaled: bool = True) -> Tensor:
         exact = None
         for i in range(level + 1):  # each product and their sum are exact integers
             with _no_tf32():
-                term = torch.mm(qa[i], qb[level - i].T)
+                if out is not None and total is None and exact is None:  # the first product
+                    term = torch.mm(qa[i], qb[level - i].T, out=out)
+                else:
+                    term = torch.mm(qa[i], qb[level - i].T)
             exact = term if exact is None else exact.add_(term)
         if level:
             exact.mul_(2.0 ** (-level * bits))

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from replay_lcmat import submodular
+from replay_lcmat import kernels, submodular
 from replay_lcmat.selection.distances import ClassDistances
 
 
@@ -59,7 +60,7 @@ def _first_gain_bounds(row_sums: Tensor, c: float, dtype: torch.dtype) -> Tensor
     ``C = max d`` (every ``s_ji >= 0``): ``n C - sum_i d_ij`` (float64 ``[n]``) plus a margin
     for the roundings of the gains as computed (each ``C - d`` rounded in ``dtype``, the sum
     rounded to ``dtype``): ``4 n C u`` with ``u`` the unit roundoff. The lazy greedy refreshes
-    the top ones before it picks (:func:`~replay_lcmat.submodular.maximize`), so the picks are
+    the top ones before it picks (:func:`~replay_lcmat.greedy.maximize`), so the picks are
     the exact greedy's, without a pass over every row for the first gains."""
     n = len(row_sums)
     unit = torch.finfo(dtype).eps / 2
@@ -105,41 +106,73 @@ class StreamedSimilarity:
         self._cache: OrderedDict[int, Tensor] = OrderedDict()
         self.offset = offset
         self.c: Tensor | None = None
+        self._buffer: Tensor | None = None  # one block of upper rows, reused by every pass
         if offset == "max":
             low = high = None
-            starts = tqdm(
-                range(0, self.n_candidates, STREAM_BLOCK_ROWS),
-                desc=f"{owner[0]} class {owner[1]}, streamed: offset pass",
-                disable=self.n_points < submodular.STREAM_PROGRESS_MIN_POINTS,
-                leave=False,
-            )
-            buffer = None
             row_sums = None  # sum_i d_ij of every row j, float64, from the same blocks
-            for a in starts:
-                stop = min(a + STREAM_BLOCK_ROWS, self.n_candidates)
-                if candidates is None:  # d is symmetric: the blocks from the diagonal on
-                    if buffer is None:
-                        buffer = torch.empty(
-                            STREAM_BLOCK_ROWS * self.n_points, dtype=self.dtype, device=self.device
-                        )
-                        row_sums = torch.zeros(
-                            self.n_points, dtype=torch.float64, device=self.device
-                        )
-                    block = buffer[: (stop - a) * (self.n_points - a)].view(
-                        stop - a, self.n_points - a
-                    )
-                    distances.upper(a, stop, block)
+            if candidates is None:  # d is symmetric: the blocks from the diagonal on
+                row_sums = torch.zeros(self.n_points, dtype=torch.float64, device=self.device)
+                blocks = self._upper_blocks("offset pass")
+            else:
+                blocks = self._candidate_blocks("offset pass")
+            for a, stop, block in blocks:
+                if row_sums is not None:
                     # rows a:stop see columns a: here, and columns before a in earlier blocks
                     row_sums[a:stop] += block.sum(1, dtype=torch.float64)
                     row_sums[stop:] += block[:, stop - a :].sum(0, dtype=torch.float64)
-                else:
-                    block = self._distances(torch.arange(a, stop))
                 lo, hi = torch.aminmax(block)
                 low = lo if low is None else torch.minimum(low, lo)
                 high = hi if high is None else torch.maximum(high, hi)
             self.c = offset_and_check(*owner, offset, low, high, self.n_points)
             if row_sums is not None:
                 self.initial_bounds = _first_gain_bounds(row_sums, float(self.c), self.dtype)
+
+    def _bar(self, starts: range, what: str):
+        return tqdm(
+            starts,
+            desc=f"{self.owner[0]} class {self.owner[1]}, streamed: {what}",
+            disable=self.n_points < submodular.STREAM_PROGRESS_MIN_POINTS,
+            leave=False,
+        )
+
+    def _upper_blocks(self, what: str) -> Iterator[tuple[int, int, Tensor]]:
+        """``(a, stop, d[a:stop, a:])`` for blocks of :data:`STREAM_BLOCK_ROWS` rows (every point
+        a candidate): the blocks from the diagonal on, each in the same reused buffer."""
+        n = self.n_points
+        if self._buffer is None:
+            self._buffer = torch.empty(STREAM_BLOCK_ROWS * n, dtype=self.dtype, device=self.device)
+        for a in self._bar(range(0, n, STREAM_BLOCK_ROWS), what):
+            stop = min(a + STREAM_BLOCK_ROWS, n)
+            block = self._buffer[: (stop - a) * (n - a)].view(stop - a, n - a)
+            yield a, stop, self.distances.upper(a, stop, block)
+
+    def _candidate_blocks(self, what: str) -> Iterator[tuple[int, int, Tensor]]:
+        for a in self._bar(range(0, self.n_candidates, STREAM_BLOCK_ROWS), what):
+            stop = min(a + STREAM_BLOCK_ROWS, self.n_candidates)
+            yield a, stop, self._distances(torch.arange(a, stop))
+
+    def gain_bounds(self, cov: Tensor) -> Tensor | None:
+        """Upper bounds of every candidate's gain ``sum_i max(0, s_ji - cov_i)`` (float64
+        ``[n]``) from one pass over the blocks from the diagonal on: half the work of making
+        every row, since ``s`` is symmetric and a block gives its rows' and, mirrored, its
+        columns' share (:func:`~replay_lcmat.kernels.add_gain_sums`). The terms are those of the
+        gains as computed; only the order of the float64 sum differs, which moves a sum of
+        ``n`` non-negative terms by less than ``n u`` of itself (``u`` = 2^-53), and the gains
+        are then rounded to the inputs' dtype (half an ulp): hence a margin of ``4 n u`` plus
+        twice the dtype's unit roundoff, relative. None when the candidates are not every point.
+        """
+        if self.candidates is not None:
+            return None
+        n = self.n_points
+        sums = torch.zeros(n, dtype=torch.float64, device=self.device)
+        for a, _, block in self._upper_blocks("gain bounds"):
+            c = self.c
+            if c is None:  # a float offset: check the blocks as they come
+                low, high = torch.aminmax(block)
+                c = offset_and_check(*self.owner, self.offset, low, high, n)
+            kernels.add_gain_sums(block, c, cov, a, sums)
+        margin = 4 * n * torch.finfo(torch.float64).eps / 2 + torch.finfo(self.dtype).eps
+        return sums.mul_(1.0 + margin)
 
     def _distances(self, ids: Tensor) -> Tensor:
         ids = ids.to(self.device)

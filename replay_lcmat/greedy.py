@@ -1,0 +1,215 @@
+"""Greedy maximisers of a monotone submodular function (facility location, Sec. 3 of the paper).
+
+:func:`maximize` runs a greedy optimiser on any object with the four members of
+:class:`SetFunction` (``n_candidates``, ``initial_state``, ``gains``, ``update``; e.g.
+:class:`~replay_lcmat.submodular.FacilityLocation`) and knows nothing about gradients or
+similarities.
+
+    result = maximize(fn, budget=10)             # lazy greedy
+    result.ranking, result.gains                 # picks in greedy order, marginal gains
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+OPTIMIZERS = ("naive", "lazy", "stochastic")
+
+
+class SetFunction(Protocol):
+    """What the greedy optimisers need from a monotone submodular function."""
+
+    n_candidates: int
+
+    def initial_state(self) -> Tensor: ...
+
+    def gains(self, state: Tensor, candidates: Tensor | None = None) -> Tensor: ...
+
+    def update(self, state: Tensor, candidate: int) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class GreedyResult:
+    """Greedy picks: ``ranking`` int64 ``[budget]`` in pick order, ``gains`` ``[budget]``."""
+
+    ranking: Tensor
+    gains: Tensor
+
+
+def maximize(
+    fn: SetFunction,
+    budget: int,
+    *,
+    optimizer: str = "lazy",
+    epsilon: float = 0.1,
+    generator: torch.Generator | None = None,
+) -> GreedyResult:
+    """Greedily pick ``budget`` candidates maximising ``fn``.
+
+    Args:
+        fn: the set function (e.g. :class:`FacilityLocation`).
+        budget: number of picks, ``1 <= budget <= fn.n_candidates``.
+        optimizer: ``"naive"`` (every gain at every step), ``"lazy"`` (Minoux's accelerated
+            greedy; the same picks as naive, ties to the lowest index) or ``"stochastic"``
+            (Mirzasoleiman et al. 2015: best of a random sample of
+            ``ceil(n / budget * ln(1 / epsilon))`` candidates per step; approximate).
+        epsilon: accuracy of the stochastic optimiser (ignored by the others).
+        generator: random source of the stochastic optimiser (default: seed 0).
+
+    Returns:
+        :class:`GreedyResult`; its first ``k`` picks are the greedy answer for budget ``k``.
+    """
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}.")
+    n = fn.n_candidates
+    if not 1 <= budget <= n:
+        raise ValueError(
+            f"budget must be between 1 and the number of candidates ({n}); got {budget}."
+        )
+    if optimizer == "stochastic" and not 0 < epsilon < 1:
+        raise ValueError(f"epsilon must be in (0, 1); got {epsilon}. 0.1 is a good default.")
+    label = getattr(fn, "progress_label", None)
+    with tqdm(total=budget, desc=f"{label}: greedy", disable=label is None, leave=False) as bar:
+        if optimizer == "naive":
+            return _naive_greedy(fn, budget, bar)
+        if optimizer == "lazy":
+            return _lazy_greedy(fn, budget, bar)
+        if generator is None:
+            generator = torch.Generator().manual_seed(0)
+        return _stochastic_greedy(fn, budget, epsilon, generator, bar)
+
+
+def _naive_greedy(fn: SetFunction, budget: int, bar: tqdm) -> GreedyResult:
+    state = fn.initial_state()
+    available = torch.ones(fn.n_candidates, dtype=torch.bool)
+    picks, gains = [], []
+    for _ in range(budget):
+        g = fn.gains(state).cpu()
+        g[~available] = -math.inf
+        j = int(torch.argmax(g))  # argmax returns the first (lowest-index) maximum
+        picks.append(j)
+        gains.append(float(g[j]))
+        available[j] = False
+        state = fn.update(state, j)
+        bar.update(1)
+    return _result(picks, gains, state.dtype)
+
+
+def _lazy_greedy(fn: SetFunction, budget: int, bar: tqdm) -> GreedyResult:
+    """Minoux's lazy greedy on a heap of upper bounds, refreshed in chunks.
+
+    Stale gains are upper bounds of the current gains (submodularity; also in floating point,
+    since every term ``max(0, s - cov)`` only shrinks and a row is always summed in the same
+    order). The heap orders ``(-bound, index)``, so its top is the largest bound, ties to the
+    lowest index. While the top is stale, the next chunk of stale entries (doubling in size,
+    from ``first_chunk`` up to ``max_chunk``) is popped, refreshed with one ``fn.gains`` call
+    and pushed back. A fresh top is exactly naive greedy's argmax: its gain is at least every
+    other bound, and an equal bound of a lower index would sit above it. The chunk sizes are
+    ``fn.lazy_chunks`` when it has them, else ``(16, 1024)``; they change the work, never the
+    picks.
+
+    Other upper bounds leave the picks alike. A function with ``initial_bounds`` (e.g. from
+    the streamed offset pass) starts from those, all stale, instead of a pass over every
+    candidate; one with ``gain_bounds(state)`` (a streamed symmetric matrix: every bound for
+    half the work of every row) starts from those, and uses them within a step when more than
+    half the candidates would still need refreshing (:func:`_worth_a_bound_pass`).
+    """
+    first_chunk, max_chunk = getattr(fn, "lazy_chunks", (16, 1024))
+    bound_pass = getattr(fn, "gain_bounds", None)
+    n = fn.n_candidates
+    state = fn.initial_state()
+    device = state.device
+    # entries (-bound, index, step the bound was computed at); indices are unique, so the step
+    # never decides an order
+    bounds = getattr(fn, "initial_bounds", None)
+    if bounds is None and bound_pass is not None:
+        bounds = bound_pass(state)
+    if bounds is None:
+        heap = [(-g, j, 0) for j, g in enumerate(fn.gains(state).tolist())]
+    else:  # upper bounds known without a pass: stale from the start (step -1), refreshed on top
+        heap = [(-b, j, -1) for j, b in enumerate(bounds.tolist())]
+    heapq.heapify(heap)
+    picks, gains = [], []
+    for step in range(budget):
+        chunk, refreshed, best = first_chunk, 0, -math.inf
+        checked = bound_pass is None
+        while heap[0][2] != step:
+            if not checked and refreshed >= n // 32:
+                checked = True
+                if _worth_a_bound_pass(heap, step, best, n):
+                    tighter = bound_pass(state)
+                    if tighter is None:
+                        bound_pass = None
+                    else:
+                        heap = _tightened(heap, step, tighter.tolist())
+                        chunk = first_chunk  # tight bounds: few refreshes left
+                        continue
+            stale = []
+            while heap and heap[0][2] != step and len(stale) < chunk:
+                stale.append(heapq.heappop(heap)[1])
+            fresh = fn.gains(state, torch.tensor(stale, device=device)).tolist()
+            for j, g in zip(stale, fresh, strict=True):
+                heapq.heappush(heap, (-g, j, step))
+            refreshed, best = refreshed + len(stale), max(best, *fresh)
+            chunk = min(2 * chunk, max_chunk)
+        negative_gain, j, _ = heapq.heappop(heap)
+        picks.append(j)
+        gains.append(-negative_gain)
+        state = fn.update(state, j)
+        bar.update(1)
+    return _result(picks, gains, state.dtype)
+
+
+def _worth_a_bound_pass(heap: list, step: int, best: float, n: int) -> bool:
+    """Whether more than ``n / 2`` stale entries have a bound above ``best`` (the largest gain
+    refreshed so far this step, at most the pick's): each of them would be refreshed row by
+    row, while one bound pass costs about ``n / 2`` rows."""
+    return sum(1 for bound, _, at in heap if at != step and -bound > best) > n // 2
+
+
+def _tightened(heap: list, step: int, bounds: list[float]) -> list:
+    """The heap with each stale bound lowered to ``bounds[j]`` where that is smaller (still
+    stale: the exact gain is computed before a pick)."""
+    heap = [
+        entry if entry[2] == step else (max(entry[0], -bounds[entry[1]]), entry[1], entry[2])
+        for entry in heap
+    ]
+    heapq.heapify(heap)
+    return heap
+
+
+def _stochastic_greedy(
+    fn: SetFunction, budget: int, epsilon: float, generator: torch.Generator, bar: tqdm
+) -> GreedyResult:
+    n = fn.n_candidates
+    sample_size = min(n, math.ceil(n / budget * math.log(1 / epsilon)))
+    state = fn.initial_state()
+    remaining = torch.arange(n)
+    picks, gains = [], []
+    for _ in range(budget):
+        k = min(sample_size, len(remaining))
+        pos = torch.randperm(len(remaining), generator=generator)[:k].sort().values
+        cands = remaining[pos]
+        g = fn.gains(state, cands.to(state.device)).cpu()
+        best = int(torch.argmax(g))
+        j = int(cands[best])
+        picks.append(j)
+        gains.append(float(g[best]))
+        remaining = torch.cat([remaining[: pos[best]], remaining[pos[best] + 1 :]])
+        state = fn.update(state, j)
+        bar.update(1)
+    return _result(picks, gains, state.dtype)
+
+
+def _result(picks: list[int], gains: list[float], dtype: torch.dtype) -> GreedyResult:
+    return GreedyResult(
+        ranking=torch.tensor(picks, dtype=torch.long),
+        gains=torch.tensor(gains, dtype=dtype),
+    )

@@ -1,0 +1,93 @@
+"""The streamed pass over half the matrix that bounds every gain (lazy greedy, Minoux 1978).
+
+A block of rows from the diagonal on gives its rows' and, mirrored, its columns' share of
+``sum_i max(0, s_ji - cov_i)``; the bounds must never be below a gain as the greedy computes
+it (else a pick could change), and close to it (else they save nothing).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from replay_lcmat import greedy, kernels
+from replay_lcmat.greedy import maximize
+from replay_lcmat.selection import make_selector
+from replay_lcmat.selection.base import ClassInputs
+from replay_lcmat.selection.streamed import StreamedSimilarity
+from replay_lcmat.submodular import FacilityLocation
+
+
+def distances(n=150, dtype=torch.float32, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    features = torch.randn(n, 8, generator=gen, dtype=dtype).relu()
+    logits = torch.randn(n, 5, generator=gen, dtype=dtype) * 2
+    features[: n // 5], logits[: n // 5] = (
+        features[n // 2 : n // 2 + n // 5],
+        logits[n // 2 : n // 2 + n // 5],
+    )
+    labels = torch.zeros(n, dtype=torch.long)
+    inputs = ClassInputs(label=0, features=features, logits=logits, labels=labels)
+    return make_selector("lcmat-s", eps=0.3, k_dims=6).distances(inputs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("offset", ["max", 3.0])
+@pytest.mark.parametrize("compiled", [True, False])
+def test_gain_bounds_hold_every_gain_from_above_and_tightly(dtype, offset, compiled, monkeypatch):
+    if not compiled:  # the torch twin (what runs off the CPU)
+        monkeypatch.setattr(kernels, "_bound_sums_compiled", None)
+    dist = distances(dtype=dtype)
+    source = StreamedSimilarity(dist, offset)
+    fn = FacilityLocation(source)
+    state = fn.initial_state()
+    for pick in (3, 77, 140):
+        state = fn.update(state, pick)
+        bounds = source.gain_bounds(state)
+        gains = fn.gains(state).double()
+        # an independent sum over the dense similarity, in float64
+        d = dist.dense()
+        c = d.max() if offset == "max" else torch.tensor(offset, dtype=dtype)
+        brute = ((c - d).double() - state.double()).clamp(min=0).sum(1)
+        assert (bounds >= gains).all() and (bounds >= brute).all()
+        rtol = 4 * torch.finfo(dtype).eps  # the margin: the gains' rounding to the dtype
+        assert torch.allclose(bounds, brute, rtol=rtol, atol=1e-9 * float(brute.max()))
+
+
+def test_a_candidate_subset_has_no_gain_bounds():
+    dist = distances(n=60)
+    source = StreamedSimilarity(dist, "max", candidates=torch.arange(0, 60, 2))
+    assert source.gain_bounds(torch.zeros(60)) is None
+    dense = FacilityLocation(torch.rand(5, 5))
+    assert dense.gain_bounds(dense.initial_state()) is None
+
+
+@pytest.mark.parametrize("offset", ["max", 2.0])
+def test_the_lazy_greedy_with_bound_passes_makes_the_naive_picks(offset, monkeypatch):
+    """Exact ties included (a fifth of the samples are copies): the bounds only decide which
+    rows are refreshed, never a pick or its gain."""
+    dist = distances(n=240, seed=3)
+    passes = []
+    real = StreamedSimilarity.gain_bounds
+
+    def counted(self, cov):
+        passes.append(len(cov))
+        return real(self, cov)
+
+    monkeypatch.setattr(StreamedSimilarity, "gain_bounds", counted)
+    lazy = maximize(FacilityLocation(StreamedSimilarity(dist, offset)), 60, optimizer="lazy")
+    assert passes, "no bound pass ran: the test would not see a wrong one"
+    naive = maximize(FacilityLocation(StreamedSimilarity(dist, offset)), 60, optimizer="naive")
+    assert torch.equal(lazy.ranking, naive.ranking) and torch.equal(lazy.gains, naive.gains)
+    d = dist.dense()
+    dense = maximize(FacilityLocation((d.max() if offset == "max" else offset) - d), 60)
+    assert torch.equal(lazy.ranking, dense.ranking)
+
+
+def test_a_bound_pass_runs_only_when_most_rows_would_be_refreshed():
+    heap = [(-10.0, j, 0) for j in range(10)] + [(-1.0, 10, 1)]
+    assert greedy._worth_a_bound_pass(heap, 1, best=1.0, n=11)  # 10 stale above 1
+    assert not greedy._worth_a_bound_pass(heap, 1, best=10.0, n=11)  # none above 10
+    tightened = greedy._tightened(heap, 1, [2.0] * 11)
+    assert sorted(tightened)[0] == (-2.0, 0, 0)  # stale bounds lowered, still stale
+    assert (-1.0, 10, 1) in tightened  # a fresh gain kept as it is
