@@ -98,6 +98,9 @@ def _worker(rank: int, processes: int, store: str, out: str, spec: dict) -> None
                 "extract_s": extracted - start,
                 "select_s": end - extracted,
                 "threads_per_process": threads,
+                # torch's threads once selection is over: the share must survive the compiled
+                # kernels (their thread pool once reset it to all cores)
+                "threads_after": torch.get_num_threads(),
                 "n": len(train),
                 "indices": result.indices,
             }
@@ -147,11 +150,12 @@ def measure(
         width: ConvNet-3 channels; seed: its initialisation.
 
     Returns:
-        ``{"processes", "threads", "threads_per_process", "n", "per_class", "wall_s", "extract_s", "select_s",
-        "identical"}``: seconds from a barrier before extraction to a barrier after selection
-        (data loading excluded), and whether the selection equals the one-process selection
-        (indices and order; the one-process run is made once per setting, untimed, if not
-        measured before).
+        ``{"processes", "threads", "threads_per_process", "threads_after", "n", "per_class",
+        "wall_s", "extract_s", "select_s", "identical"}``: seconds from a barrier before
+        extraction to a barrier after selection (data loading excluded), rank 0's torch threads
+        after selection (``threads_after``: should equal ``threads_per_process``), and whether
+        the selection equals the one-process selection (indices and order; the one-process run is
+        made once per setting, untimed, if not measured before).
     """
     if processes < 1 or threads < 1 or per_class < 1:
         raise ValueError(
@@ -176,6 +180,7 @@ def measure(
         "processes": processes,
         "threads": threads,
         "threads_per_process": record["threads_per_process"],
+        "threads_after": record["threads_after"],
         "n": record["n"],
         "per_class": per_class,
         "wall_s": record["wall_s"],

@@ -121,8 +121,19 @@ def _jit(source, **flags):
 
 
 def _threads() -> None:
-    """Give the kernels as many threads as torch uses (``torch.set_num_threads``)."""
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    """Give the kernels as many threads as torch uses (``torch.set_num_threads``), and leave
+    torch's count as it was.
+
+    The first call starts numba's thread pool. Under numba's OpenMP threading layer, starting
+    it sets OpenMP's thread count, which torch shares, to ``NUMBA_NUM_THREADS`` (all cores):
+    a process that had taken a share of the cores (one of several ranks on a host) would then
+    run every later torch operation on all of them, the ranks oversubscribing the cores. So
+    torch's count is read first and put back when it changed.
+    """
+    wanted = torch.get_num_threads()
+    numba.set_num_threads(max(1, min(wanted, numba.config.NUMBA_NUM_THREADS)))
+    if torch.get_num_threads() != wanted:
+        torch.set_num_threads(wanted)
 
 
 _add_scaled = None if numba is None else numba.njit(nogil=True, cache=True)(_add_scaled_source)

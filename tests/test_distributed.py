@@ -123,6 +123,7 @@ def _extract_and_select() -> dict:
         result[f"memory {policy}"] = select_exemplars(
             policy, features=out.features, logits=out.logits, labels=out.labels, per_class=4, seed=2
         )
+    result["threads"] = torch.get_num_threads()  # the rank's share, after the compiled kernels
     return result
 
 
@@ -142,6 +143,7 @@ def test_extraction_and_selection_equal_one_process(two_ranks, one_thread):
     assert torch.equal(indices0, recorded) and torch.equal(indices1, recorded)
     for got in ranks:
         assert "raised" not in got, got
+        assert got["threads"] == 1  # each rank's one thread (the harness's) stayed one
         for key in ("features", "logits", "labels"):
             assert torch.equal(got[key], expected[key]), key
         for stats in ("running", "class-center"):

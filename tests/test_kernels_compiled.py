@@ -1,5 +1,9 @@
 """The fused L1 kernel of LCMat-S's curvature term against torch and a plain loop."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -195,3 +199,27 @@ def test_fused_add_rounds_as_torch_add_of_the_scaled_l1(dtype):
     plain = l1.l1_rows(x, x_t, rows, x.new_empty(5, 660), first_column=40, compiled=False)
     twin.add_(plain.mul_(0.037))
     assert torch.equal(fused, twin)
+
+
+@needs_compiled
+def test_the_first_kernel_call_leaves_torch_threads_as_they_were():
+    """Starting numba's pool (its OpenMP layer sets OpenMP's count, which torch shares, to
+    NUMBA_NUM_THREADS) must not undo a process's share of the cores: one of two ranks on two
+    cores with one thread each would otherwise run torch on two threads after the first kernel
+    call. A fresh process, since the pool starts once per process."""
+    script = (
+        "import torch, numba\n"
+        "torch.set_num_threads(1)\n"
+        "from replay_lcmat import kernels\n"
+        "x = torch.rand(40, 3)\n"
+        "kernels.l1_rows(x, x.T.contiguous(), torch.arange(40), x.new_empty(40, 40), "
+        "compiled=True)\n"
+        "print(torch.get_num_threads(), numba.get_num_threads())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env["NUMBA_NUM_THREADS"] = "2"  # a pool larger than the share, on any machine
+    run = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["1", "1"]
