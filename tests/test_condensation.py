@@ -17,6 +17,8 @@ from replay_lcmat.condensation import (
     make_condenser,
     mean_embedding_loss,
 )
+from replay_lcmat.condensation.objectives import head_grad_variances
+from replay_lcmat.curvature import last_layer_grads
 from replay_lcmat.models import ConvNet
 from replay_lcmat.seeding import seeded
 
@@ -99,6 +101,22 @@ def test_variance_gap_matches_per_sample_autograd_loop():
     (grad_ref,) = torch.autograd.grad(reference, syn)
     assert grad_ours.abs().sum() > 0
     torch.testing.assert_close(grad_ours, grad_ref)
+
+
+def test_head_grad_variances_from_moments_match_the_gradient_matrix():
+    # features with a large common offset and a small spread: the difference of moments cancels
+    # most of its digits, so the float64 moments must still give the variance of the rows of
+    # the explicit [n, c*(d+1)] gradient matrix (two-pass, float64)
+    gen = torch.Generator().manual_seed(3)
+    features = 50 + 0.01 * torch.randn(40, 6, generator=gen)
+    logits = torch.randn(40, 5, generator=gen)
+    ours = head_grad_variances(features, logits, 2)
+    grads = last_layer_grads(features.double(), logits.double(), torch.full((40,), 2))
+    reference = ((grads - grads.mean(0)) ** 2).sum(0) / (40 - 1)
+    assert ours.dtype == torch.float64 and ours.shape == (5 * 7,)
+    torch.testing.assert_close(ours, reference, rtol=1e-6, atol=1e-12)
+    one = head_grad_variances(features[:1], logits[:1], 2)
+    assert torch.equal(one, torch.zeros(5 * 7, dtype=torch.float64))
 
 
 def test_mean_embedding_loss():
