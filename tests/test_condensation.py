@@ -414,3 +414,37 @@ def test_network_is_seeded_without_global_state():
     with seeded(0):
         b = TINY_NET(in_channels=3, num_classes=2, image_size=8)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("method", ["dsa", "lcmat-c"])
+def test_cpu_chunks_of_real_batches_give_the_whole_batch_result(method, monkeypatch):
+    # on the CPU a ConvNet takes real batches in chunks of CPU_CHUNK images; the summed chunk
+    # gradients over the batch size are the batch-mean gradient, so the set is the one of
+    # whole-batch passes up to float rounding (instance norm treats every image on its own)
+    import replay_lcmat.condensation.gradient_matching as gm
+
+    sizes = []
+
+    def network(**shape):
+        net = TINY_NET(**shape)
+        net.body[0].register_forward_pre_hook(lambda _m, args: sizes.append(len(args[0])))
+        return net
+
+    images, labels = _data(per_class=40)
+    options = _options(method, network=network, batch_real=40, batch_train=100)
+    options |= {"iterations": 1, "lr_img": 1.0}  # a large step, for a visible change
+    monkeypatch.setattr(gm, "CPU_CHUNK", 16)
+    chunked = make_condenser(method, **options).condense(images, labels, per_class=3)
+    assert sizes and max(sizes) == 16  # every real pass cut to 16 images
+    monkeypatch.setattr(gm, "CPU_CHUNK", None)
+    sizes.clear()
+    whole = make_condenser(method, **options).condense(images, labels, per_class=3)
+    assert max(sizes) >= 40
+    init = make_condenser(method, **options | {"iterations": 0}).condense(
+        images, labels, per_class=3
+    )
+    assert (whole.images - init.images).abs().max() > 1e-3
+    torch.testing.assert_close(chunked.images, whole.images, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        torch.tensor(chunked.losses), torch.tensor(whole.losses), rtol=1e-5, atol=1e-6
+    )
