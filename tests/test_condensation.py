@@ -416,12 +416,12 @@ def test_network_is_seeded_without_global_state():
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
 
 
-@pytest.mark.parametrize("method", ["dsa", "lcmat-c"])
+@pytest.mark.parametrize("method", ["dsa", "lcmat-c", "dm"])
 def test_cpu_chunks_of_real_batches_give_the_whole_batch_result(method, monkeypatch):
     # on the CPU a ConvNet takes real batches in chunks of CPU_CHUNK images; the summed chunk
     # gradients over the batch size are the batch-mean gradient, so the set is the one of
     # whole-batch passes up to float rounding (instance norm treats every image on its own)
-    import replay_lcmat.condensation.gradient_matching as gm
+    import replay_lcmat.condensation.base as gm
 
     sizes = []
 
@@ -431,7 +431,8 @@ def test_cpu_chunks_of_real_batches_give_the_whole_batch_result(method, monkeypa
         return net
 
     images, labels = _data(per_class=40)
-    options = _options(method, network=network, batch_real=40, batch_train=100)
+    steps = {} if method == "dm" else {"batch_train": 100}
+    options = _options(method, network=network, batch_real=40, **steps)
     options |= {"iterations": 1, "lr_img": 1.0}  # a large step, for a visible change
     monkeypatch.setattr(gm, "CPU_CHUNK", 16)
     chunked = make_condenser(method, **options).condense(images, labels, per_class=3)

@@ -23,7 +23,7 @@ from replay_lcmat.condensation.storage import SyntheticSet
 from replay_lcmat.condensation.task import NetworkFactory, Task, check_inputs, make_task
 from replay_lcmat.data.dsa import DSA
 from replay_lcmat.files import exclusive_output
-from replay_lcmat.models import MODEL_NAMES, make_model
+from replay_lcmat.models import MLP, MODEL_NAMES, ConvNet, ModelFeatures, make_model
 from replay_lcmat.registry import Registry, get_params
 from replay_lcmat.validation import (
     check_choice,
@@ -32,6 +32,10 @@ from replay_lcmat.validation import (
     check_seed,
     option_error,
 )
+
+# images per forward/backward pass on the CPU (see Condenser.chunk_size): ConvNet-3's largest
+# activation is then 16 MB instead of 134 MB at 256 images
+CPU_CHUNK = 32
 
 CONDENSERS = Registry("condenser")
 """Every condenser by name, with its paper's defaults (registered next to each class)."""
@@ -198,6 +202,26 @@ class Condenser(Checkpointing, ABC):
                 params = augment.sample(size, task.generator)
                 real, fake = augment.apply(real, params), augment.apply(fake, params)
             yield j, real, fake
+
+    @staticmethod
+    def chunk_size(net: nn.Module, device: torch.device) -> int | None:
+        """Images per forward/backward pass of a real batch (``None``: the whole batch at once).
+
+        On the CPU, ``CPU_CHUNK`` images at a time keep the activations small (about 20% less
+        time for a 256-image step of ConvNet-3 at one thread); the summed chunk gradients,
+        divided by the batch size, are the batch-mean gradient, the same function, because a
+        library ConvNet or MLP without batch norm treats every image on its own (instance norm
+        is per image); forward-only passes (DM's real embeddings) are the same values. Other
+        networks, batch norm and other devices take the batch whole. ``net``: the network or
+        its features part (:class:`~replay_lcmat.models.ModelFeatures`).
+        """
+        if isinstance(net, ModelFeatures):  # the features part of a split model
+            net = net.model
+        if device.type != "cpu" or not isinstance(net, ConvNet | MLP):
+            return None
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()):
+            return None
+        return CPU_CHUNK
 
     @abstractmethod
     def _step(self, syn: Tensor, optimizer: torch.optim.Optimizer, task: Task) -> float:

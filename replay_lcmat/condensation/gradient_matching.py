@@ -20,7 +20,6 @@ from replay_lcmat import collectives, distributed
 from replay_lcmat.condensation.base import CONDENSERS, Condenser
 from replay_lcmat.condensation.objectives import head_variance_gap, layerwise_distance
 from replay_lcmat.condensation.task import Task
-from replay_lcmat.models import MLP, ConvNet
 from replay_lcmat.validation import check_choice, check_number
 
 # (outer_loop, inner_loop) by ipc, from the public DC/DSA code
@@ -32,11 +31,6 @@ def default_loops(per_class: int) -> tuple[int, int]:
     the nearest listed one."""
     nearest = min(DC_LOOPS, key=lambda listed: (abs(listed - per_class), listed))
     return DC_LOOPS[nearest]
-
-
-# images per forward/backward pass on the CPU (see GradientMatchingCondenser.chunk_size):
-# ConvNet-3's largest activation is then 16 MB instead of 134 MB at 256 images
-CPU_CHUNK = 32
 
 
 # DC/DSA defaults follow their authors' public code; LCMat-C follows the LCMat paper's
@@ -177,22 +171,6 @@ class GradientMatchingCondenser(Condenser):
             if self.rho > 0:
                 loss = loss + head_variance_gap((h_real, z_real), (h_fake, z_fake), j, self.rho)
         return loss
-
-    @staticmethod
-    def chunk_size(net: nn.Module, device: torch.device) -> int | None:
-        """Images per forward/backward pass of a real batch (``None``: the whole batch at once).
-
-        On the CPU, ``CPU_CHUNK`` images at a time keep the activations small (about 20% less
-        time for a 256-image step of ConvNet-3 at one thread); the summed chunk gradients,
-        divided by the batch size, are the batch-mean gradient, the same function, because a
-        library ConvNet or MLP without batch norm treats every image on its own (instance norm
-        is per image). Other networks, batch norm and other devices take the batch whole.
-        """
-        if device.type != "cpu" or not isinstance(net, ConvNet | MLP):
-            return None
-        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()):
-            return None
-        return CPU_CHUNK
 
     @staticmethod
     def _real_gradient(
