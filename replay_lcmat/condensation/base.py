@@ -34,8 +34,8 @@ from replay_lcmat.validation import (
 )
 
 # images per forward/backward pass on the CPU (see Condenser.chunk_size): ConvNet-3's largest
-# activation is then 16 MB instead of 134 MB at 256 images
-CPU_CHUNK = 32
+# activation is then 8 MB instead of 134 MB at 256 images
+CPU_CHUNK = 16
 
 CONDENSERS = Registry("condenser")
 """Every condenser by name, with its paper's defaults (registered next to each class)."""
@@ -205,11 +205,13 @@ class Condenser(Checkpointing, ABC):
 
     @staticmethod
     def chunk_size(net: nn.Module, device: torch.device) -> int | None:
-        """Images per forward/backward pass of a real batch (``None``: the whole batch at once).
+        """Images per pass of a batch without gradient to the images (real class batches,
+        network steps; ``None``: the whole batch at once).
 
-        On the CPU, ``CPU_CHUNK`` images at a time keep the activations small (about 20% less
-        time for a 256-image step of ConvNet-3 at one thread); the summed chunk gradients,
-        divided by the batch size, are the batch-mean gradient, the same function, because a
+        On the CPU, ``CPU_CHUNK`` images at a time keep the activations small (about a third
+        less CPU time for a 256-image step of ConvNet-3, at 1 or 2 threads); the gradients of
+        the chunks' summed losses over the batch size add up to the batch-mean gradient, the
+        same function, because a
         library ConvNet or MLP without batch norm treats every image on its own (instance norm
         is per image); forward-only passes (DM's real embeddings) are the same values. Other
         networks, batch norm and other devices take the batch whole. ``net``: the network or
