@@ -449,3 +449,17 @@ def test_cpu_chunks_of_real_batches_give_the_whole_batch_result(method, monkeypa
     torch.testing.assert_close(
         torch.tensor(chunked.losses), torch.tensor(whole.losses), rtol=1e-5, atol=1e-6
     )
+
+
+def test_chunks_only_for_a_convnet_without_batch_norm_on_the_cpu():
+    from replay_lcmat.condensation.base import CPU_CHUNK, Condenser
+    from replay_lcmat.models import MLP, split_head
+
+    cpu = torch.device("cpu")
+    net = ConvNet(3, 10, image_size=8, width=4)
+    assert Condenser.chunk_size(net, cpu) == CPU_CHUNK
+    assert Condenser.chunk_size(split_head(net)[0], cpu) == CPU_CHUNK  # its features part
+    assert Condenser.chunk_size(net, torch.device("meta")) is None  # other devices: whole
+    batch_norm = ConvNet(3, 10, image_size=8, width=4, norm="batch")  # couples the images
+    assert Condenser.chunk_size(batch_norm, cpu) is None
+    assert Condenser.chunk_size(MLP(12, 3), cpu) is None
