@@ -232,7 +232,10 @@ class SelectorExemplarsStrategy(ExemplarsSelectionStrategy):
                 f"modules include {names}."
             )
         captured: list[Tensor] = []
-        hook = layer.register_forward_hook(lambda _m, _i, out: captured.append(out.detach()))
+        # a copy: an in-place activation after the layer (ConvNet, torchvision) would overwrite it
+        hook = layer.register_forward_hook(
+            lambda _m, _i, out: captured.append(out.detach().clone())
+        )
         modes = [(m, m.training) for m in model.modules()]  # restored module by module
         features = None
         try:

@@ -250,6 +250,7 @@ def test_layer_name_ranks_by_the_named_layers_output():
     bench = _class_bench()
     plugin = LCMatReplayPlugin(3, "herding", layer_name="1")  # the first Linear, before ReLU
     strategy = _mlp_strategy([plugin])
+    strategy.model[2].inplace = True  # the ReLU after the layer overwrites its output
     strategy.model.train()
     exp = bench.train_stream[0]
     strategy.train(exp)

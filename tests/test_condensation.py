@@ -17,6 +17,8 @@ from replay_lcmat.condensation import (
     make_condenser,
     mean_embedding_loss,
 )
+from replay_lcmat.condensation.objectives import head_grad_variances
+from replay_lcmat.curvature import last_layer_grads
 from replay_lcmat.models import ConvNet
 from replay_lcmat.seeding import seeded
 
@@ -99,6 +101,22 @@ def test_variance_gap_matches_per_sample_autograd_loop():
     (grad_ref,) = torch.autograd.grad(reference, syn)
     assert grad_ours.abs().sum() > 0
     torch.testing.assert_close(grad_ours, grad_ref)
+
+
+def test_head_grad_variances_from_moments_match_the_gradient_matrix():
+    # features with a large common offset and a small spread: the difference of moments cancels
+    # most of its digits, so the float64 moments must still give the variance of the rows of
+    # the explicit [n, c*(d+1)] gradient matrix (two-pass, float64)
+    gen = torch.Generator().manual_seed(3)
+    features = 50 + 0.01 * torch.randn(40, 6, generator=gen)
+    logits = torch.randn(40, 5, generator=gen)
+    ours = head_grad_variances(features, logits, 2)
+    grads = last_layer_grads(features.double(), logits.double(), torch.full((40,), 2))
+    reference = ((grads - grads.mean(0)) ** 2).sum(0) / (40 - 1)
+    assert ours.dtype == torch.float64 and ours.shape == (5 * 7,)
+    torch.testing.assert_close(ours, reference, rtol=1e-6, atol=1e-12)
+    one = head_grad_variances(features[:1], logits[:1], 2)
+    assert torch.equal(one, torch.zeros(5 * 7, dtype=torch.float64))
 
 
 def test_mean_embedding_loss():
@@ -396,3 +414,52 @@ def test_network_is_seeded_without_global_state():
     with seeded(0):
         b = TINY_NET(in_channels=3, num_classes=2, image_size=8)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("method", ["dsa", "lcmat-c", "dm"])
+def test_cpu_chunks_of_real_batches_give_the_whole_batch_result(method, monkeypatch):
+    # on the CPU a ConvNet takes real batches in chunks of CPU_CHUNK images; the summed chunk
+    # gradients over the batch size are the batch-mean gradient, so the set is the one of
+    # whole-batch passes up to float rounding (instance norm treats every image on its own)
+    import replay_lcmat.condensation.base as gm
+
+    sizes = []
+
+    def network(**shape):
+        net = TINY_NET(**shape)
+        net.body[0].register_forward_pre_hook(lambda _m, args: sizes.append(len(args[0])))
+        return net
+
+    images, labels = _data(per_class=40)
+    steps = {} if method == "dm" else {"batch_train": 100}
+    options = _options(method, network=network, batch_real=40, **steps)
+    options |= {"iterations": 1, "lr_img": 1.0}  # a large step, for a visible change
+    monkeypatch.setattr(gm, "CPU_CHUNK", 16)
+    chunked = make_condenser(method, **options).condense(images, labels, per_class=3)
+    assert sizes and max(sizes) == 16  # every real pass cut to 16 images
+    monkeypatch.setattr(gm, "CPU_CHUNK", None)
+    sizes.clear()
+    whole = make_condenser(method, **options).condense(images, labels, per_class=3)
+    assert max(sizes) >= 40
+    init = make_condenser(method, **options | {"iterations": 0}).condense(
+        images, labels, per_class=3
+    )
+    assert (whole.images - init.images).abs().max() > 1e-3
+    torch.testing.assert_close(chunked.images, whole.images, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        torch.tensor(chunked.losses), torch.tensor(whole.losses), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_chunks_only_for_a_convnet_without_batch_norm_on_the_cpu():
+    from replay_lcmat.condensation.base import CPU_CHUNK, Condenser
+    from replay_lcmat.models import MLP, split_head
+
+    cpu = torch.device("cpu")
+    net = ConvNet(3, 10, image_size=8, width=4)
+    assert Condenser.chunk_size(net, cpu) == CPU_CHUNK
+    assert Condenser.chunk_size(split_head(net)[0], cpu) == CPU_CHUNK  # its features part
+    assert Condenser.chunk_size(net, torch.device("meta")) is None  # other devices: whole
+    batch_norm = ConvNet(3, 10, image_size=8, width=4, norm="batch")  # couples the images
+    assert Condenser.chunk_size(batch_norm, cpu) is None
+    assert Condenser.chunk_size(MLP(12, 3), cpu) is None

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 import torchvision
@@ -99,3 +101,26 @@ def test_split_head_names_non_finite_examples_and_a_nan_model():
         model[1].bias[2] = float("nan")
     with pytest.raises(ValueError, match=r"returns NaN or inf on finite inputs.*\['1\.bias'\]"):
         split_head(model, example=torch.randn(2, 1, 2, 2))
+
+
+@pytest.mark.parametrize(("norm", "activation"), [("instance", "relu"), ("batch", "leakyrelu")])
+def test_convnet_activations_in_place_same_values_and_gradients(norm, activation):
+    # in-place activations save a buffer per block; the values and gradients must be those of
+    # the same network with out-of-place activations
+    with seeded(0):
+        net = ConvNet(3, 10, image_size=8, width=8, depth=2, norm=norm, activation=activation)
+    acts = [m for m in net.modules() if isinstance(m, nn.ReLU | nn.LeakyReLU)]
+    assert len(acts) == 2 and all(m.inplace for m in acts)
+    out_of_place = copy.deepcopy(net)
+    for m in out_of_place.modules():
+        if isinstance(m, nn.ReLU | nn.LeakyReLU):
+            m.inplace = False
+    x = torch.randn(4, 3, 8, 8, requires_grad=True)
+    results = []
+    for model in (net, out_of_place):
+        y = model(x)
+        grads = torch.autograd.grad(y.square().sum(), [x, *model.parameters()])
+        results.append((y, grads))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=0)
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

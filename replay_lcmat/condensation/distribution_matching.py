@@ -55,10 +55,14 @@ class DistributionMatchingCondenser(Condenser):
         classes: Container[int] | None = None,
     ) -> Tensor:
         """Sum over classes (or those positions in ``classes``) of the mean-embedding gap;
-        differentiable in ``syn``."""
+        differentiable in ``syn``. Real batches are embedded in chunks on the CPU
+        (:meth:`Condenser.chunk_size`; the same embeddings)."""
         loss = syn.new_zeros(())
+        chunk = self.chunk_size(features, syn.device)
         for _, real, fake in self.class_batches(syn, task, classes):
             with torch.no_grad():
-                real_embedding = features(real)
+                real_embedding = torch.cat(
+                    [features(part) for part in real.split(chunk or len(real))]
+                )
             loss = loss + mean_embedding_loss(real_embedding, features(fake))
         return loss

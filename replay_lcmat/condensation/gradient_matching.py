@@ -157,24 +157,47 @@ class GradientMatchingCondenser(Condenser):
         """
         # 1-D tensors (biases, norms) do not enter the distance; skip their gradients
         weights = [p for p in net.parameters() if p.dim() > 1]
+        chunk = self.chunk_size(net, syn.device)
         loss = syn.new_zeros(())
         for j, real, fake in self.class_batches(syn, task, classes):
-            h_real = features(real)
-            z_real = head(h_real)
-            target = torch.full((len(real),), j, device=syn.device)
-            g_real = torch.autograd.grad(F.cross_entropy(z_real, target), weights)
+            g_real, h_real, z_real = self._real_gradient(real, j, features, head, weights, chunk)
             h_fake = features(fake)
             z_fake = head(h_fake)
             target = torch.full((len(fake),), j, device=syn.device)
             g_fake = torch.autograd.grad(
                 F.cross_entropy(z_fake, target), weights, create_graph=True
             )
-            loss = loss + layerwise_distance([g.detach() for g in g_real], g_fake)
+            loss = loss + layerwise_distance(g_real, g_fake)
             if self.rho > 0:
-                loss = loss + head_variance_gap(
-                    (h_real.detach(), z_real.detach()), (h_fake, z_fake), j, self.rho
-                )
+                loss = loss + head_variance_gap((h_real, z_real), (h_fake, z_fake), j, self.rho)
         return loss
+
+    @staticmethod
+    def _real_gradient(
+        real: Tensor,
+        j: int,
+        features: nn.Module,
+        head: nn.Module,
+        weights: list[Tensor],
+        chunk: int | None,
+    ) -> tuple[list[Tensor], Tensor, Tensor]:
+        """Mean cross-entropy gradient of a real class batch ``[n, C, H, W]`` w.r.t. ``weights``
+        (summed over chunks of ``chunk`` images), with its detached features ``[n, d]`` and
+        logits ``[n, c]``."""
+        total: list[Tensor] | None = None
+        hs, zs = [], []
+        for part in real.split(chunk or len(real)):
+            h = features(part)
+            z = head(h)
+            target = torch.full((len(part),), j, device=real.device)
+            loss = F.cross_entropy(z, target, reduction="sum") / len(real)
+            grads = torch.autograd.grad(loss, weights)
+            total = (
+                list(grads) if total is None else [a + b for a, b in zip(total, grads, strict=True)]
+            )
+            hs.append(h.detach())
+            zs.append(z.detach())
+        return total, torch.cat(hs), torch.cat(zs)
 
     def _train_network(
         self, net: nn.Module, optimizer: torch.optim.Optimizer, syn: Tensor, task: Task
@@ -189,5 +212,8 @@ class GradientMatchingCondenser(Condenser):
         if augment is not None:
             x = augment(x, task.generator)
         optimizer.zero_grad()
-        F.cross_entropy(net(x), y).backward()
+        chunk = self.chunk_size(net, x.device) or len(x)
+        for part, target in zip(x.split(chunk), y.split(chunk), strict=True):
+            # the chunks' summed losses over the batch size: the batch-mean loss's gradient
+            (F.cross_entropy(net(part), target, reduction="sum") / len(x)).backward()
         optimizer.step()

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from replay_lcmat.curvature import last_layer_grads
+from replay_lcmat.curvature import softmax_residuals
 
 
 def layerwise_distance(real: Sequence[Tensor], synthetic: Sequence[Tensor]) -> Tensor:
@@ -87,13 +87,44 @@ def head_variance_gap(
     """:func:`gradient_variance_gap` from (features ``[n, d]``, logits ``[n, c]``) of one class.
 
     Per-sample gradients are w.r.t. the last linear layer (closed form), so no per-sample
-    backward pass is needed and the synthetic side stays differentiable.
+    backward pass is needed and the synthetic side stays differentiable. Their variances come
+    from moments (:func:`head_grad_variances`), without the ``[n, c*(d+1)]`` gradient matrix.
     """
-    grads = []
-    for features, logits in (real, synthetic):
-        labels = torch.full((features.shape[0],), label, dtype=torch.long, device=features.device)
-        grads.append(last_layer_grads(features, logits, labels))
-    return gradient_variance_gap(grads[0], grads[1], rho)
+    for name, (features, logits) in (("real", real), ("synthetic", synthetic)):
+        if features.dim() != 2 or logits.dim() != 2 or len(features) != len(logits):
+            raise ValueError(
+                f"{name} features must be [n, d] and logits [n, c] with the same n >= 1; got "
+                f"{tuple(features.shape)} and {tuple(logits.shape)}."
+            )
+    var_real, var_syn = (head_grad_variances(h, z, label) for h, z in (real, synthetic))
+    return (0.5 * rho * (var_real - var_syn).abs().sum()).to(synthetic[0].dtype)
+
+
+def head_grad_variances(features: Tensor, logits: Tensor, label: int) -> Tensor:
+    """Per-coordinate variance of the per-sample last-layer gradients of one class, float64.
+
+    The gradient of sample ``i`` is ``[e_i, vec(e_i h_i^T)]`` with ``e = softmax(z) − onehot``
+    (:func:`~replay_lcmat.curvature.last_layer_grads`, same coordinate order). For ``n >= 2`` the
+    unbiased variance ``(Σ_i x_i² − n x̄²) / (n − 1)`` uses, for the weight coordinates
+    ``x_i = e_ia h_ib``, ``Σ_i x_i² = ((e²)^T h²)_ab`` and ``n x̄ = (e^T h)_ab``: two ``[c, d]``
+    products instead of an ``[n, c*(d+1)]`` matrix. The same function as the variance of
+    :func:`last_layer_grads`' rows; moments are taken in float64 since their difference cancels.
+    One sample: 0, its population variance (see :func:`gradient_variance_gap`).
+
+    Args:
+        features: ``[n, d]``; logits: ``[n, c]``; label: the class of every sample.
+
+    Returns:
+        ``[c*(d+1)]`` float64, differentiable w.r.t. ``features`` and ``logits``.
+    """
+    n, c = logits.shape
+    labels = torch.full((n,), label, dtype=torch.long, device=logits.device)
+    e, h = softmax_residuals(logits.double(), labels), features.double()
+    if n == 1:
+        return e.new_zeros(c * (features.shape[1] + 1))
+    bias_var = e.var(dim=0)
+    weight_var = (e.square().T @ h.square() - (e.T @ h).square() / n) / (n - 1)
+    return torch.cat([bias_var, weight_var.flatten()])
 
 
 def mean_embedding_loss(real_embeddings: Tensor, synthetic_embeddings: Tensor) -> Tensor:

@@ -6,8 +6,18 @@ import torch
 from torch import Tensor, nn
 
 NORMS = ("instance", "batch", "none")
-ACTIVATIONS = {"relu": nn.ReLU, "leakyrelu": nn.LeakyReLU, "sigmoid": nn.Sigmoid}
+ACTIVATIONS = ("relu", "leakyrelu", "sigmoid")
 POOLINGS = ("avg", "max", "none")
+
+
+def _activation(kind: str) -> nn.Module:
+    # ReLU / LeakyReLU overwrite their input: the norm (or conv) before them needs only its own
+    # input for the backward pass, so the same values and gradients, one activation buffer fewer
+    if kind == "relu":
+        return nn.ReLU(inplace=True)
+    if kind == "leakyrelu":
+        return nn.LeakyReLU(inplace=True)
+    return nn.Sigmoid()
 
 
 def _norm(kind: str, width: int) -> nn.Module:
@@ -47,7 +57,7 @@ class ConvNet(nn.Module):
             raise ValueError(
                 f"unsupported ConvNet option (norm={norm!r}, activation={activation!r}, "
                 f"pooling={pooling!r}); choose norm from {NORMS}, activation from "
-                f"{tuple(ACTIVATIONS)}, pooling from {POOLINGS}."
+                f"{ACTIVATIONS}, pooling from {POOLINGS}."
             )
         size = image_size
         layers: list[nn.Module] = []
@@ -56,7 +66,7 @@ class ConvNet(nn.Module):
             layers += [
                 nn.Conv2d(channels, width, kernel_size=3, padding=1),
                 _norm(norm, width),
-                ACTIVATIONS[activation](),
+                _activation(activation),
             ]
             if pooling != "none":
                 if size < 2:
