@@ -222,51 +222,17 @@ def l1_block(
     return l1_rows(x, x_t, rows, out, first_column=start, add_to=add_to, eps=eps)
 
 
-def _distance_source(h_dot, h_row, h_col, e_dot, e_row, e_col, sq_row, sq_col):
-    """``sqrt(max(0, (sq_r + sq_j) - 2 ((h + 1) e)))`` with ``h = (h_dot h_row) h_col`` and
-    ``e`` alike: the torch twin's operations, in its order."""
-    h = (h_dot * h_row) * h_col
-    e = (e_dot * e_row) * e_col
-    t = ((h + 1.0) * e) * -2.0 + (sq_row + sq_col)
-    return 0.0 if t < 0.0 else math.sqrt(t)  # NaN stays NaN, as in torch's clamp
-
-
 def _grad_source(h_dots, e_dots, h_rows, h_cols, e_rows, e_cols, sq_rows, sq_cols, out, stride):
-    """``out[r * stride + j]`` = the distance of ``h_dots[r, j]`` and ``e_dots[r, j]``."""
+    """``out[r * stride + j] = sqrt(max(0, (sq_r + sq_j) - 2 ((h + 1) e)))`` with
+    ``h = (h_dots[r, j] h_rows[r]) h_cols[j]`` and ``e`` alike: the torch twin's operations."""
     m, w = h_dots.shape
     for r in prange(m):
         o = r * stride
         for j in range(w):
-            out[o + j] = _distance(
-                h_dots[r, j], h_rows[r], h_cols[j], e_dots[r, j], e_rows[r], e_cols[j],
-                sq_rows[r], sq_cols[j],
-            )  # fmt: skip
-
-
-def _grad_e_source(
-    h_dots, e_q, e_q_t, first, h_rows, h_cols, e_rows, e_cols, sq_rows, sq_cols, out, stride
-):
-    """As :func:`_grad_source`, with ``e_dots[r, j] = e_q[r] . e_q_t[:, first + j]`` made here,
-    a tile at a time (exact integers in float64: any order gives the same bits), instead of a
-    ``[m, w]`` product written out and read back."""
-    m, w = h_dots.shape
-    for r in prange(m):
-        o = r * stride
-        e_dots = np.empty(TILE)
-        for j0 in range(0, w, TILE):
-            tw = min(TILE, w - j0)
-            e_dots[:tw] = 0.0
-            for k in range(e_q.shape[1]):
-                a = e_q[r, k]
-                column = e_q_t[k, first + j0 : first + j0 + tw]
-                for j in range(tw):
-                    e_dots[j] += a * column[j]
-            for j in range(tw):
-                c = j0 + j
-                out[o + c] = _distance(
-                    h_dots[r, c], h_rows[r], h_cols[c], e_dots[j], e_rows[r], e_cols[c],
-                    sq_rows[r], sq_cols[c],
-                )  # fmt: skip
+            h = (h_dots[r, j] * h_rows[r]) * h_cols[j]
+            e = (e_dots[r, j] * e_rows[r]) * e_cols[j]
+            t = ((h + 1.0) * e) * -2.0 + (sq_rows[r] + sq_cols[j])
+            out[o + j] = 0.0 if t < 0.0 else math.sqrt(t)  # NaN stays NaN, as in torch's clamp
 
 
 def _gains_source(sim, rows_of, cov, out) -> None:
@@ -325,9 +291,7 @@ def _transpose_source(flat, src: int, dst: int, stride: int, m: int, w: int) -> 
 
 
 _transpose_compiled = _jit(_transpose_source)
-_distance = None if numba is None else numba.njit(inline="always", cache=True)(_distance_source)
 _grad_compiled = _jit(_grad_source)
-_grad_e_compiled = _jit(_grad_e_source)
 _gains_compiled = _jit(_gains_source, fastmath={"reassoc", "nsz"})
 _bound_sums_compiled = _jit(_bound_sums_source, fastmath={"reassoc", "nsz"})
 
@@ -343,7 +307,7 @@ def _flat_rows(out: Tensor) -> tuple[Tensor, int]:
 
 def grad_distances_into(
     h_dots: Tensor,
-    e: Tensor | tuple[Tensor, Tensor, int],
+    e_dots: Tensor,
     h_scales: tuple[Tensor, Tensor],
     e_scales: tuple[Tensor, Tensor],
     sq: tuple[Tensor, Tensor],
@@ -354,31 +318,22 @@ def grad_distances_into(
     """Last-layer gradient distances ``||g_r - g_j||_2`` into ``out`` ``[m, w]`` (any float dtype).
 
     ``g_r . g_j = (e_r . e_j)(h_r . h_j + 1)`` (the Gram identity), with each inner product given
-    unscaled (exact integers of the split rows) and its row and column scales (powers of two);
-    ``sq``: ``||g||^2`` of the rows and the columns. ``h_dots``: float64 ``[m, w]``. ``e``: the
-    float64 ``[m, w]`` products, or, for one-slice splits, ``(e_q [m, c], e_q_t [c, n], first)``
-    whose products with the columns ``first:first + w`` of ``e_q_t`` are the ``e`` dots (the
-    compiled kernel makes them tile by tile).
+    unscaled (``h_dots``, ``e_dots``: float64 ``[m, w]``, exact integers of the split rows) and
+    its row and column scales (powers of two); ``sq``: ``||g||^2`` of the rows and the columns.
     """
     use = compiled_available(out.device) if compiled is None else compiled
-    factors = isinstance(e, tuple)
     if not use:
-        e_dots = e[0] @ e[1][:, e[2] : e[2] + out.shape[1]] if factors else e
         h = h_dots.mul(h_scales[0][:, None]).mul_(h_scales[1][None, :])
         e = e_dots.mul(e_scales[0][:, None]).mul_(e_scales[1][None, :])
         gram = h.add_(1.0).mul_(e).mul_(-2.0).add_(sq[0][:, None] + sq[1][None, :])
         return out.copy_(gram.clamp_(min=0.0).sqrt_())
     flat, stride = _flat_rows(out)
-    rest = [t.contiguous().numpy() for t in (*h_scales, *e_scales, *sq)]
     _threads()
-    if factors:
-        e_q, e_q_t, first = e
-        _grad_e_compiled(
-            h_dots.numpy(), e_q.contiguous().numpy(), e_q_t.numpy(), first, *rest,
-            flat.numpy(), stride,
-        )  # fmt: skip
-    else:
-        _grad_compiled(h_dots.numpy(), e.contiguous().numpy(), *rest, flat.numpy(), stride)
+    _grad_compiled(
+        *(t.contiguous().numpy() for t in (h_dots, e_dots, *h_scales, *e_scales, *sq)),
+        flat.numpy(),
+        stride,
+    )
     return out
 
 

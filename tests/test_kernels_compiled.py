@@ -223,33 +223,3 @@ def test_the_first_kernel_call_leaves_torch_threads_as_they_were():
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["1", "1"]
-
-
-@needs_compiled
-def test_e_products_made_in_the_kernel_equal_the_written_out_products_bit_for_bit():
-    """One-slice splits: the kernel's own tile-by-tile e products (exact integers) give the
-    distances the [m, w] products give, on any column offset."""
-    from replay_lcmat.kernels import grad_distances_into
-    from replay_lcmat.selection.products import exact_dots, exact_split
-
-    gen = torch.Generator().manual_seed(8)
-    h = torch.randn(700, 16, generator=gen).relu()
-    e = torch.randn(700, 6, generator=gen)
-    hs, es = exact_split(h, 1), exact_split(e, 1)
-    sq = torch.rand(700, dtype=torch.float64, generator=gen) * 50
-    rows = torch.tensor([3, 650, 3, 120])
-    for first in (0, 97):
-        cols = slice(first, None)
-        h_dots = exact_dots(([q[rows] for q in hs[0]], hs[1][rows], hs[2]),
-                            ([q[cols] for q in hs[0]], hs[1][cols], hs[2]), scaled=False)  # fmt: skip
-        e_dots = exact_dots(([q[rows] for q in es[0]], es[1][rows], es[2]),
-                            ([q[cols] for q in es[0]], es[1][cols], es[2]), scaled=False)  # fmt: skip
-        args = ((hs[1][rows], hs[1][cols]), (es[1][rows], es[1][cols]), (sq[rows], sq[cols]))
-        written = grad_distances_into(h_dots, e_dots, *args, torch.empty(4, 700 - first))
-        factors = (es[0][0][rows], es[0][0].T.contiguous(), first)
-        made = grad_distances_into(h_dots, factors, *args, torch.empty(4, 700 - first))
-        twin = grad_distances_into(
-            h_dots, factors, *args, torch.empty(4, 700 - first), compiled=False
-        )
-        assert torch.equal(made, written)
-        torch.testing.assert_close(twin, written, rtol=2 * torch.finfo(torch.float32).eps, atol=0)

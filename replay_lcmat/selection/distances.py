@@ -196,7 +196,6 @@ class GradientDistances(ClassDistances):
             self.lam_t = self.lam.T.contiguous()
         self.h = split_rows(features, self.products)
         self.e = split_rows(softmax_residuals(logits, labels), self.products)
-        self.e_t = self.e[0][0].T.contiguous()  # [c, n]: the e products made in the kernel
         self.sq = (exact_self_dots(self.h) + 1.0) * exact_self_dots(self.e)
 
     def _grad(self, ids: Tensor, start: int = 0) -> Tensor:
@@ -213,15 +212,9 @@ class GradientDistances(ClassDistances):
         h, e = _take(self.h, ids), _take(self.e, ids)
         h_cols, e_cols = _take(self.h, points), _take(self.e, points)
         m, w = len(ids), self.n - start
-        if len(e[0]) == 1:  # one slice: the kernel makes the e products itself
-            e_dots = (e[0][0], self.e_t, start)
-        else:
-            e_dots = exact_dots(
-                e, e_cols, scaled=False, out=self._scratch("e", m, w, torch.float64)
-            )
         return grad_distances_into(
             exact_dots(h, h_cols, scaled=False, out=self._scratch("h", m, w, torch.float64)),
-            e_dots,
+            exact_dots(e, e_cols, scaled=False, out=self._scratch("e", m, w, torch.float64)),
             (h[1], h_cols[1]),
             (e[1], e_cols[1]),
             (self.sq[ids], self.sq[points]),
