@@ -53,55 +53,59 @@ def _kernel_source(
     ``target.add_(out.mul_(eps))``) while it is still in cache."""
     n_rows = rows_of.shape[0]
     n_coords = x.shape[1]
-    for group in prange((n_rows + ROWS - 1) // ROWS):  # rows are independent: any thread
-        r0 = group * ROWS
+    groups = (n_rows + ROWS - 1) // ROWS
+    # tile-major: a thread takes a run of column tiles and every group of rows on each, so a
+    # tile of x_t ([K, TILE]) is read from memory once per call, not once per group of rows;
+    # entries are independent (any thread, any order: the same bits)
+    for item in prange(groups * ((width + TILE - 1) // TILE)):
+        r0 = (item % groups) * ROWS
         m = min(ROWS, n_rows - r0)
-        for j0 in range(0, width, TILE):
-            w = min(TILE, width - j0)
-            c0 = first_column + j0
-            if m == ROWS:
-                o = r0 * row_stride + j0
-                a0 = out[o : o + w]
-                a1 = out[o + row_stride : o + row_stride + w]
-                a2 = out[o + 2 * row_stride : o + 2 * row_stride + w]
-                a3 = out[o + 3 * row_stride : o + 3 * row_stride + w]
-                a0[:] = 0.0
-                a1[:] = 0.0
-                a2[:] = 0.0
-                a3[:] = 0.0
-                i0, i1, i2, i3 = rows_of[r0], rows_of[r0 + 1], rows_of[r0 + 2], rows_of[r0 + 3]
+        j0 = (item // groups) * TILE
+        w = min(TILE, width - j0)
+        c0 = first_column + j0
+        if m == ROWS:
+            o = r0 * row_stride + j0
+            a0 = out[o : o + w]
+            a1 = out[o + row_stride : o + row_stride + w]
+            a2 = out[o + 2 * row_stride : o + 2 * row_stride + w]
+            a3 = out[o + 3 * row_stride : o + 3 * row_stride + w]
+            a0[:] = 0.0
+            a1[:] = 0.0
+            a2[:] = 0.0
+            a3[:] = 0.0
+            i0, i1, i2, i3 = rows_of[r0], rows_of[r0 + 1], rows_of[r0 + 2], rows_of[r0 + 3]
+            for k in range(n_coords):
+                x0, x1, x2, x3 = x[i0, k], x[i1, k], x[i2, k], x[i3, k]
+                column = x_t[k, c0 : c0 + w]
+                for j in range(w):
+                    v = column[j]
+                    a0[j] += abs(x0 - v)
+                    a1[j] += abs(x1 - v)
+                    a2[j] += abs(x2 - v)
+                    a3[j] += abs(x3 - v)
+            if t_stride > 0:
+                for r in range(ROWS):
+                    _add_scaled(
+                        target,
+                        r * t_stride + (r0 * t_stride) + j0,
+                        out,
+                        o + r * row_stride,
+                        w,
+                        eps,
+                    )
+        else:
+            for r in range(r0, r0 + m):
+                o = r * row_stride + j0
+                acc = out[o : o + w]
+                acc[:] = 0.0
+                i = rows_of[r]
                 for k in range(n_coords):
-                    x0, x1, x2, x3 = x[i0, k], x[i1, k], x[i2, k], x[i3, k]
+                    xi = x[i, k]
                     column = x_t[k, c0 : c0 + w]
                     for j in range(w):
-                        v = column[j]
-                        a0[j] += abs(x0 - v)
-                        a1[j] += abs(x1 - v)
-                        a2[j] += abs(x2 - v)
-                        a3[j] += abs(x3 - v)
+                        acc[j] += abs(xi - column[j])
                 if t_stride > 0:
-                    for r in range(ROWS):
-                        _add_scaled(
-                            target,
-                            r * t_stride + (r0 * t_stride) + j0,
-                            out,
-                            o + r * row_stride,
-                            w,
-                            eps,
-                        )
-            else:
-                for r in range(r0, r0 + m):
-                    o = r * row_stride + j0
-                    acc = out[o : o + w]
-                    acc[:] = 0.0
-                    i = rows_of[r]
-                    for k in range(n_coords):
-                        xi = x[i, k]
-                        column = x_t[k, c0 : c0 + w]
-                        for j in range(w):
-                            acc[j] += abs(xi - column[j])
-                    if t_stride > 0:
-                        _add_scaled(target, r * t_stride + j0, out, o, w, eps)
+                    _add_scaled(target, r * t_stride + j0, out, o, w, eps)
 
 
 def _add_scaled_source(target, t0: int, source, s0: int, w: int, eps) -> None:

@@ -39,6 +39,7 @@ def test_gain_bounds_hold_every_gain_from_above_and_tightly(dtype, offset, compi
         monkeypatch.setattr(kernels, "_bound_sums_compiled", None)
     dist = distances(dtype=dtype)
     source = StreamedSimilarity(dist, offset)
+    assert source.block_rows == 16  # 10 blocks of rows: columns summed across blocks
     fn = FacilityLocation(source)
     state = fn.initial_state()
     for pick in (3, 77, 140):

@@ -32,7 +32,7 @@ from replay_lcmat.selection.distances import (
     PreconditionedDistances,
 )
 from replay_lcmat.selection.products import _take, exact_dots, exact_self_dots, exact_split
-from replay_lcmat.selection.streamed import STREAM_BLOCK_ROWS, StreamedSimilarity
+from replay_lcmat.selection.streamed import StreamedSimilarity, stream_block_rows
 from replay_lcmat.submodular import FacilityLocation
 
 FACILITY = ["lcmat-s", "craig", "adacore"]
@@ -215,8 +215,8 @@ def test_the_streamed_path_never_makes_an_n_by_n_tensor(name):
     features, logits, labels = toy(n_per_class=(n,), d=8, c=2, seed=6, dtype=torch.float32)
     with LargestTensor() as spy:
         select(name, (features, logits, labels), 5, similarity="streamed")
-    # blocks of STREAM_BLOCK_ROWS rows, the cache's single rows, inputs [n, d]; never n^2 / 4
-    assert spy.largest <= 2 * STREAM_BLOCK_ROWS * n < n * n // 4
+    # blocks of stream_block_rows(n) rows, the cache's single rows, inputs [n, d]; never n^2 / 4
+    assert spy.largest <= 2 * stream_block_rows(n) * n < n * n // 4
     with LargestTensor() as dense_spy:  # the spy does see the dense matrix
         select(name, (features, logits, labels), 5, similarity="dense")
     assert dense_spy.largest >= n * n

@@ -27,10 +27,10 @@ from replay_lcmat.selection.distances import (
 )
 from replay_lcmat.selection.products import PRODUCTS
 from replay_lcmat.selection.streamed import (
-    STREAM_BLOCK_ROWS,
     StreamedSimilarity,
     format_bytes,
     offset_and_check,
+    stream_block_rows,
 )
 from replay_lcmat.submodular import (
     FacilityLocation,
@@ -117,7 +117,7 @@ class FacilityLocationSelector(Selector):
 
     def streamed_peak_bytes(self, n: int, d: int, c: int, itemsize: int) -> int:
         """Estimated peak memory of the streamed path: ``O(n (c + d + K))``, no ``n^2`` term."""
-        return streamed_peak_bytes(n, self._per_point(d, c), STREAM_BLOCK_ROWS, itemsize)
+        return streamed_peak_bytes(n, self._per_point(d, c), stream_block_rows(n), itemsize)
 
     def _per_point(self, d: int, c: int) -> int:
         """Values kept per sample by the streamed path: the inputs, their float64 slices (two

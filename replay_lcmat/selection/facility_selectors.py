@@ -18,7 +18,7 @@ from replay_lcmat.selection.distances import (
 )
 from replay_lcmat.selection.facility import FacilityLocationSelector
 from replay_lcmat.selection.matching import GAPS, bound_order, joint_order
-from replay_lcmat.selection.streamed import STREAM_BLOCK_ROWS
+from replay_lcmat.selection.streamed import stream_block_rows
 from replay_lcmat.submodular import FACILITY_PEAK_FACTOR
 from replay_lcmat.validation import check_choice, check_number
 
@@ -146,7 +146,7 @@ class AdaCore(FacilityLocationSelector):
     def streamed_peak_bytes(self, n: int, d: int, c: int, itemsize: int) -> int:
         # plus blocks of preconditioned gradients (built, split to float64): a point block and
         # a block of rows, about five copies each
-        blocks = 5 * (POINT_BLOCK + STREAM_BLOCK_ROWS) * c * (d + 1) * itemsize
+        blocks = 5 * (POINT_BLOCK + stream_block_rows(n)) * c * (d + 1) * itemsize
         return super().streamed_peak_bytes(n, d, c, itemsize) + blocks
 
     def distances(self, inputs: ClassInputs) -> ClassDistances:
