@@ -21,6 +21,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 OPTIMIZERS = ("naive", "lazy", "stochastic")
+RENT = 0.5
 
 
 class SetFunction(Protocol):
@@ -137,19 +138,21 @@ def _lazy_greedy(fn: SetFunction, budget: int, bar: tqdm) -> GreedyResult:
         heap = [(-b, j, -1) for j, b in enumerate(bounds.tolist())]
     heapq.heapify(heap)
     picks, gains = [], []
+    since = 0  # rows refreshed since the last bound pass
     for step in range(budget):
         chunk, refreshed, best = first_chunk, 0, -math.inf
         checked = bound_pass is None
         while heap[0][2] != step:
-            if not checked and refreshed >= n // 32:
+            rent = RENT is not None and bound_pass is not None and since >= RENT * n
+            if rent or (not checked and refreshed >= n // 32):
                 checked = True
-                if _worth_a_bound_pass(heap, step, best, n):
+                if rent or _worth_a_bound_pass(heap, step, best, n):
                     tighter = bound_pass(state)
                     if tighter is None:
                         bound_pass = None
                     else:
                         heap = _tightened(heap, step, tighter.tolist())
-                        chunk = first_chunk  # tight bounds: few refreshes left
+                        chunk, since = first_chunk, 0  # tight bounds: few refreshes left
                         continue
             stale = []
             while heap and heap[0][2] != step and len(stale) < chunk:
@@ -158,6 +161,7 @@ def _lazy_greedy(fn: SetFunction, budget: int, bar: tqdm) -> GreedyResult:
             for j, g in zip(stale, fresh, strict=True):
                 heapq.heappush(heap, (-g, j, step))
             refreshed, best = refreshed + len(stale), max(best, *fresh)
+            since += len(stale)
             chunk = min(2 * chunk, max_chunk)
         negative_gain, j, _ = heapq.heappop(heap)
         picks.append(j)

@@ -371,3 +371,22 @@ def test_the_offset_pass_bounds_the_first_gains_from_above_and_tightly():
     assert (bounds - gains).max() <= 2 * margin
     # a float offset or a candidate subset gives none: the first gains are computed
     assert StreamedSimilarity(source.distances, 3.0).initial_bounds is None
+
+
+def test_a_chunk_larger_than_the_cache_is_made_once(monkeypatch):
+    """Rows of a chunk come out of the one product that made them, never made again because
+    the chunk pushed its own first rows out of a smaller cache; the cache keeps the first."""
+    features, logits, labels = toy(n_per_class=(120,), seed=4, dtype=torch.float32)
+    dist = GradientDistances(features, logits, labels, eps=0.2, k_dims=5)
+    monkeypatch.setattr(submodular, "STREAM_CACHE_BYTES", 3 * 120 * 4)  # three rows
+    source = StreamedSimilarity(dist, "max")
+    calls = []
+    real = dist.rows
+    monkeypatch.setattr(dist, "rows", lambda ids: calls.append(len(ids)) or real(ids))
+    ids = torch.tensor([50, 3, 77, 9, 110, 64, 3])
+    got = source.rows(ids)
+    assert calls == [6]  # the six distinct rows, in one call
+    assert torch.equal(got, (source.c - dist.dense())[ids])
+    assert list(source._cache) == [77, 3, 50]  # the chunk's first rows, the first newest
+    source.rows(torch.tensor([50]))
+    assert calls == [6]  # from the cache

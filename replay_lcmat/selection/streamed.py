@@ -199,24 +199,27 @@ class StreamedSimilarity:
 
     def rows(self, ids: Tensor) -> Tensor:
         """``s[ids]``, ``[len(ids), n_points]``. Rows asked for one by one or in chunks go
-        through the cache; a run of consecutive rows (a full pass) does not."""
+        through the cache; a run of consecutive rows (a full pass) does not. Rows made for a
+        chunk are copied out directly; the cache keeps the chunk's first rows (its largest
+        bounds: the likeliest pick, asked for again right after) as far as it holds them."""
         ids = ids.to(self.device)
         if len(ids) > 1 and bool((ids[1:] - ids[:-1] == 1).all()):
             return self._similarity(ids)
         wanted = ids.tolist()
         missing = [j for j in dict.fromkeys(wanted) if j not in self._cache]
+        made = {}
         if missing:
-            made = self._similarity(torch.tensor(missing, device=self.device))
-            for j, row in zip(missing, made, strict=True):
-                self._cache[j] = row.clone()
-                if len(self._cache) > self._capacity:
-                    self._cache.popitem(last=False)
+            fresh = self._similarity(torch.tensor(missing, device=self.device))
+            made = dict(zip(missing, fresh, strict=True))
         out = torch.empty(len(ids), self.n_points, dtype=self.dtype, device=self.device)
         for r, j in enumerate(wanted):
-            row = self._cache.get(j)
-            if row is None:  # pushed out by the rows made just now: make it again
-                row = self._similarity(ids[r : r + 1])[0]
-            else:
+            row = made.get(j)
+            if row is None:
+                row = self._cache[j]
                 self._cache.move_to_end(j)
             out[r] = row
+        for j in reversed(missing[: self._capacity]):  # the chunk's first rows end newest
+            self._cache[j] = made[j].clone()
+            if len(self._cache) > self._capacity:
+                self._cache.popitem(last=False)
         return out
