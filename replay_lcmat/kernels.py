@@ -4,23 +4,22 @@
   ``eps ||lambda_i - lambda_j||_1``).
 - :func:`grad_distances_into`: ``||g_i - g_j||_2`` from the exact inner products of the Gram
   identity, in one pass instead of eight elementwise torch passes over float64 blocks.
-- :func:`coverage_gains`: facility-location marginal gains ``sum_i max(0, s_ji - cov_i)``.
+- :func:`coverage_gains`: facility-location marginal gains ``sum_i max(0, s_ji - cov_i)``;
+  :func:`add_gain_sums`: a block's share of every gain (the streamed bound passes).
 
 L1: every entry sums ``|x_ik - x_jk|`` over ``k = 0, 1, ...`` in order from an accumulator of 0,
 so an entry is a function of its two rows only: the same bits in any block of rows, in the dense
-and the streamed path, and equal to ``torch.cdist(x, x, p=1)`` on the CPU.
-
-On the CPU the compiled L1 kernel (numba) does the subtract, absolute value and add of a coordinate in
-one sweep over a tile of columns, four rows at a time, so each column value is read once for
-four rows and the accumulators stay in cache: about 3.5x faster than one torch pass per
-operation and coordinate. On other devices (and without numba) the torch passes run, in the same
-order, with the same results. The distance kernel does the same IEEE operations in the same order
-as its torch twin (no fused multiply-add: numba does not contract without fast-math) with a
-correctly rounded square root, which torch's vectorised float64 sqrt is not always (they can
-differ by one ulp); each path is deterministic and gives rows and dense blocks alike. The gains kernel sums in float64 in the order its compiled code fixes for a
-row length, so a row's gain is the same whatever the rows around it; where it does
-not run, :class:`~replay_lcmat.submodular.FacilityLocation` sums with torch (same picks
-except on near ties).
+and the streamed path, and equal to ``torch.cdist(x, x, p=1)`` on the CPU. On the CPU the
+compiled L1 kernel (numba) does the subtract, absolute value and add of a coordinate in one
+sweep over a tile of columns, four rows at a time (each column value read once for four rows,
+the accumulators in cache); elsewhere (and without numba) torch passes run in the same order,
+with the same results. The distance kernel does the same IEEE operations in the same order as
+its torch twin (numba does not contract without fast-math) with a correctly rounded square
+root, which torch's vectorised float64 sqrt is not always (one ulp apart, rarely). The gains
+kernel sums in float64 in the order its compiled code fixes for a row length, so a row's gain
+is the same whatever the rows around it; where it does not run,
+:class:`~replay_lcmat.submodular.FacilityLocation` sums with torch (same picks except on near
+ties).
 """
 
 from __future__ import annotations
