@@ -21,6 +21,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 OPTIMIZERS = ("naive", "lazy", "stochastic")
+# The lazy greedy takes a bound pass once the rows it refreshed one by one since the last pass
+# reach this fraction of the candidates: what a pass over half the symmetric matrix costs.
 RENT = 0.5
 
 
@@ -119,8 +121,9 @@ def _lazy_greedy(fn: SetFunction, budget: int, bar: tqdm) -> GreedyResult:
     Other upper bounds leave the picks alike. A function with ``initial_bounds`` (e.g. from
     the streamed offset pass) starts from those, all stale, instead of a pass over every
     candidate; one with ``gain_bounds(state)`` (a streamed symmetric matrix: every bound for
-    half the work of every row) starts from those, and uses them within a step when more than
-    half the candidates would still need refreshing (:func:`_worth_a_bound_pass`).
+    half the work of every row) starts from those, and takes them again within a step when
+    more than half the candidates would still need refreshing (:func:`_worth_a_bound_pass`) or
+    once the rows refreshed since the last pass reach :data:`RENT` of the candidates.
     """
     first_chunk, max_chunk = getattr(fn, "lazy_chunks", (16, 1024))
     bound_pass = getattr(fn, "gain_bounds", None)
