@@ -123,7 +123,10 @@ def _lazy_greedy(fn: SetFunction, budget: int, bar: tqdm) -> GreedyResult:
     candidate; one with ``gain_bounds(state)`` (a streamed symmetric matrix: every bound for
     half the work of every row) starts from those, and takes them again within a step when
     more than half the candidates would still need refreshing (:func:`_worth_a_bound_pass`) or
-    once the rows refreshed since the last pass reach :data:`RENT` of the candidates.
+    once the rows refreshed since the last pass reach :data:`RENT` of the candidates. One with
+    ``later_bounds`` (picks as a frozenset -> upper bounds of every gain once they are made;
+    e.g. the streamed offset pass's, for guessed first picks) has its stale bounds lowered to
+    those when the picks so far are one of its sets.
     """
     first_chunk, max_chunk = getattr(fn, "lazy_chunks", (16, 1024))
     bound_pass = getattr(fn, "gain_bounds", None)
@@ -133,6 +136,7 @@ def _lazy_greedy(fn: SetFunction, budget: int, bar: tqdm) -> GreedyResult:
     # entries (-bound, index, step the bound was computed at); indices are unique, so the step
     # never decides an order
     bounds = getattr(fn, "initial_bounds", None)
+    later = getattr(fn, "later_bounds", None) or {}
     if bounds is None and bound_pass is not None:
         bounds = bound_pass(state)
     if bounds is None:
@@ -170,6 +174,10 @@ def _lazy_greedy(fn: SetFunction, budget: int, bar: tqdm) -> GreedyResult:
         picks.append(j)
         gains.append(-negative_gain)
         state = fn.update(state, j)
+        known = later.get(frozenset(picks))
+        if known is not None:  # bounds for the next step, as tight as a bound pass's
+            heap = _tightened(heap, step + 1, known.tolist())
+            since = 0
         bar.update(1)
     return _result(picks, gains, state.dtype)
 

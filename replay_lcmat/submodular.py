@@ -96,6 +96,7 @@ class FacilityLocation:
 
     progress_label: str | None = None  # set: the greedy and full passes show tqdm bars
     initial_bounds: Tensor | None = None  # a source's upper bounds of the first gains, if any
+    later_bounds: dict[frozenset[int], Tensor] | None = None  # a source's, after given picks
 
     def __init__(self, similarity: Tensor | RowSource, *, check_finite: bool = True) -> None:
         if isinstance(similarity, Tensor):
@@ -117,6 +118,7 @@ class FacilityLocation:
             self._block_rows = max(2, min(self.n_candidates, similarity.block_rows))
             self.lazy_chunks = similarity.lazy_chunks
             self.initial_bounds = getattr(similarity, "initial_bounds", None)
+            self.later_bounds = getattr(similarity, "later_bounds", None)
             check_finite = False
             owner = getattr(similarity, "owner", None)
             if owner is not None and self.n_points >= STREAM_PROGRESS_MIN_POINTS:

@@ -29,6 +29,7 @@ from replay_lcmat.selection.products import PRODUCTS
 from replay_lcmat.selection.streamed import (
     StreamedSimilarity,
     format_bytes,
+    guess_sample_rows,
     offset_and_check,
     stream_block_rows,
 )
@@ -117,7 +118,8 @@ class FacilityLocationSelector(Selector):
 
     def streamed_peak_bytes(self, n: int, d: int, c: int, itemsize: int) -> int:
         """Estimated peak memory of the streamed path: ``O(n (c + d + K))``, no ``n^2`` term."""
-        return streamed_peak_bytes(n, self._per_point(d, c), stream_block_rows(n), itemsize)
+        per_point = self._per_point(d, c) + guess_sample_rows(n)
+        return streamed_peak_bytes(n, per_point, stream_block_rows(n), itemsize)
 
     def _per_point(self, d: int, c: int) -> int:
         """Values kept per sample by the streamed path: the inputs, their float64 slices (two

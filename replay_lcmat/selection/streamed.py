@@ -37,6 +37,18 @@ def stream_block_rows(n: int) -> int:
 # Most rows a streamed similarity keeps in its cache (fewer when they pass STREAM_CACHE_BYTES).
 CACHE_ROWS = 128
 
+# Evenly spaced points whose rows guess the greedy's first picks (a class of at least
+# GUESS_MIN_POINTS points, offset "max", every point a candidate): the offset pass then also
+# bounds the gains after those picks, which spares the bound passes they would need. The
+# guesses change the work, never the picks.
+GUESS_SAMPLE = 512
+GUESS_MIN_POINTS = 4096
+
+
+def guess_sample_rows(n: int) -> int:
+    """Rows of the guesses' sample held at once on a class of ``n`` points (0: no guesses)."""
+    return min(GUESS_SAMPLE, n) if n >= GUESS_MIN_POINTS else 0
+
 
 def _overflow_error(name: str, label: int, dtype: torch.dtype, low, high, n: int) -> ValueError:
     return ValueError(
@@ -63,6 +75,19 @@ def offset_and_check(name: str, label: int, offset, low: Tensor, high: Tensor, n
     ):
         raise _overflow_error(name, label, high.dtype, low, high, n)
     return c
+
+
+def _later_gain_bounds(sums: Tensor, c: float, dtype: torch.dtype) -> Tensor:
+    """Upper bounds of the gains ``sum_i max(0, s_ki - cov_i)`` once the picks ``P`` are made,
+    from ``sums[k] = sum_i max(0, m_i - d_ki)`` (float64, ``m = min_{j in P} d_j``, summed
+    before ``C`` was known). With ``s = C - d >= 0`` the coverage is ``C - m``, so each term
+    is ``max(0, m_i - d_ki)`` but for the roundings of ``C - d`` and ``C - m`` in ``dtype``
+    (at most ``u C`` each, ``u`` its unit roundoff): ``+ 2 n u C`` in all. Then the margin of
+    :meth:`StreamedSimilarity.gain_bounds` for the order of the sums and the gains' rounding."""
+    n = len(sums)
+    unit = torch.finfo(dtype).eps / 2
+    margin = 4 * n * torch.finfo(torch.float64).eps / 2 + torch.finfo(dtype).eps
+    return (sums + 2 * n * unit * abs(c)).mul_(1.0 + margin)
 
 
 def _first_gain_bounds(row_sums: Tensor, c: float, dtype: torch.dtype) -> Tensor:
@@ -96,6 +121,8 @@ class StreamedSimilarity:
 
     lazy_chunks = (16, 1024)  # a chunk's rows share one read of the inputs
     initial_bounds: Tensor | None = None  # upper bounds of the first gains (offset "max")
+    # picks (as a set) -> upper bounds of every gain once they are made (guessed first picks)
+    later_bounds: dict[frozenset[int], Tensor] | None = None
 
     def __init__(
         self,
@@ -120,22 +147,67 @@ class StreamedSimilarity:
         if offset == "max":
             low = high = None
             row_sums = None  # sum_i d_ij of every row j, float64, from the same blocks
+            guesses: dict[frozenset[int], tuple[Tensor, Tensor]] = {}  # picks -> (-m, sums)
             if candidates is None:  # d is symmetric: the blocks from the diagonal on
                 row_sums = torch.zeros(self.n_points, dtype=torch.float64, device=self.device)
+                if guess_sample_rows(self.n_points):
+                    guesses = self._guessed_picks()
                 blocks = self._upper_blocks("offset pass")
             else:
                 blocks = self._candidate_blocks("offset pass")
+            zero = torch.zeros((), dtype=self.dtype, device=self.device)
             for a, stop, block in blocks:
                 if row_sums is not None:
                     # rows a:stop see columns a: here, and columns before a in earlier blocks
                     row_sums[a:stop] += block.sum(1, dtype=torch.float64)
                     row_sums[stop:] += block[:, stop - a :].sum(0, dtype=torch.float64)
+                for negative_m, sums in guesses.values():  # terms max(0, (0 - d) - (-m))
+                    kernels.add_gain_sums(block, zero, negative_m, a, sums)
                 lo, hi = torch.aminmax(block)
                 low = lo if low is None else torch.minimum(low, lo)
                 high = hi if high is None else torch.maximum(high, hi)
             self.c = offset_and_check(*owner, offset, low, high, self.n_points)
             if row_sums is not None:
-                self.initial_bounds = _first_gain_bounds(row_sums, float(self.c), self.dtype)
+                c = float(self.c)
+                self.initial_bounds = _first_gain_bounds(row_sums, c, self.dtype)
+                self.later_bounds = {
+                    picks: _later_gain_bounds(sums, c, self.dtype)
+                    for picks, (_, sums) in guesses.items()
+                }
+
+    def _guessed_picks(self) -> dict[frozenset[int], tuple[Tensor, Tensor]]:
+        """The greedy's likely first pick and two likely second picks, from the rows of
+        :data:`GUESS_SAMPLE` evenly spaced points, as ``{picks: (-m, zeros)}`` with ``m`` the
+        smallest ``d`` to the picks (``[n]``, the inputs' dtype) and float64 ``[n]`` sums for
+        the offset pass. On the sample, the first gain of ``k`` is ``sum_i (C - d_ik)`` (largest
+        where ``d``'s sum is smallest) and the second ``sum_i max(0, d_gi - d_ik)`` after pick
+        ``g``; ``C`` cancels, so no pass is needed first."""
+        n, rows, size = self.n_points, self.block_rows, guess_sample_rows(self.n_points)
+        sample = torch.arange(size, device=self.device) * n // size
+        d_sample = torch.cat(
+            [self.distances.rows(sample[a : a + rows]) for a in range(0, size, rows)]
+        )  # [size, n]; d is symmetric, so column k holds d_ik
+        first = int(d_sample.sum(0, dtype=torch.float64).argmin())
+        d_first = self.distances.rows(torch.tensor([first], device=self.device))[0]
+        second = torch.zeros(n, dtype=torch.float64, device=self.device)
+        for a in range(0, size, rows):
+            part = d_sample[a : a + rows]
+            second += (
+                (d_first[sample[a : a + rows], None] - part)
+                .clamp_(min=0)
+                .sum(0, dtype=torch.float64)
+            )
+        del d_sample
+        second[first] = -math.inf
+        seconds = torch.sort(second, descending=True, stable=True).indices[:2]
+        d_seconds = self.distances.rows(seconds)
+        guesses = {frozenset([first]): d_first}
+        for j, d_j in zip(seconds.tolist(), d_seconds, strict=True):
+            guesses[frozenset([first, j])] = torch.minimum(d_first, d_j)
+        return {
+            picks: (m.neg(), torch.zeros(n, dtype=torch.float64, device=self.device))
+            for picks, m in guesses.items()
+        }
 
     def _bar(self, starts: range, what: str):
         return tqdm(
