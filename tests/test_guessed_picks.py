@@ -46,7 +46,7 @@ def test_later_bounds_hold_every_gain_after_their_picks(dtype, compiled, monkeyp
         monkeypatch.setattr(kernels, "_bound_sums_compiled", None)
     dist = distances(dtype=dtype, copies=False)
     source = StreamedSimilarity(dist, "max")
-    assert len(source.later_bounds) == 3  # the first pick, and it with each of two seconds
+    assert len(source.later_bounds) == 1 + streamed.GUESS_SECONDS  # first; first and a second
     fn = FacilityLocation(source)
     d = dist.dense()
     s = d.max() - d

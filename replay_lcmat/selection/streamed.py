@@ -42,6 +42,8 @@ CACHE_ROWS = 128
 # bounds the gains after those picks, which spares the bound passes they would need. The
 # guesses change the work, never the picks.
 GUESS_SAMPLE = 512
+GUESS_REFINE = 64  # the best estimates whose gains are then computed from their whole rows
+GUESS_SECONDS = 1  # second picks guessed after the first (each costs the offset pass ~10%)
 GUESS_MIN_POINTS = 4096
 
 
@@ -107,8 +109,11 @@ class StreamedSimilarity:
 
     ``C = "max"`` takes one streamed pass over every candidate row first (``C`` must be known
     before any gain; the pass also checks for overflow; with every point a candidate, over the
-    blocks from the diagonal on only: half the work, the same entries); a float ``C`` is checked row block by
-    row block as rows are made. Recently used rows are kept in a cache of
+    blocks from the diagonal on only: half the work, the same entries). That pass also gives
+    upper bounds of the first gains (``initial_bounds``) and, on a class of at least
+    :data:`GUESS_MIN_POINTS`, of the gains after guessed first and second picks
+    (``later_bounds``; see :meth:`_guessed_picks`). A float ``C`` is checked row block by row
+    block as rows are made. Recently used rows are kept in a cache of
     :data:`~replay_lcmat.submodular.STREAM_CACHE_BYTES`.
 
     Args:
@@ -176,30 +181,33 @@ class StreamedSimilarity:
                 }
 
     def _guessed_picks(self) -> dict[frozenset[int], tuple[Tensor, Tensor]]:
-        """The greedy's likely first pick and two likely second picks, from the rows of
-        :data:`GUESS_SAMPLE` evenly spaced points, as ``{picks: (-m, zeros)}`` with ``m`` the
-        smallest ``d`` to the picks (``[n]``, the inputs' dtype) and float64 ``[n]`` sums for
-        the offset pass. On the sample, the first gain of ``k`` is ``sum_i (C - d_ik)`` (largest
-        where ``d``'s sum is smallest) and the second ``sum_i max(0, d_gi - d_ik)`` after pick
-        ``g``; ``C`` cancels, so no pass is needed first."""
+        """The greedy's likely first pick and :data:`GUESS_SECONDS` likely second picks, as ``{picks: (-m,
+        zeros)}`` with ``m`` the smallest ``d`` to the picks (``[n]``, the inputs' dtype) and
+        float64 ``[n]`` sums for the offset pass.
+
+        The first gain of ``k`` is ``sum_i (C - d_ik)`` (largest where ``d``'s sum is smallest),
+        the second after pick ``g`` is ``sum_i max(0, d_gi - d_ik)``: ``C`` cancels, so no pass
+        is needed first. Each is estimated on the rows of :data:`GUESS_SAMPLE` evenly spaced
+        points, then computed whole for the :data:`GUESS_REFINE` best estimates."""
         n, rows, size = self.n_points, self.block_rows, guess_sample_rows(self.n_points)
         sample = torch.arange(size, device=self.device) * n // size
         d_sample = torch.cat(
             [self.distances.rows(sample[a : a + rows]) for a in range(0, size, rows)]
         )  # [size, n]; d is symmetric, so column k holds d_ik
-        first = int(d_sample.sum(0, dtype=torch.float64).argmin())
+        estimate = d_sample.sum(0, dtype=torch.float64).neg_()
+        first = int(self._best(estimate, lambda d: d.sum(1, dtype=torch.float64).neg_())[0])
         d_first = self.distances.rows(torch.tensor([first], device=self.device))[0]
-        second = torch.zeros(n, dtype=torch.float64, device=self.device)
+        estimate.zero_()
         for a in range(0, size, rows):
-            part = d_sample[a : a + rows]
-            second += (
-                (d_first[sample[a : a + rows], None] - part)
-                .clamp_(min=0)
-                .sum(0, dtype=torch.float64)
-            )
+            part = d_first[sample[a : a + rows], None] - d_sample[a : a + rows]
+            estimate += part.clamp_(min=0).sum(0, dtype=torch.float64)
         del d_sample
-        second[first] = -math.inf
-        seconds = torch.sort(second, descending=True, stable=True).indices[:2]
+        estimate[first] = -math.inf
+        seconds = self._best(
+            estimate,
+            lambda d: (d_first - d).clamp_(min=0).sum(1, dtype=torch.float64),
+            GUESS_SECONDS,
+        )
         d_seconds = self.distances.rows(seconds)
         guesses = {frozenset([first]): d_first}
         for j, d_j in zip(seconds.tolist(), d_seconds, strict=True):
@@ -208,6 +216,16 @@ class StreamedSimilarity:
             picks: (m.neg(), torch.zeros(n, dtype=torch.float64, device=self.device))
             for picks, m in guesses.items()
         }
+
+    def _best(self, estimate: Tensor, gain, count: int = 1) -> Tensor:
+        """The ``count`` candidates of largest ``gain(d[ids])`` (float64 ``[len(ids)]``) among
+        the :data:`GUESS_REFINE` of largest ``estimate`` (ties: lowest index)."""
+        ids = torch.sort(estimate, descending=True, stable=True).indices[:GUESS_REFINE]
+        ids = ids.sort().values  # rows in index order: ties stay with the lowest index
+        exact = torch.cat(
+            [gain(self.distances.rows(ids[a : a + 64])) for a in range(0, len(ids), 64)]
+        )
+        return ids[torch.sort(exact, descending=True, stable=True).indices[:count]]
 
     def _bar(self, starts: range, what: str):
         return tqdm(
