@@ -238,6 +238,38 @@ def _grad_source(h_dots, e_dots, h_rows, h_cols, e_rows, e_cols, sq_rows, sq_col
             out[o + j] = 0.0 if t < 0.0 else math.sqrt(t)  # NaN stays NaN, as in torch's clamp
 
 
+def _grad_lower_source(
+    h_near,
+    slack_rows,
+    slack_cols,
+    e_dots,
+    h_rows,
+    h_cols,
+    e_rows,
+    e_cols,
+    sq_rows,
+    sq_cols,
+    out,
+    stride,
+):
+    """:func:`_grad_source` with ``h_dots[r, j]`` replaced by ``h_near[r, j]`` (float32, within
+    ``slack_rows[r] slack_cols[j]`` of it) moved by that slack towards the larger ``(h + 1) e``:
+    up where ``e_dots >= 0``, down where negative. Every later operation is the same, in the same
+    order, and monotone in ``h`` that way (IEEE rounding is monotone), so each entry is at most
+    the exact one."""
+    m, w = h_near.shape
+    for r in prange(m):
+        o = r * stride
+        for j in range(w):
+            move = slack_rows[r] * slack_cols[j]
+            raw = e_dots[r, j]
+            near = np.float64(h_near[r, j]) + (move if raw >= 0.0 else -move)
+            h = (near * h_rows[r]) * h_cols[j]
+            e = (raw * e_rows[r]) * e_cols[j]
+            t = ((h + 1.0) * e) * -2.0 + (sq_rows[r] + sq_cols[j])
+            out[o + j] = 0.0 if t < 0.0 else math.sqrt(t)  # NaN stays NaN, as in torch's clamp
+
+
 def _gains_source(sim, rows_of, cov, out) -> None:
     """``out[r] = sum_i max(0, sim[rows_of[r], i] - cov[i])`` in float64. Compiled with
     reassociation allowed, so the compiler vectorises the sum with its own partial sums: an
@@ -295,6 +327,7 @@ def _transpose_source(flat, src: int, dst: int, stride: int, m: int, w: int) -> 
 
 _transpose_compiled = _jit(_transpose_source)
 _grad_compiled = _jit(_grad_source)
+_grad_lower_compiled = _jit(_grad_lower_source)
 _gains_compiled = _jit(_gains_source, fastmath={"reassoc", "nsz"})
 _bound_sums_compiled = _jit(_bound_sums_source, fastmath={"reassoc", "nsz"})
 
@@ -334,6 +367,29 @@ def grad_distances_into(
     _threads()
     _grad_compiled(
         *(t.contiguous().numpy() for t in (h_dots, e_dots, *h_scales, *e_scales, *sq)),
+        flat.numpy(),
+        stride,
+    )
+    return out
+
+
+def grad_lower_bounds_into(
+    h_near: Tensor,
+    h_slack: tuple[Tensor, Tensor],
+    e_dots: Tensor,
+    h_scales: tuple[Tensor, Tensor],
+    e_scales: tuple[Tensor, Tensor],
+    sq: tuple[Tensor, Tensor],
+    out: Tensor,
+) -> Tensor:
+    """Lower bounds of :func:`grad_distances_into`'s entries (CPU, compiled only), each at most
+    the exact entry as that function rounds it, from a float32 product ``h_near`` ``[m, w]`` of
+    the unscaled ``h`` slices with ``|h_near - h_dots| <= h_slack[0][r] h_slack[1][j]``
+    (float64 ``[m]``, ``[w]``); the other arguments as there."""
+    flat, stride = _flat_rows(out)
+    _threads()
+    _grad_lower_compiled(
+        *(t.contiguous().numpy() for t in (h_near, *h_slack, e_dots, *h_scales, *e_scales, *sq)),
         flat.numpy(),
         stride,
     )

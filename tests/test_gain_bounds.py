@@ -14,6 +14,7 @@ from replay_lcmat import greedy, kernels
 from replay_lcmat.greedy import maximize
 from replay_lcmat.selection import make_selector
 from replay_lcmat.selection.base import ClassInputs
+from replay_lcmat.selection.products import exact_dots
 from replay_lcmat.selection.streamed import StreamedSimilarity
 from replay_lcmat.submodular import FacilityLocation
 
@@ -51,8 +52,12 @@ def test_gain_bounds_hold_every_gain_from_above_and_tightly(dtype, offset, compi
         c = d.max() if offset == "max" else torch.tensor(offset, dtype=dtype)
         brute = ((c - d).double() - state.double()).clamp(min=0).sum(1)
         assert (bounds >= gains).all() and (bounds >= brute).all()
+        # tight: the same sum over the pass's entries (lower bounds of d, float32 products)
+        lower = dist.upper(0, len(d), torch.empty_like(d), lower_bound=True)
+        assert (lower <= d).all()
+        brute_lower = ((c - lower).double() - state.double()).clamp(min=0).sum(1)
         rtol = 4 * torch.finfo(dtype).eps  # the margin: the gains' rounding to the dtype
-        assert torch.allclose(bounds, brute, rtol=rtol, atol=1e-9 * float(brute.max()))
+        assert torch.allclose(bounds, brute_lower, rtol=rtol, atol=1e-9 * float(brute.max()))
 
 
 def test_a_candidate_subset_has_no_gain_bounds():
@@ -92,3 +97,34 @@ def test_a_bound_pass_runs_only_when_most_rows_would_be_refreshed():
     tightened = greedy._tightened(heap, 1, [2.0] * 11)
     assert sorted(tightened)[0] == (-2.0, 0, 0)  # stale bounds lowered, still stale
     assert (-1.0, 10, 1) in tightened  # a fresh gain kept as it is
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])
+@pytest.mark.parametrize("mixed_labels", [False, True])
+def test_lower_bound_entries_never_exceed_the_exact_ones(scale, mixed_labels):
+    """The bound passes' float32 product of 512-wide features, moved by its worst-case error
+    (Higham's gamma_k): every entry at most the exact one, and within 1e-3 of it. Mixed labels
+    give negative residual products ``e_i . e_j``, where the product must move down."""
+    gen = torch.Generator().manual_seed(5)
+    n = 700
+    features = (torch.randn(n, 512, generator=gen) * scale).relu()
+    features[:50] = features[100:150] * (1 + 1e-7)  # near copies: tiny distances
+    logits = torch.randn(n, 10, generator=gen) * 3
+    labels = torch.randint(0, 10, (n,), generator=gen) if mixed_labels else torch.zeros(n).long()
+    inputs = ClassInputs(label=0, features=features, logits=logits, labels=labels)
+    dist = make_selector("lcmat-s").distances(inputs)
+    if mixed_labels:
+        assert (exact_dots(dist.e, dist.e) < 0).any()
+    for start, stop in ((0, n), (300, 428)):
+        exact = dist.upper(start, stop, torch.empty(stop - start, n - start))
+        lower = dist.upper(start, stop, torch.empty(stop - start, n - start), lower_bound=True)
+        assert (lower <= exact).all()
+        assert (lower < exact).any()  # the float32 product ran (not the exact fallback)
+        assert torch.allclose(lower, exact, rtol=1e-3, atol=1e-3 * float(exact.max()))
+
+
+def test_float64_inputs_bound_with_the_exact_entries():
+    dist = distances(n=90, dtype=torch.float64)
+    exact = dist.upper(10, 40, torch.empty(30, 80, dtype=torch.float64))
+    lower = dist.upper(10, 40, torch.empty(30, 80, dtype=torch.float64), lower_bound=True)
+    assert torch.equal(lower, exact)

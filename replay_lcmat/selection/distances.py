@@ -25,6 +25,7 @@ from replay_lcmat.curvature import (
 from replay_lcmat.kernels import (
     compiled_available,
     grad_distances_into,
+    grad_lower_bounds_into,
     l1_block,
     l1_rows,
     mirror_block,
@@ -33,6 +34,7 @@ from replay_lcmat.selection.products import (
     _take,
     exact_dots,
     exact_self_dots,
+    full_float32_products,
     resolve_products,
     split_rows,
 )
@@ -139,13 +141,19 @@ class ClassDistances:
             l1_rows(self.lam, self.lam_t, ids, l1, add_to=out, eps=self.eps)
         return out
 
-    def upper(self, start: int, stop: int, out: Tensor) -> Tensor:
+    def _grad_lower_into(self, ids: Tensor, start: int, out: Tensor) -> Tensor:
+        """Lower bounds of :meth:`_grad_into`'s entries into ``out``, each at most the exact
+        one (here: the exact ones; subclasses may use a cheaper product)."""
+        return self._grad_into(ids, start, out)
+
+    def upper(self, start: int, stop: int, out: Tensor, *, lower_bound: bool = False) -> Tensor:
         """Rows ``start:stop`` from the diagonal on (columns ``start:``) into ``out``
         ``[stop - start, n - start]`` (a view into a larger matrix is fine). Each entry equals
-        :meth:`rows`' bit for bit."""
+        :meth:`rows`' bit for bit; with ``lower_bound``, each is at most that (the streamed
+        greedy's bound passes, :meth:`_grad_lower_into`)."""
         n = self.n
         ids = torch.arange(start, stop, device=self.device)
-        self._grad_into(ids, start, out)
+        (self._grad_lower_into if lower_bound else self._grad_into)(ids, start, out)
         out[:, : stop - start].fill_diagonal_(0.0)
         if self.lam is not None:
             l1 = self._scratch("l1", stop - start, n - start, self.lam.dtype)
@@ -196,6 +204,7 @@ class GradientDistances(ClassDistances):
             self.lam_t = self.lam.T.contiguous()
         self.h = split_rows(features, self.products)
         self.e = split_rows(softmax_residuals(logits, labels), self.products)
+        self._near: tuple[Tensor, Tensor, Tensor] | None = None  # float32 h and its slacks
         self.sq = (exact_self_dots(self.h) + 1.0) * exact_self_dots(self.e)
 
     def _grad(self, ids: Tensor, start: int = 0) -> Tensor:
@@ -216,6 +225,41 @@ class GradientDistances(ClassDistances):
             exact_dots(h, h_cols, scaled=False, out=self._scratch("h", m, w, torch.float64)),
             exact_dots(e, e_cols, scaled=False, out=self._scratch("e", m, w, torch.float64)),
             (h[1], h_cols[1]),
+            (e[1], e_cols[1]),
+            (self.sq[ids], self.sq[points]),
+            out,
+        )
+
+    def _grad_lower_into(self, ids: Tensor, start: int, out: Tensor) -> Tensor:
+        """From a float32 product of the ``h`` slices (about 2.5x faster than the float64 one
+        on blocks of 128 rows) where the slices allow it (float32 inputs: one slice of integers
+        below ``2^24``, exact in float32), else the exact entries. A float32 dot product of
+        length ``k`` is within ``gamma_k |x| . |y| <= gamma_k ||x|| ||y||`` of the exact one,
+        ``gamma_k = k u / (1 - k u)``, ``u = 2^-24``, in any summation order (Higham 2002,
+        Sec. 3.1); the bound is taken for ``k + 2`` and widened by ``2^-20`` of itself for the
+        float64 roundings of the norms and of moving the product (:func:`grad_lower_bounds_into`).
+        """
+        if self.products != "exact" or len(self.h[0]) != 1 or not compiled_available(self.device):
+            return self._grad_into(ids, start, out)
+        if self._near is None:
+            q = self.h[0][0]
+            k = q.shape[1] + 2
+            unit = torch.finfo(torch.float32).eps / 2
+            gamma = k * unit / (1 - k * unit) * (1 + 2.0**-20)
+            norms = q.square().sum(1).sqrt_()
+            self._near = (q.float(), norms * gamma, norms)
+        q32, slack_rows, slack_cols = self._near
+        points = slice(start, None)
+        m, w = len(ids), self.n - start
+        e, e_cols = _take(self.e, ids), _take(self.e, points)
+        near = self._scratch("near", m, w, torch.float32)
+        with full_float32_products():
+            torch.mm(q32[ids], q32[points].T, out=near)
+        return grad_lower_bounds_into(
+            near,
+            (slack_rows[ids], slack_cols[points]),
+            exact_dots(e, e_cols, scaled=False, out=self._scratch("e", m, w, torch.float64)),
+            (self.h[1][ids], self.h[1][points]),
             (e[1], e_cols[1]),
             (self.sq[ids], self.sq[points]),
             out,

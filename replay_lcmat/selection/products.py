@@ -89,6 +89,19 @@ def _no_tf32() -> Iterator[None]:
         setattr(matmul, name, before)
 
 
+@contextmanager
+def full_float32_products() -> Iterator[None]:
+    """Float32 products in full float32 arithmetic on any device, whatever the user's global
+    setting (``torch.set_float32_matmul_precision``, TF32 on CUDA; restored after)."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        with _no_tf32():
+            yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
 def split_rows(x: Tensor, products: str) -> tuple[list[Tensor], Tensor, int]:
     """:func:`exact_split` (``"exact"``), or ``x`` itself as one slice of scale 1 (``"fast"``)."""
     if products == "fast":

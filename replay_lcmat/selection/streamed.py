@@ -235,16 +235,19 @@ class StreamedSimilarity:
             leave=False,
         )
 
-    def _upper_blocks(self, what: str) -> Iterator[tuple[int, int, Tensor]]:
+    def _upper_blocks(
+        self, what: str, *, lower_bound: bool = False
+    ) -> Iterator[tuple[int, int, Tensor]]:
         """``(a, stop, d[a:stop, a:])`` for blocks of ``block_rows`` rows (every point a
-        candidate): the blocks from the diagonal on, each in the same reused buffer."""
+        candidate): the blocks from the diagonal on, each in the same reused buffer; with
+        ``lower_bound``, entries at most ``d``'s (:meth:`ClassDistances.upper`)."""
         n, rows = self.n_points, self.block_rows
         if self._buffer is None:
             self._buffer = torch.empty(rows * n, dtype=self.dtype, device=self.device)
         for a in self._bar(range(0, n, rows), what):
             stop = min(a + rows, n)
             block = self._buffer[: (stop - a) * (n - a)].view(stop - a, n - a)
-            yield a, stop, self.distances.upper(a, stop, block)
+            yield a, stop, self.distances.upper(a, stop, block, lower_bound=lower_bound)
 
     def _candidate_blocks(self, what: str) -> Iterator[tuple[int, int, Tensor]]:
         for a in self._bar(range(0, self.n_candidates, self.block_rows), what):
@@ -255,17 +258,19 @@ class StreamedSimilarity:
         """Upper bounds of every candidate's gain ``sum_i max(0, s_ji - cov_i)`` (float64
         ``[n]``) from one pass over the blocks from the diagonal on: half the work of making
         every row, since ``s`` is symmetric and a block gives its rows' and, mirrored, its
-        columns' share (:func:`~replay_lcmat.kernels.add_gain_sums`). The terms are those of the
-        gains as computed; only the order of the float64 sum differs, which moves a sum of
-        ``n`` non-negative terms by less than ``n u`` of itself (``u`` = 2^-53), and the gains
-        are then rounded to the inputs' dtype (half an ulp): hence a margin of ``4 n u`` plus
-        twice the dtype's unit roundoff, relative. None when the candidates are not every point.
+        columns' share (:func:`~replay_lcmat.kernels.add_gain_sums`). The blocks hold lower
+        bounds of ``d`` (a float32 product where the inputs allow it:
+        :meth:`ClassDistances.upper` with ``lower_bound``), so each term is at least the gain's
+        as computed; the order of the float64 sum differs, which moves a sum of ``n``
+        non-negative terms by less than ``n u`` of itself (``u`` = 2^-53), and the gains are
+        then rounded to the inputs' dtype (half an ulp): hence a margin of ``4 n u`` plus twice
+        the dtype's unit roundoff, relative. None when the candidates are not every point.
         """
         if self.candidates is not None:
             return None
         n = self.n_points
         sums = torch.zeros(n, dtype=torch.float64, device=self.device)
-        for a, _, block in self._upper_blocks("gain bounds"):
+        for a, _, block in self._upper_blocks("gain bounds", lower_bound=True):
             c = self.c
             if c is None:  # a float offset: check the blocks as they come
                 low, high = torch.aminmax(block)
