@@ -302,12 +302,14 @@ def run_size(n: int, k: int, args, folder: str, naive: bool) -> dict:
     common = dict(n=n, d=args.d, eps=args.eps, k_dims=args.k_dims, budget=k, impl="ours")
     trees = {"ours": None} | ({"baseline": args.baseline_tree} if args.baseline_tree else {})
     runs = {name: [] for name in [*greedy, "stages", *(f"lcmat_s {x}" for x in trees)]}
+    runs["craig"] = []  # lcmat_s with eps = 0: Craig's selection exactly
     for round_ in range(args.rounds):  # contenders interleaved inside each round
         for name, spec in greedy.items():
             runs[name].append(measure(dict(spec, kind="greedy", budget=k)))
         runs["stages"].append(measure(dict(common, kind="stages")))
         for name, tree in trees.items():
             runs[f"lcmat_s {name}"].append(measure(dict(common, kind="lcmat"), tree))
+        runs["craig"].append(measure(dict(common, kind="lcmat", eps=0.0)))
         print(f"n={n}: round {round_ + 1} of {args.rounds} done", flush=True)
     for path in paths.values():
         os.remove(path)
@@ -336,7 +338,7 @@ def summarise(size: dict) -> tuple[list[dict], list[dict], list[dict], list[tupl
     }
     greedy_rows = []
     for name, name_runs in runs.items():
-        if name == "stages" or name.startswith("lcmat_s"):
+        if name in ("stages", "craig") or name.startswith("lcmat_s"):
             continue
         optimizer, dtype = name.split()[1], name.split()[2]
         row = {"n, k": f"{n}, {k}", "greedy": name}
@@ -395,6 +397,9 @@ def summarise(size: dict) -> tuple[list[dict], list[dict], list[dict], list[tupl
         "ours / h@h.T of its own process": f"{own_unit:.2f}",
         "ours peak extra MiB": f"{median(ours, 'peak_extra') / 2**20:.0f}",
         "ours peak / (n^2 * 4 bytes)": f"{median(ours, 'peak_extra') / (4 * n * n):.2f}",
+        "Craig (eps = 0) / h@h.T of its own process": "{:.2f}".format(
+            statistics.median(r["seconds"] / r["unit"] for r in runs["craig"])
+        ),
     }
     base = runs.get("lcmat_s baseline")
     if base:
