@@ -19,14 +19,15 @@ from replay_lcmat.selection.streamed import StreamedSimilarity
 from replay_lcmat.submodular import FacilityLocation
 
 
-def distances(n=150, dtype=torch.float32, seed=0):
+def distances(n=150, dtype=torch.float32, seed=0, copies=True):
     gen = torch.Generator().manual_seed(seed)
     features = torch.randn(n, 8, generator=gen, dtype=dtype).relu()
     logits = torch.randn(n, 5, generator=gen, dtype=dtype) * 2
-    features[: n // 5], logits[: n // 5] = (
-        features[n // 2 : n // 2 + n // 5],
-        logits[n // 2 : n // 2 + n // 5],
-    )
+    if copies:  # a fifth of the samples are copies: exact ties between gains
+        features[: n // 5], logits[: n // 5] = (
+            features[n // 2 : n // 2 + n // 5],
+            logits[n // 2 : n // 2 + n // 5],
+        )
     labels = torch.zeros(n, dtype=torch.long)
     inputs = ClassInputs(label=0, features=features, logits=logits, labels=labels)
     return make_selector("lcmat-s", eps=0.3, k_dims=6).distances(inputs)

@@ -9,27 +9,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_gain_bounds import distances
 
 from replay_lcmat import kernels
 from replay_lcmat.greedy import maximize
-from replay_lcmat.selection import make_selector, streamed
-from replay_lcmat.selection.base import ClassInputs
+from replay_lcmat.selection import streamed
 from replay_lcmat.selection.streamed import StreamedSimilarity
 from replay_lcmat.submodular import FacilityLocation
-
-
-def distances(n=300, dtype=torch.float32, seed=0, copies=True):
-    gen = torch.Generator().manual_seed(seed)
-    features = torch.randn(n, 8, generator=gen, dtype=dtype).relu()
-    logits = torch.randn(n, 5, generator=gen, dtype=dtype) * 2
-    if copies:  # a fifth of the samples are copies: exact ties between gains
-        features[: n // 5], logits[: n // 5] = (
-            features[n // 2 : n // 2 + n // 5],
-            logits[n // 2 : n // 2 + n // 5],
-        )
-    labels = torch.zeros(n, dtype=torch.long)
-    inputs = ClassInputs(label=0, features=features, logits=logits, labels=labels)
-    return make_selector("lcmat-s", eps=0.3, k_dims=6).distances(inputs)
 
 
 @pytest.fixture
@@ -44,7 +30,7 @@ def guesses_on_small_classes(monkeypatch):
 def test_later_bounds_hold_every_gain_after_their_picks(dtype, compiled, monkeypatch):
     if not compiled:  # the torch twin (what runs off the CPU)
         monkeypatch.setattr(kernels, "_bound_sums_compiled", None)
-    dist = distances(dtype=dtype, copies=False)
+    dist = distances(n=300, dtype=dtype, copies=False)
     source = StreamedSimilarity(dist, "max")
     assert len(source.later_bounds) == 1 + streamed.GUESS_SECONDS  # first; first and a second
     fn = FacilityLocation(source)
