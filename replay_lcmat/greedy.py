@@ -137,6 +137,7 @@ def _lazy_greedy(fn: SetFunction, budget: int, bar: tqdm) -> GreedyResult:
     # never decides an order
     bounds = getattr(fn, "initial_bounds", None)
     later = getattr(fn, "later_bounds", None) or {}
+    longest = max(map(len, later), default=0)  # no set of picks beyond this size is looked up
     if bounds is None and bound_pass is not None:
         bounds = bound_pass(state)
     if bounds is None:
@@ -174,7 +175,7 @@ def _lazy_greedy(fn: SetFunction, budget: int, bar: tqdm) -> GreedyResult:
         picks.append(j)
         gains.append(-negative_gain)
         state = fn.update(state, j)
-        known = later.get(frozenset(picks))
+        known = later.get(frozenset(picks)) if len(picks) <= longest else None
         if known is not None:  # bounds for the next step, as tight as a bound pass's
             heap = _tightened(heap, step + 1, known.tolist())
             since = 0

@@ -123,8 +123,9 @@ class FacilityLocationSelector(Selector):
 
     def _per_point(self, d: int, c: int) -> int:
         """Values kept per sample by the streamed path: the inputs, their float64 slices (two
-        values of float32 each), per-sample vectors."""
-        return 3 * (d + c) + 8
+        values of float32 each), a float32 copy of the features' slice (the bound passes'
+        product), per-sample vectors."""
+        return 3 * (d + c) + d + 8
 
     def _shape(self, inputs: ClassInputs) -> tuple[int, int, int, int]:
         (n, d), c = inputs.features.shape, inputs.logits.shape[1]

@@ -79,6 +79,13 @@ def offset_and_check(name: str, label: int, offset, low: Tensor, high: Tensor, n
     return c
 
 
+def _sum_margin(n: int, dtype: torch.dtype) -> float:
+    """Relative margin of a float64 sum of ``n`` non-negative terms taken in another order than
+    the gains' (less than ``n u``, ``u`` = 2^-53; ``4 n u`` kept) and of the gains' rounding to
+    ``dtype`` (half an ulp; twice its unit roundoff kept)."""
+    return 4 * n * torch.finfo(torch.float64).eps / 2 + torch.finfo(dtype).eps
+
+
 def _later_gain_bounds(sums: Tensor, c: float, dtype: torch.dtype) -> Tensor:
     """Upper bounds of the gains ``sum_i max(0, s_ki - cov_i)`` once the picks ``P`` are made,
     from ``sums[k] = sum_i max(0, m_i - d_ki)`` (float64, ``m = min_{j in P} d_j``, summed
@@ -88,8 +95,7 @@ def _later_gain_bounds(sums: Tensor, c: float, dtype: torch.dtype) -> Tensor:
     :meth:`StreamedSimilarity.gain_bounds` for the order of the sums and the gains' rounding."""
     n = len(sums)
     unit = torch.finfo(dtype).eps / 2
-    margin = 4 * n * torch.finfo(torch.float64).eps / 2 + torch.finfo(dtype).eps
-    return (sums + 2 * n * unit * abs(c)).mul_(1.0 + margin)
+    return (sums + 2 * n * unit * abs(c)).mul_(1.0 + _sum_margin(n, dtype))
 
 
 def _first_gain_bounds(row_sums: Tensor, c: float, dtype: torch.dtype) -> Tensor:
@@ -181,9 +187,9 @@ class StreamedSimilarity:
                 }
 
     def _guessed_picks(self) -> dict[frozenset[int], tuple[Tensor, Tensor]]:
-        """The greedy's likely first pick and :data:`GUESS_SECONDS` likely second picks, as ``{picks: (-m,
-        zeros)}`` with ``m`` the smallest ``d`` to the picks (``[n]``, the inputs' dtype) and
-        float64 ``[n]`` sums for the offset pass.
+        """The greedy's likely first pick and :data:`GUESS_SECONDS` likely second picks, as
+        ``{picks: (-m, zeros)}`` with ``m`` the smallest ``d`` to the picks (``[n]``, the
+        inputs' dtype) and float64 ``[n]`` sums for the offset pass.
 
         The first gain of ``k`` is ``sum_i (C - d_ik)`` (largest where ``d``'s sum is smallest),
         the second after pick ``g`` is ``sum_i max(0, d_gi - d_ik)``: ``C`` cancels, so no pass
@@ -222,8 +228,9 @@ class StreamedSimilarity:
         the :data:`GUESS_REFINE` of largest ``estimate`` (ties: lowest index)."""
         ids = torch.sort(estimate, descending=True, stable=True).indices[:GUESS_REFINE]
         ids = ids.sort().values  # rows in index order: ties stay with the lowest index
+        rows = self.block_rows
         exact = torch.cat(
-            [gain(self.distances.rows(ids[a : a + 64])) for a in range(0, len(ids), 64)]
+            [gain(self.distances.rows(ids[a : a + rows])) for a in range(0, len(ids), rows)]
         )
         return ids[torch.sort(exact, descending=True, stable=True).indices[:count]]
 
@@ -276,8 +283,7 @@ class StreamedSimilarity:
                 low, high = torch.aminmax(block)
                 c = offset_and_check(*self.owner, self.offset, low, high, n)
             kernels.add_gain_sums(block, c, cov, a, sums)
-        margin = 4 * n * torch.finfo(torch.float64).eps / 2 + torch.finfo(self.dtype).eps
-        return sums.mul_(1.0 + margin)
+        return sums.mul_(1.0 + _sum_margin(n, self.dtype))
 
     def _distances(self, ids: Tensor) -> Tensor:
         ids = ids.to(self.device)
