@@ -11,11 +11,11 @@ similarities.
 
 from __future__ import annotations
 
-import heapq
 import math
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -106,17 +106,17 @@ def _naive_greedy(fn: SetFunction, budget: int, bar: tqdm) -> GreedyResult:
 
 
 def _lazy_greedy(fn: SetFunction, budget: int, bar: tqdm) -> GreedyResult:
-    """Minoux's lazy greedy on a heap of upper bounds, refreshed in chunks.
+    """Minoux's lazy greedy on an array of upper bounds, refreshed in chunks.
 
     Stale gains are upper bounds of the current gains (submodularity; also in floating point,
     since every term ``max(0, s - cov)`` only shrinks and a row is always summed in the same
-    order). The heap orders ``(-bound, index)``, so its top is the largest bound, ties to the
-    lowest index. While the top is stale, the next chunk of stale entries (doubling in size,
-    from ``first_chunk`` up to ``max_chunk``) is popped, refreshed with one ``fn.gains`` call
-    and pushed back. A fresh top is exactly naive greedy's argmax: its gain is at least every
-    other bound, and an equal bound of a lower index would sit above it. The chunk sizes are
-    ``fn.lazy_chunks`` when it has them, else ``(16, 1024)``; they change the work, never the
-    picks.
+    order). ``bound[j]`` is candidate ``j``'s latest gain or bound and ``at[j]`` the step it was
+    computed at. While the largest bound (ties to the lowest index, as ``argmax``) is stale,
+    the next chunk of stale candidates with the largest bounds (doubling in size, from
+    ``first_chunk`` up to ``max_chunk``) is refreshed with one ``fn.gains`` call. A fresh top is
+    exactly naive greedy's argmax: its gain is at least every other bound, and an equal bound
+    of a lower index would be the top instead. The chunk sizes are ``fn.lazy_chunks`` when it
+    has them, else ``(16, 1024)``; they change the work, never the picks.
 
     Other upper bounds leave the picks alike. A function with ``initial_bounds`` (e.g. from
     the streamed offset pass) starts from those, all stale, instead of a pass over every
@@ -133,72 +133,80 @@ def _lazy_greedy(fn: SetFunction, budget: int, bar: tqdm) -> GreedyResult:
     n = fn.n_candidates
     state = fn.initial_state()
     device = state.device
-    # entries (-bound, index, step the bound was computed at); indices are unique, so the step
-    # never decides an order
-    bounds = getattr(fn, "initial_bounds", None)
+    known = getattr(fn, "initial_bounds", None)
     later = getattr(fn, "later_bounds", None) or {}
     longest = max(map(len, later), default=0)  # no set of picks beyond this size is looked up
-    if bounds is None and bound_pass is not None:
-        bounds = bound_pass(state)
-    if bounds is None:
-        heap = [(-g, j, 0) for j, g in enumerate(fn.gains(state).tolist())]
-    else:  # upper bounds known without a pass: stale from the start (step -1), refreshed on top
-        heap = [(-b, j, -1) for j, b in enumerate(bounds.tolist())]
-    heapq.heapify(heap)
+    if known is None and bound_pass is not None:
+        known = bound_pass(state)
+    if known is None:  # exact gains: fresh at step 0
+        bound, at = _floats(fn.gains(state)), np.zeros(n, dtype=np.int64)
+    else:  # upper bounds known without a pass: stale from the start, refreshed on top
+        bound, at = _floats(known), np.full(n, -1, dtype=np.int64)
     picks, gains = [], []
     since = 0  # rows refreshed since the last bound pass
     for step in range(budget):
         chunk, refreshed, best = first_chunk, 0, -math.inf
         checked = bound_pass is None
-        while heap[0][2] != step:
+        while at[top := int(bound.argmax())] != step:
             rent = RENT is not None and bound_pass is not None and since >= RENT * n
             if rent or (not checked and refreshed >= n // 32):
                 checked = True
-                if rent or _worth_a_bound_pass(heap, step, best, n):
+                if rent or _worth_a_bound_pass(bound, at, step, best, n):
                     tighter = bound_pass(state)
                     if tighter is None:
                         bound_pass = None
                     else:
-                        heap = _tightened(heap, step, tighter.tolist())
+                        _tighten(bound, at, step, _floats(tighter))
                         chunk, since = first_chunk, 0  # tight bounds: few refreshes left
                         continue
-            stale = []
-            while heap and heap[0][2] != step and len(stale) < chunk:
-                stale.append(heapq.heappop(heap)[1])
-            fresh = fn.gains(state, torch.tensor(stale, device=device)).tolist()
-            for j, g in zip(stale, fresh, strict=True):
-                heapq.heappush(heap, (-g, j, step))
-            refreshed, best = refreshed + len(stale), max(best, *fresh)
+            stale = _largest_stale(bound, at, step, top, chunk)
+            fresh = _floats(fn.gains(state, torch.from_numpy(stale).to(device)))
+            bound[stale], at[stale] = fresh, step
+            refreshed, best = refreshed + len(stale), max(best, float(fresh.max()))
             since += len(stale)
             chunk = min(2 * chunk, max_chunk)
-        negative_gain, j, _ = heapq.heappop(heap)
-        picks.append(j)
-        gains.append(-negative_gain)
-        state = fn.update(state, j)
+        picks.append(top)
+        gains.append(float(bound[top]))
+        bound[top], at[top] = -math.inf, budget  # never the top again, never stale
+        state = fn.update(state, top)
         known = later.get(frozenset(picks)) if len(picks) <= longest else None
         if known is not None:  # bounds for the next step, as tight as a bound pass's
-            heap = _tightened(heap, step + 1, known.tolist())
+            _tighten(bound, at, step + 1, _floats(known))
             since = 0
         bar.update(1)
     return _result(picks, gains, state.dtype)
 
 
-def _worth_a_bound_pass(heap: list, step: int, best: float, n: int) -> bool:
-    """Whether more than ``n / 2`` stale entries have a bound above ``best`` (the largest gain
-    refreshed so far this step, at most the pick's): each of them would be refreshed row by
-    row, while one bound pass costs about ``n / 2`` rows."""
-    return sum(1 for bound, _, at in heap if at != step and -bound > best) > n // 2
+def _floats(values: Tensor) -> np.ndarray:
+    """``values`` as a float64 numpy array of the same numbers (a copy)."""
+    return values.detach().to("cpu", torch.float64).numpy().copy()
 
 
-def _tightened(heap: list, step: int, bounds: list[float]) -> list:
-    """The heap with each stale bound lowered to ``bounds[j]`` where that is smaller (still
-    stale: the exact gain is computed before a pick)."""
-    heap = [
-        entry if entry[2] == step else (max(entry[0], -bounds[entry[1]]), entry[1], entry[2])
-        for entry in heap
-    ]
-    heapq.heapify(heap)
-    return heap
+def _largest_stale(bound: np.ndarray, at: np.ndarray, step: int, top: int, chunk: int) -> np.ndarray:
+    """Up to ``chunk`` stale candidates (computed before ``step``) with the largest bounds,
+    ``top`` (the largest, stale) among them; int64, ascending."""
+    stale = np.flatnonzero(at < step)
+    if len(stale) > chunk:
+        keep = np.argpartition(-bound[stale], chunk - 1)[:chunk]
+        stale = stale[keep]
+        if top not in stale:  # ties at the cut may leave it out
+            stale[np.argmin(bound[stale])] = top
+        stale.sort()
+    return stale
+
+
+def _worth_a_bound_pass(bound: np.ndarray, at: np.ndarray, step: int, best: float, n: int) -> bool:
+    """Whether more than ``n / 2`` stale candidates have a bound above ``best`` (the largest
+    gain refreshed so far this step, at most the pick's): each of them would be refreshed row
+    by row, while one bound pass costs about ``n / 2`` rows."""
+    return int(np.count_nonzero((at < step) & (bound > best))) > n // 2
+
+
+def _tighten(bound: np.ndarray, at: np.ndarray, step: int, tighter: np.ndarray) -> None:
+    """Lower each stale bound (computed before ``step``) to ``tighter`` where that is smaller,
+    in place (still stale: the exact gain is computed before a pick)."""
+    stale = at < step
+    bound[stale] = np.minimum(bound[stale], tighter[stale])
 
 
 def _stochastic_greedy(

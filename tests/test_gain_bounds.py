@@ -7,6 +7,7 @@ it (else a pick could change), and close to it (else they save nothing).
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -92,12 +93,23 @@ def test_the_lazy_greedy_with_bound_passes_makes_the_naive_picks(offset, monkeyp
 
 
 def test_a_bound_pass_runs_only_when_most_rows_would_be_refreshed():
-    heap = [(-10.0, j, 0) for j in range(10)] + [(-1.0, 10, 1)]
-    assert greedy._worth_a_bound_pass(heap, 1, best=1.0, n=11)  # 10 stale above 1
-    assert not greedy._worth_a_bound_pass(heap, 1, best=10.0, n=11)  # none above 10
-    tightened = greedy._tightened(heap, 1, [2.0] * 11)
-    assert sorted(tightened)[0] == (-2.0, 0, 0)  # stale bounds lowered, still stale
-    assert (-1.0, 10, 1) in tightened  # a fresh gain kept as it is
+    bound = np.array([10.0] * 10 + [1.0])
+    at = np.array([0] * 10 + [1])  # ten bounds from step 0, one gain fresh at step 1
+    assert greedy._worth_a_bound_pass(bound, at, 1, best=1.0, n=11)  # 10 stale above 1
+    assert not greedy._worth_a_bound_pass(bound, at, 1, best=10.0, n=11)  # none above 10
+    greedy._tighten(bound, at, 1, np.full(11, 2.0))
+    assert bound.tolist() == [2.0] * 10 + [1.0]  # stale bounds lowered, a fresh gain kept
+    assert at.tolist() == [0] * 10 + [1]  # still stale
+
+
+def test_the_chunk_of_stale_candidates_has_the_largest_bounds_and_the_top():
+    bound = np.array([5.0, 9.0, 9.0, 9.0, 1.0, 7.0, 8.0])
+    at = np.array([0, 0, 0, 0, 0, 1, 0])  # candidate 5 is fresh at step 1
+    assert greedy._largest_stale(bound, at, 1, top=1, chunk=3).tolist() == [1, 2, 3]
+    assert greedy._largest_stale(bound, at, 1, top=1, chunk=4).tolist() == [1, 2, 3, 6]
+    # ties at the cut: whichever two of the 9s are kept, the top is one of them
+    assert 1 in greedy._largest_stale(bound, at, 1, top=1, chunk=2).tolist()
+    assert greedy._largest_stale(bound, at, 1, top=1, chunk=9).tolist() == [0, 1, 2, 3, 4, 6]
 
 
 @pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])
