@@ -182,7 +182,9 @@ def _floats(values: Tensor) -> np.ndarray:
     return values.detach().to("cpu", torch.float64).numpy().copy()
 
 
-def _largest_stale(bound: np.ndarray, at: np.ndarray, step: int, top: int, chunk: int) -> np.ndarray:
+def _largest_stale(
+    bound: np.ndarray, at: np.ndarray, step: int, top: int, chunk: int
+) -> np.ndarray:
     """Up to ``chunk`` stale candidates (computed before ``step``) with the largest bounds,
     ``top`` (the largest, stale) among them; int64, ascending."""
     stale = np.flatnonzero(at < step)
