@@ -1,4 +1,4 @@
-"""Selection kernels: the heap lazy greedy picks what a plain greedy picks (ties
+"""Selection kernels: the lazy greedy picks what a plain greedy picks (ties
 too), blocked gains round every row alike whatever the block, the L1 kernel is torch.cdist bit
 for bit, the blocked dissimilarity is symmetric and matches the materialised one, and the
 finiteness checks that replaced the n x n mask still refuse NaN, inf and overflow."""
@@ -49,7 +49,7 @@ def plain_greedy(sim: torch.Tensor, budget: int) -> list[int]:
 
 @pytest.mark.parametrize("kind", ["random", "ties", "duplicates"])
 @pytest.mark.parametrize("seed", range(3))
-def test_heap_lazy_greedy_picks_what_a_plain_greedy_picks(kind, seed):
+def test_lazy_greedy_picks_what_a_plain_greedy_picks(kind, seed):
     sim = similarity(120, seed, kind)
     assert maximize(FacilityLocation(sim), 40).ranking.tolist() == plain_greedy(sim, 40)
 
