@@ -147,6 +147,7 @@ def _lazy_greedy(fn: SetFunction, budget: int, bar: tqdm) -> GreedyResult:
     for step in range(budget):
         chunk, refreshed, best = first_chunk, 0, -math.inf
         checked = bound_pass is None
+        queue, taken = _stale_by_bound(bound, at, step, 2 * max_chunk), 0
         while at[top := int(bound.argmax())] != step:
             rent = RENT is not None and bound_pass is not None and since >= RENT * n
             if rent or (not checked and refreshed >= n // 32):
@@ -158,8 +159,12 @@ def _lazy_greedy(fn: SetFunction, budget: int, bar: tqdm) -> GreedyResult:
                     else:
                         _tighten(bound, at, step, _floats(tighter))
                         chunk, since = first_chunk, 0  # tight bounds: few refreshes left
+                        queue, taken = _stale_by_bound(bound, at, step, 2 * max_chunk), 0
                         continue
-            stale = _largest_stale(bound, at, step, top, chunk)
+            if taken >= len(queue):  # every queued candidate refreshed: the next ones
+                queue, taken = _stale_by_bound(bound, at, step, 2 * max_chunk), 0
+            stale = np.sort(queue[taken : taken + chunk])
+            taken += len(stale)
             fresh = _floats(fn.gains(state, torch.from_numpy(stale).to(device)))
             bound[stale], at[stale] = fresh, step
             refreshed, best = refreshed + len(stale), max(best, float(fresh.max()))
@@ -182,19 +187,18 @@ def _floats(values: Tensor) -> np.ndarray:
     return values.detach().to("cpu", torch.float64).numpy().copy()
 
 
-def _largest_stale(
-    bound: np.ndarray, at: np.ndarray, step: int, top: int, chunk: int
-) -> np.ndarray:
-    """Up to ``chunk`` stale candidates (computed before ``step``) with the largest bounds,
-    ``top`` (the largest, stale) among them; int64, ascending."""
+def _stale_by_bound(bound: np.ndarray, at: np.ndarray, step: int, count: int) -> np.ndarray:
+    """Up to ``count`` stale candidates (computed before ``step``) with the largest bounds,
+    largest first (ties: lowest index first); int64.
+
+    The lazy greedy refreshes them chunk by chunk within a step: refreshing makes a candidate
+    fresh and changes no other bound, so what is left of the queue stays the largest stale
+    bounds, in order, until it is used up or a bound pass lowers the bounds (then it is built
+    again). One selection of ``O(n)`` per queue, not per chunk."""
     stale = np.flatnonzero(at < step)
-    if len(stale) > chunk:
-        keep = np.argpartition(-bound[stale], chunk - 1)[:chunk]
-        stale = stale[keep]
-        if top not in stale:  # ties at the cut may leave it out
-            stale[np.argmin(bound[stale])] = top
-        stale.sort()
-    return stale
+    if len(stale) > count:
+        stale = stale[np.argpartition(-bound[stale], count - 1)[:count]]
+    return stale[np.lexsort((stale, -bound[stale]))]
 
 
 def _worth_a_bound_pass(bound: np.ndarray, at: np.ndarray, step: int, best: float, n: int) -> bool:

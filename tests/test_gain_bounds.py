@@ -102,14 +102,16 @@ def test_a_bound_pass_runs_only_when_most_rows_would_be_refreshed():
     assert at.tolist() == [0] * 10 + [1]  # still stale
 
 
-def test_the_chunk_of_stale_candidates_has_the_largest_bounds_and_the_top():
+def test_the_queue_of_stale_candidates_has_the_largest_bounds_in_order():
     bound = np.array([5.0, 9.0, 9.0, 9.0, 1.0, 7.0, 8.0])
     at = np.array([0, 0, 0, 0, 0, 1, 0])  # candidate 5 is fresh at step 1
-    assert greedy._largest_stale(bound, at, 1, top=1, chunk=3).tolist() == [1, 2, 3]
-    assert greedy._largest_stale(bound, at, 1, top=1, chunk=4).tolist() == [1, 2, 3, 6]
-    # ties at the cut: whichever two of the 9s are kept, the top is one of them
-    assert 1 in greedy._largest_stale(bound, at, 1, top=1, chunk=2).tolist()
-    assert greedy._largest_stale(bound, at, 1, top=1, chunk=9).tolist() == [0, 1, 2, 3, 4, 6]
+    assert greedy._stale_by_bound(bound, at, 1, count=3).tolist() == [1, 2, 3]
+    assert greedy._stale_by_bound(bound, at, 1, count=4).tolist() == [1, 2, 3, 6]
+    assert greedy._stale_by_bound(bound, at, 1, count=9).tolist() == [1, 2, 3, 6, 0, 4]
+    # ties at the cut: two of the 9s, largest first
+    cut = greedy._stale_by_bound(bound, at, 1, count=2).tolist()
+    assert len(cut) == 2 and set(cut) <= {1, 2, 3} and cut == sorted(cut)
+    assert greedy._stale_by_bound(bound, np.full(7, 1), 1, count=4).tolist() == []
 
 
 @pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])
