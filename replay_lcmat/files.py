@@ -57,6 +57,23 @@ def read_torch_file(path: Path, what: str, written_by: str) -> Any:
         ) from None
 
 
+def check_state_header(state: object, fmt: str, version: int, what: str, source: str) -> None:
+    """Raise ``ValueError`` unless ``state`` is a dict with ``format == fmt`` and ``version``:
+    the header every saved replay-lcmat state carries (memories, buffers, run checkpoints).
+
+    Args:
+        what: the kind, for messages (``"selection-buffer"``); source: what writes such a state
+            (``"SelectionBuffer.state_dict()"``).
+    """
+    if not isinstance(state, dict) or state.get("format") != fmt:
+        raise ValueError(f"not a replay-lcmat {what}; it comes from {source}.")
+    if state.get("version") != version:
+        raise ValueError(
+            f"{what} version {state.get('version')!r}; this replay-lcmat reads version {version} "
+            f"only: write it again with this version's {source}."
+        )
+
+
 class OutputInUseError(ValueError):
     """Another run holds the lock of an output path (see :func:`exclusive_output`)."""
 

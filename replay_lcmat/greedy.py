@@ -113,7 +113,8 @@ def _lazy_greedy(fn: SetFunction, budget: int, bar: tqdm) -> GreedyResult:
     order). ``bound[j]`` is candidate ``j``'s latest gain or bound and ``at[j]`` the step it was
     computed at. While the largest bound (ties to the lowest index, as ``argmax``) is stale,
     the next chunk of stale candidates with the largest bounds (doubling in size, from
-    ``first_chunk`` up to ``max_chunk``) is refreshed with one ``fn.gains`` call. A fresh top is
+    ``first_chunk`` up to ``max_chunk``; taken from a queue of them, :func:`_stale_by_bound`) is
+    refreshed with one ``fn.gains`` call. A fresh top is
     exactly naive greedy's argmax: its gain is at least every other bound, and an equal bound
     of a lower index would be the top instead. The chunk sizes are ``fn.lazy_chunks`` when it
     has them, else ``(16, 1024)``; they change the work, never the picks.

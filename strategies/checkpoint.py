@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from replay_lcmat.files import atomic_torch_save, read_torch_file
+from replay_lcmat.files import atomic_torch_save, check_state_header, read_torch_file
 from replay_lcmat.strategies.plugins import MemoryStateMixin
 
 RUN_FORMAT = "replay-lcmat/avalanche-run"
@@ -77,13 +77,10 @@ def load_run(path: str | os.PathLike, strategy, stream) -> int:
     strategy untouched.
     """
     state = read_torch_file(Path(path), "run checkpoint", "replay_lcmat.strategies.save_run")
-    if not isinstance(state, dict) or state.get("format") != RUN_FORMAT:
-        raise ValueError(f"{path} is not a run checkpoint; write one with save_run().")
-    if state.get("version") != RUN_VERSION:
-        raise ValueError(
-            f"{path}: run checkpoint version {state.get('version')!r}; this replay-lcmat reads "
-            f"version {RUN_VERSION} only."
-        )
+    try:
+        check_state_header(state, RUN_FORMAT, RUN_VERSION, "run checkpoint", "save_run()")
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
     plugins = _memory_plugins(strategy)
     if len(plugins) != len(state["memories"]):
         raise ValueError(

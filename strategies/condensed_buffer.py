@@ -10,10 +10,10 @@ import torch
 from avalanche.benchmarks.utils import concat_datasets
 from avalanche.training.storage_policy import ExemplarsBuffer
 
+from replay_lcmat.files import check_state_header
 from replay_lcmat.memory import ClassMemory, CondensationPolicy, check_options, memory_policy
 from replay_lcmat.strategies.datasets import dataset_tensors, tensor_dataset
 from replay_lcmat.strategies.sizing import check_sizing
-from replay_lcmat.strategies.state_header import check_state_header
 
 STATE_FORMAT = "replay-lcmat/condensed-buffer"
 STATE_VERSION = 1  # the one state layout read back; any other version is refused

@@ -11,8 +11,8 @@ import torch
 from avalanche.benchmarks.utils import AvalancheDataset, concat_datasets
 from torch import Tensor
 
+from replay_lcmat.files import check_state_header
 from replay_lcmat.strategies.datasets import dataset_targets, dataset_task_labels, dataset_tensors
-from replay_lcmat.strategies.state_header import check_state_header
 
 STATE_FORMAT = "replay-lcmat/selection-buffer"
 # The one state layout read back: per group the class, task, sources, labels and image

@@ -9,7 +9,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from replay_lcmat.files import CorruptDataError, atomic_torch_save, read_torch_file
+from replay_lcmat.files import (
+    CorruptDataError,
+    atomic_torch_save,
+    check_state_header,
+    read_torch_file,
+)
 from replay_lcmat.validation import check_channels_first
 
 MEMORY_FORMAT = "replay-lcmat/class-memory"
@@ -165,15 +170,13 @@ class ClassMemory:
 
     @classmethod
     def from_state_dict(cls, state: dict) -> ClassMemory:
-        if not isinstance(state, dict) or state.get("format") != MEMORY_FORMAT:
-            raise ValueError(
-                "not a replay-lcmat class memory; pass the dict of ClassMemory.state_dict() or a "
-                "file written by ClassMemory.save."
-            )
-        if state.get("version") != MEMORY_VERSION:
-            raise ValueError(
-                f"class memory version {state.get('version')!r}; expected {MEMORY_VERSION}."
-            )
+        check_state_header(
+            state,
+            MEMORY_FORMAT,
+            MEMORY_VERSION,
+            "class memory",
+            "ClassMemory.state_dict() or ClassMemory.save",
+        )
         parts = [state.get(key) for key in ("classes", "images", "sources")]
         if (
             not all(isinstance(part, list | tuple) for part in parts)
