@@ -116,25 +116,37 @@ def pairwise_grad_distances(features: Tensor, logits: Tensor, labels: Tensor) ->
     return gram_to_distances(last_layer_grad_gram(features, logits, labels))
 
 
+# Rows per block of the moments of diag_hessian_variances: float64 temporaries of a few MB,
+# whatever n (a fixed block, so the sums are taken in the same order on any machine).
+MOMENT_ROWS = 512
+
+
 def diag_hessian_variances(features: Tensor, logits: Tensor) -> Tensor:
     """Variance over samples of every diagonal-Hessian coordinate, ``[c*(d+1)]`` float64.
 
     Coordinate order as in :func:`last_layer_diag_hessians`. Population variance (divide by n),
     from the moments ``E[x^2] - E[x]^2`` with ``x = q_a`` (bias) and ``x = q_a h_b^2`` (weight):
-    ``E[q_a^2 h_b^4] = (q^2)^T (h^4) / n`` and ``E[q_a h_b^2] = q^T (h^2) / n``, so no
-    ``[n, c*(d+1)]`` matrix is built. Moments are accumulated in float64 because the
-    difference of moments cancels.
+    ``E[q_a^2 h_b^4] = (q^2)^T (h^4) / n`` and ``E[q_a h_b^2] = q^T (h^2) / n``, summed over
+    blocks of :data:`MOMENT_ROWS` samples, so no ``[n, c*(d+1)]`` matrix and no ``[n, d]``
+    temporary is built. Moments are accumulated in float64 because the difference of moments
+    cancels.
 
     Args:
         features: ``[n, d]``; logits: ``[n, c]``.
     """
     _check_head_inputs(features, logits)
-    n = features.shape[0]
+    n, d = features.shape
     p = torch.softmax(logits.double(), dim=1)
     q = p * (1 - p)
-    h2 = features.double().square()
+    first = q.new_zeros(q.shape[1], d)  # sum_i q_ia h_ib^2
+    second = q.new_zeros(q.shape[1], d)  # sum_i q_ia^2 h_ib^4
+    for start in range(0, n, MOMENT_ROWS):
+        rows = slice(start, start + MOMENT_ROWS)
+        h2 = features[rows].to(torch.float64, copy=True).square_()  # float32 squares: exact
+        first.addmm_(q[rows].T, h2)
+        second.addmm_(q[rows].square().T, h2.square_())
     bias_var = q.square().mean(0) - q.mean(0).square()
-    weight_var = (q.square().T @ h2.square()) / n - ((q.T @ h2) / n).square()
+    weight_var = second.div_(n).sub_(first.div_(n).square_())
     return torch.cat([bias_var, weight_var.flatten()]).clamp_(min=0.0)
 
 
@@ -168,13 +180,15 @@ def diag_hessian_columns(features: Tensor, logits: Tensor, coords: Tensor) -> Te
     _check_head_inputs(features, logits)
     c, d = logits.shape[1], features.shape[1]
     p = torch.softmax(logits, dim=1)
-    q = p * (1 - p)
+    q = p.mul_(1 - p)
     coords = coords.to(features.device)
     is_bias = coords < c
     w = (coords - c).clamp(min=0)
     row = torch.where(is_bias, coords, w // d)
-    h2 = torch.where(is_bias, torch.ones_like(features[:, :1]), features[:, w % d].square())
-    return q[:, row] * h2
+    h2 = features.index_select(1, w % d).square_()  # [n, k], the only [n, k] temporaries
+    if bool(is_bias.any()):
+        h2[:, is_bias] = 1.0
+    return h2.mul_(q.index_select(1, row))
 
 
 def backpack_last_layer_curvature(

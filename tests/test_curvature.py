@@ -9,6 +9,7 @@ from backpack import backpack, extend
 from backpack.extensions import BatchDiagHessian, BatchGrad
 from torch import nn
 
+from replay_lcmat import curvature
 from replay_lcmat.curvature import (
     backpack_last_layer_curvature,
     diag_hessian_columns,
@@ -132,6 +133,19 @@ def test_hessian_variances_from_moments_match_materialised():
     coords = top_variance_coordinates(h, z, k)
     assert torch.equal(coords, expected)
     torch.testing.assert_close(diag_hessian_columns(h, z, coords), lam[:, coords])
+    every = torch.arange(lam.shape[1]).flip(0)  # biases and weights, in any order
+    torch.testing.assert_close(diag_hessian_columns(h, z, every), lam[:, every])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_hessian_variances_summed_over_blocks_match_and_leave_the_inputs_alone(dtype, monkeypatch):
+    monkeypatch.setattr(curvature, "MOMENT_ROWS", 7)  # 25 samples: four blocks, one short
+    head, h, y = random_head(25, 6, 4, seed=9)
+    h, z = h.to(dtype), head(h).detach().to(dtype)
+    before = h.clone()
+    lam = last_layer_diag_hessians(h.double(), z.double())
+    torch.testing.assert_close(diag_hessian_variances(h, z), lam.var(0, unbiased=False))
+    assert torch.equal(h, before)  # float64 features are squared in a copy, not in place
 
 
 def test_top_variance_coordinates_caps_k_and_breaks_ties_by_index():

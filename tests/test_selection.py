@@ -382,7 +382,7 @@ def test_a_class_below_its_budget_is_taken_whole_with_one_warning():
 
 
 @pytest.mark.parametrize("bad", ["features", "logits"])
-@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
 def test_non_finite_inputs_are_rejected(bad, value):
     inputs = dict(zip(("features", "logits", "labels"), toy(seed=17), strict=True))
     inputs[bad] = inputs[bad].clone()

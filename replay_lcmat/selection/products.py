@@ -15,8 +15,10 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
-# Rows per block of the row sums of exact_split (no [n, d] temporary).
-SUM_ROWS = 4096
+# Rows per block of exact_split and exact_self_dots: no [n, d] temporary, and blocks small
+# enough (2 MB at d = 512) that the allocator hands the same memory back from block to block
+# instead of fresh pages to fault in (a 16 MB block made exact_split 2.6x slower at n = 5,000).
+SUM_ROWS = 512
 
 
 # ------------------------------------------------------------------ exact inner products
