@@ -114,9 +114,9 @@ def _lazy_greedy(fn: SetFunction, budget: int, bar: tqdm) -> GreedyResult:
     computed at. While the largest bound (ties to the lowest index, as ``argmax``) is stale,
     the next chunk of stale candidates with the largest bounds (doubling in size, from
     ``first_chunk`` up to ``max_chunk``; taken from a queue of them, :func:`_stale_by_bound`) is
-    refreshed with one ``fn.gains`` call. A fresh top is
-    exactly naive greedy's argmax: its gain is at least every other bound, and an equal bound
-    of a lower index would be the top instead. The chunk sizes are ``fn.lazy_chunks`` when it
+    refreshed with one ``fn.gains`` call. A fresh top is exactly naive greedy's argmax: its gain
+    is at least every other bound, and an equal bound of a lower index would be the top
+    instead. The chunk sizes are ``fn.lazy_chunks`` when it
     has them, else ``(16, 1024)``; they change the work, never the picks.
 
     Other upper bounds leave the picks alike. A function with ``initial_bounds`` (e.g. from
@@ -148,7 +148,7 @@ def _lazy_greedy(fn: SetFunction, budget: int, bar: tqdm) -> GreedyResult:
     for step in range(budget):
         chunk, refreshed, best = first_chunk, 0, -math.inf
         checked = bound_pass is None
-        queue, taken = _stale_by_bound(bound, at, step, 2 * max_chunk), 0
+        queue, taken = None, 0  # built when the first chunk is needed
         while at[top := int(bound.argmax())] != step:
             rent = RENT is not None and bound_pass is not None and since >= RENT * n
             if rent or (not checked and refreshed >= n // 32):
@@ -160,9 +160,9 @@ def _lazy_greedy(fn: SetFunction, budget: int, bar: tqdm) -> GreedyResult:
                     else:
                         _tighten(bound, at, step, _floats(tighter))
                         chunk, since = first_chunk, 0  # tight bounds: few refreshes left
-                        queue, taken = _stale_by_bound(bound, at, step, 2 * max_chunk), 0
+                        queue = None  # the bounds changed: queue them again
                         continue
-            if taken >= len(queue):  # every queued candidate refreshed: the next ones
+            if queue is None or taken >= len(queue):  # none queued, or all refreshed
                 queue, taken = _stale_by_bound(bound, at, step, 2 * max_chunk), 0
             stale = np.sort(queue[taken : taken + chunk])
             taken += len(stale)
